@@ -1,0 +1,154 @@
+"""Save and resume a run: DeepSpeed's sharded save plus megallm's own run state.
+
+A checkpoint is the folder `<dir>/step_NNNNNNNN/` holding
+- DeepSpeed's files (model, optimizer and scheduler shards of every rank),
+- `rng/rank_RRRRR.pt`: each rank's Python / NumPy / torch (CPU, CUDA) RNG states,
+- `megallm_state.json`: step, tokens seen, data position (consumed samples), parallel
+  layout, the resolved model shape and tokenizer identity,
+- `config.yaml`: the run's resolved config.
+Every rank writes into `step_NNNNNNNN.partial/`; after a barrier rank 0 renames it to the
+final name. A folder without `.partial` is therefore complete, a crash mid-save leaves
+only a `.partial` (ignored and replaced next time), and an existing checkpoint is never
+written over.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+STATE_FILE = "megallm_state.json"
+_TAG = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; its message is one line saying why and what to do."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    consumed_samples: int = 0  # global count over all data-parallel ranks (the data position)
+    tokens_seen: int = 0
+    layout: dict = field(default_factory=dict)  # tp, pp, dp, zero_stage
+    model: dict = field(default_factory=dict)  # resolved ModelConfig
+    tokenizer_sha256: str = ""
+    seq_len: int = 0
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under root, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_resume_checkpoint(resume: str, root: Path) -> Optional[Path]:
+    """Resolve train.resume: "auto" -> newest complete checkpoint or None; "none"; or a path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"train.resume={resume} is not a complete megallm checkpoint ({STATE_FILE} missing)")
+    return path
+
+
+def read_state(path: Path) -> RunState:
+    return RunState(**json.loads((path / STATE_FILE).read_text()))
+
+
+def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
+    """Refuse to resume into a different model, tokenizer, layout or sequence length."""
+    saved_model = {k: v for k, v in saved.model.items() if k != "name"}
+    current_model = {k: v for k, v in current.model.items() if k != "name"}
+    if saved_model != current_model:
+        diff = ", ".join(f"model.{k}: saved {saved_model.get(k)} vs now {current_model.get(k)}"
+                         for k in sorted(set(saved_model) | set(current_model))
+                         if saved_model.get(k) != current_model.get(k))
+        raise CheckpointError(f"checkpoint {path} holds a different model ({diff}); use the saved model config "
+                              "or start fresh with train.resume=none and a new run_dir")
+    if saved.tokenizer_sha256 != current.tokenizer_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with tokenizer {saved.tokenizer_sha256[:12]} but data.path uses "
+            f"{current.tokenizer_sha256[:12]}; point data.path at a corpus prepared with the checkpoint's tokenizer"
+        )
+    if saved.layout != current.layout:
+        raise CheckpointError(
+            f"checkpoint {path} was written with layout {saved.layout} but this run uses {current.layout}; "
+            "resume with the saved layout (resharding arrives with tools/convert_ckpt.py)"
+        )
+    if saved.seq_len != current.seq_len:
+        raise CheckpointError(f"checkpoint {path} used train.seq_len={saved.seq_len}, this run {current.seq_len}; "
+                              "the data position would not carry over: keep train.seq_len")
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(engine, root: Path, state: RunState, config_yaml: str, rank: int, keep_last: int) -> Optional[Path]:
+    """Collective: every rank calls it. Returns the published folder (None if it already existed)."""
+    import torch.distributed as dist
+
+    tag = tag_for(state.step)
+    final, partial = root / tag, root / f"{tag}.partial"
+    if final.exists():  # never overwrite a written checkpoint (e.g. resuming from an older one)
+        if rank == 0:
+            print(f"checkpoint {final} exists already; keeping it and not saving step {state.step}", flush=True)
+        return None
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)
+    (partial / "rng").mkdir(parents=True, exist_ok=True)
+    torch.save(_rng_state(), partial / "rng" / f"rank_{rank:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        (partial / "config.yaml").write_text(config_yaml)
+        (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        partial.rename(final)
+        if keep_last > 0:
+            for old in complete_checkpoints(root)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(engine, path: Path, rank: int) -> RunState:
+    """Collective: restore engine (weights, optimizer, LR schedule), this rank's RNG, and the run state."""
+    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if loaded is None:
+        raise CheckpointError(f"DeepSpeed could not load {path}: a rank's shard is missing or unreadable")
+    rng_file = path / "rng" / f"rank_{rank:05d}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return read_state(path)

@@ -1,0 +1,88 @@
+"""Hydra composition of a RunConfig from `conf/` and command-line overrides.
+
+Hydra's own errors are several lines with a stack-trace hint; here each becomes one
+`ConfigError` sentence that names the bad key or value and the fix. `model` is kept out
+of the defaults list so that `+model=NAME` (Hydra's append) works exactly as written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+
+from megallm.config import ConfigError, RunConfig
+
+CONF_DIR = Path(os.environ.get("MEGALLM_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def available(group: str) -> list[str]:
+    names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
+    return sorted(names, key=lambda n: (not n[0].isalpha(), _size_key(n)))
+
+
+def _size_key(name: str):
+    match = re.fullmatch(r"(\d+)([mb])", name)
+    return (0, int(match.group(1)) * (1000 if match.group(2) == "b" else 1)) if match else (0, 0)
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="megallm_schema", node=RunConfig)
+
+
+def _known_keys(node_path: str) -> list[str]:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(RunConfig)
+    for part in [p for p in node_path.split(".") if p]:
+        node = node.get(part) if part in node else None
+        if node is None or not OmegaConf.is_config(node):
+            return []
+    return list(node.keys())
+
+
+def _explain(exc: Exception, overrides: list[str]) -> str:
+    text = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+    models = ", ".join(available("model"))
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
+    if missing:
+        group, name = missing.groups()
+        return f"unknown {group} {name!r}: choose one of {', '.join(available(group))} (files in conf/{group}/)"
+    if re.search(r"Could not override 'model'", text):
+        return f"choose the model with +model=NAME (with the plus sign), NAME one of {models}"
+    key = re.search(r"full_key: ([\w.]+)", text) or re.search(r"Could not (?:override|append to) '([\w.]+)'", text)
+    if key and ("not in struct" in text or "No match" in text or "Key '" in text):
+        full = key.group(1)
+        parent, _, leaf = full.rpartition(".")
+        known = _known_keys(parent)
+        hint = difflib.get_close_matches(leaf, known, n=1)
+        suggestion = f" (did you mean {'.'.join(filter(None, [parent, hint[0]]))}?)" if hint else ""
+        return (f"unknown config key {full!r}{suggestion}; "
+                f"`python launch/pretrain.py +model=tiny --cfg` prints every key")
+    first_lines = [line.strip() for line in text.splitlines() if line.strip()][:2]
+    return "invalid configuration: " + "; ".join(first_lines)
+
+
+def compose_config(overrides: list[str]):
+    """Compose and type-check; returns (RunConfig, resolved YAML text)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+        if OmegaConf.is_missing(cfg, "model"):
+            raise ConfigError(f"no model chosen: add +model=NAME, NAME one of {', '.join(available('model'))}")
+        yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
+        run_config = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(_explain(exc, overrides)) from exc
+    return run_config, yaml_text

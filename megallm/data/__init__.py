@@ -1,0 +1,1 @@
+"""Corpora: tokenizer, WebDataset token shards with a manifest, and the training batches."""

@@ -1,0 +1,128 @@
+"""Token shards and their manifest: the on-disk corpus format.
+
+A prepared corpus is a folder with `manifest.json`, `tokenizer.json` and WebDataset tar
+shards `<split>-NNNNN.tar`. Each tar sample is one document, key `DDDDDDDDD`, holding
+`tokens.npy` (its token ids, ending with the end-of-document token). The manifest is
+written last and atomically: a folder without one is not a corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "megallm-tokens/1"
+MANIFEST = "manifest.json"
+
+
+class DataError(ValueError):
+    """A corpus problem the user can fix; its message is one line saying how."""
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the corpus folder
+    tokens: int
+    documents: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    vocab_size: int
+    tokenizer_sha256: str
+    eos_id: int
+    dtype: str
+    splits: dict[str, list[ShardInfo]] = field(default_factory=dict)
+    tokenizer_file: str = "tokenizer.json"
+    format: str = FORMAT
+
+    def tokens(self, split: str) -> int:
+        return sum(s.tokens for s in self.splits.get(split, []))
+
+    def save(self, folder: Path) -> None:
+        atomic_write_bytes(folder / MANIFEST, json.dumps(asdict(self), indent=1).encode())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Manifest":
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise DataError(
+                f"no corpus at {folder}: {MANIFEST} is missing; prepare one with "
+                f"`python tools/prepare_data.py --output {folder} ...` or set data.path"
+            )
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT:
+            raise DataError(f"{path} has format {raw.get('format')!r}, expected {FORMAT!r}; re-run tools/prepare_data.py")
+        raw["splits"] = {k: [ShardInfo(**s) for s in v] for k, v in raw["splits"].items()}
+        return cls(**raw)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(path: Path, documents: list[np.ndarray], first_index: int) -> ShardInfo:
+    """Write documents to a tar at `path` atomically (temporary name, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, doc in enumerate(documents):
+            buf = io.BytesIO()
+            np.save(buf, doc, allow_pickle=False)
+            info = tarfile.TarInfo(f"{first_index + i:09d}.tokens.npy")
+            info.size, info.mtime, info.mode = buf.tell(), 0, 0o644  # fixed metadata: identical re-runs
+            buf.seek(0)
+            tar.addfile(info, buf)
+    os.replace(tmp, path)
+    return ShardInfo(path.name, int(sum(len(d) for d in documents)), len(documents), file_sha256(path))
+
+
+def _all_shards(urls):
+    return urls
+
+
+def read_documents(folder: str | Path, shard: ShardInfo, vocab_size: int):
+    """Yield the token arrays of one shard, in order, through WebDataset's tar reader."""
+    import webdataset as wds
+
+    path = Path(folder) / shard.path
+    if not path.is_file():
+        raise DataError(f"shard {path} listed in the manifest is missing; re-run tools/prepare_data.py")
+    try:
+        # Every rank reads every shard here (the in-memory reader), hence the identity splitter.
+        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=_all_shards):
+            tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+            if tokens.size and int(tokens.max()) >= vocab_size:
+                raise DataError(
+                    f"shard {path} holds token id {int(tokens.max())} >= vocab size {vocab_size}; "
+                    "it was written with another tokenizer: re-run tools/prepare_data.py"
+                )
+            yield tokens
+    except DataError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:  # a damaged file
+        raise DataError(f"shard {path} is unreadable ({type(exc).__name__}: {exc}); re-run tools/prepare_data.py") from exc

@@ -1,0 +1,1 @@
+"""Where metrics go (console, JSONL, W&B) and the throughput / MFU / ETA arithmetic."""

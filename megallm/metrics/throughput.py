@@ -1,0 +1,56 @@
+"""Tokens per second, model FLOPs utilisation and ETA.
+
+MFU = achieved model FLOP/s / the devices' dense peak (PaLM's definition), with the
+FLOPs per token from megallm.model.flops. Peaks are keyed by device name; a device not
+in the table (any CPU) reports no MFU rather than a guess.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+# Dense (no sparsity) peak TFLOP/s by precision, from the vendors' data sheets.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp32": 67.0},
+    "H100 SXM": {"bf16": 989.0, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.0, "fp32": 91.6},
+}
+
+
+def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """Peak FLOP/s of one device, or None when unknown."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():  # most specific names first
+        if key in name:
+            return peaks[precision] * 1e12
+    return None
+
+
+class Throughput:
+    """Measures the interval between `report` calls."""
+
+    def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float], world_size: int):
+        self.flops_per_token = flops_per_token
+        self.peak_total = peak_flops_per_device * world_size if peak_flops_per_device else None
+        self._start, self._steps, self._tokens = time.perf_counter(), 0, 0
+
+    def add(self, steps: int, tokens: int) -> None:
+        self._steps += steps
+        self._tokens += tokens
+
+    def report(self, steps_left: int) -> dict:
+        now = time.perf_counter()
+        elapsed = max(now - self._start, 1e-9)
+        tokens_per_s = self._tokens / elapsed
+        step_time = elapsed / max(self._steps, 1)
+        mfu = tokens_per_s * self.flops_per_token / self.peak_total if self.peak_total else None
+        self._start, self._steps, self._tokens = now, 0, 0
+        return {"tokens_per_s": tokens_per_s, "step_time_s": step_time, "mfu": mfu, "eta_s": steps_left * step_time}

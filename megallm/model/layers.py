@@ -1,0 +1,146 @@
+"""Llama building blocks on megatron-core tensor-parallel layers: RMSNorm, RoPE, GQA, SwiGLU.
+
+Layout conventions (Megatron's): activations are `[s, b, h]`; a parallel linear returns
+`(output, bias)`. Shapes in comments are per tensor-parallel rank, `tp` ranks in all:
+`nh`/`nkv` below are the rank's own query / key-value heads.
+
+Weight layouts are chosen so that the same seed gives the same model for every
+tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
+keeps its slice):
+- QKV is one matrix whose rows are grouped per key-value head:
+  `[q heads of group 0 | k_0 | v_0 | q heads of group 1 | k_1 | v_1 | ...]`, so a
+  contiguous split by rows hands each rank whole groups.
+- gate/up is one matrix `[gate; up]` split with `stride=2`, so each rank keeps its slice
+  of the gate rows and its slice of the up rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from megatron.core.model_parallel_config import ModelParallelConfig
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+from megallm.model.attention import causal_attention
+
+
+def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda w: nn.init.normal_(w, mean=0.0, std=std)
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (as Hugging Face Llama)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding, "rotate half" convention (GPT-NeoX / Hugging Face Llama).
+
+    Pairs dimension i with i + d/2, so Hugging Face checkpoints need no permutation.
+    """
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [s, 1, 1, d] for positions 0..s-1, in fp32."""
+        pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))  # [s, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [s, 1, 1, d]
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [s, b, n, d]; cos/sin: [s, 1, 1, d]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal self-attention with `num_kv_heads` key/value heads shared by query groups."""
+
+    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, layer_init, out_init):
+        super().__init__()
+        tp = tp_group.size()
+        self.head_dim = cfg.head_dim
+        self.q_per_kv = cfg.num_heads // cfg.num_kv_heads
+        self.kv_heads_local = cfg.num_kv_heads // tp  # kv groups on this rank
+        qkv_out = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim
+        self.qkv = ColumnParallelLinear(
+            cfg.hidden_size, qkv_out, config=mp_config, init_method=layer_init,
+            bias=False, gather_output=False, tp_group=tp_group,
+        )
+        self.out = RowParallelLinear(
+            cfg.num_heads * self.head_dim, cfg.hidden_size, config=mp_config, init_method=out_init,
+            bias=False, input_is_parallel=True, skip_bias_add=False, tp_group=tp_group,
+        )
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        s, b, _ = x.shape
+        qkv, _ = self.qkv(x)  # [s, b, nkv * (q_per_kv + 2) * d]
+        qkv = qkv.view(s, b, self.kv_heads_local, self.q_per_kv + 2, self.head_dim)
+        q, k, v = qkv.split([self.q_per_kv, 1, 1], dim=3)
+        q = q.reshape(s, b, self.kv_heads_local * self.q_per_kv, self.head_dim)  # [s, b, nh, d]
+        k = k.squeeze(3)  # [s, b, nkv, d]
+        v = v.squeeze(3)  # [s, b, nkv, d]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        ctx = causal_attention(q, k, v)  # [s, b, nh * d]
+        out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp
+        return out
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), gate and up fused in one column-parallel matrix."""
+
+    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, layer_init, out_init):
+        super().__init__()
+        self.gate_up = ColumnParallelLinear(
+            cfg.hidden_size, 2 * cfg.ffn_hidden_size, config=mp_config, init_method=layer_init,
+            bias=False, gather_output=False, stride=2, tp_group=tp_group,
+        )
+        self.down = RowParallelLinear(
+            cfg.ffn_hidden_size, cfg.hidden_size, config=mp_config, init_method=out_init,
+            bias=False, input_is_parallel=True, skip_bias_add=False, tp_group=tp_group,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up, _ = self.gate_up(x)  # [s, b, 2 * ffn / tp]
+        gate, up = gate_up.chunk(2, dim=-1)
+        out, _ = self.down(F.silu(gate) * up)  # [s, b, h]
+        return out
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Llama block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group):
+        super().__init__()
+        layer_init = normal_init(cfg.init_std)
+        # Output projections scaled by 1/sqrt(2 * layers), as GPT-2 / Megatron.
+        out_init = normal_init(cfg.init_std / math.sqrt(2.0 * cfg.num_layers))
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = GroupedQueryAttention(cfg, mp_config, tp_group, layer_init, out_init)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg, mp_config, tp_group, layer_init, out_init)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cos, sin = self.rotary(x.shape[0], x.device)
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,1 @@
+"""Process groups, the DeepSpeed configuration and memory estimates for a parallel layout."""

@@ -1,0 +1,186 @@
+"""The training loop: DeepSpeed engine, micro-batches, evaluation, logging, checkpoints.
+
+`Trainer` owns time (steps, when to evaluate, log and save); the engine owns the model,
+optimizer and data-parallel/ZeRO mechanics. Everything a run needs is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megallm.checkpoint.state import (
+    RunState,
+    check_compatible,
+    find_resume_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
+from megallm.config import RunConfig, batch_layout
+from megallm.data.corpus import Corpus
+from megallm.data.loader import DistributedBatches, PackedSequences, SampleOrder
+from megallm.metrics.sinks import ConsoleSink, JsonlSink, MetricLogger, WandbSink
+from megallm.metrics.throughput import Throughput, device_peak_flops
+from megallm.model.flops import flops_per_token, parameter_count
+from megallm.model.llama import build_model
+from megallm.parallel.distributed import DistContext
+from megallm.parallel.ds_config import clips_in_loop, deepspeed_config, resolve_precision
+from megallm.train.optim import build_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext):
+        import deepspeed
+
+        self.cfg, self.config_yaml, self.ctx = cfg, config_yaml, ctx
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
+        self.precision = resolve_precision(cfg.train.precision, ctx.device.type == "cuda")
+        self.global_sequences, self.grad_accum = batch_layout(cfg.train, ctx.dp)
+        self.clip_in_loop = clips_in_loop(cfg.parallel.zero_stage, self.precision)
+        self.grad_norm: float | None = None
+        self.state = RunState(
+            layout={"tp": ctx.tp, "pp": ctx.pp, "dp": ctx.dp, "zero_stage": cfg.parallel.zero_stage},
+            model=cfg.model.to_dict(), tokenizer_sha256=corpus.manifest.tokenizer_sha256,
+            seq_len=cfg.train.seq_len,
+        )
+        # Check a checkpoint we would resume from before anything is built or written.
+        self.resume_from = find_resume_checkpoint(cfg.train.resume, self.ckpt_root)
+        if self.resume_from is not None:
+            check_compatible(read_state(self.resume_from), self.state, self.resume_from)
+
+        seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
+        model = build_model(cfg.model, device=ctx.device)
+        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, ctx.dp, self.precision), dist_init_required=False,
+        )
+        self.train_batches = self._batches(corpus, cfg.data.train_split, shuffle=True)
+        self.val_batches = self._batches(corpus, cfg.data.val_split, shuffle=False)
+        self.params = parameter_count(cfg.model)
+        self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
+        self.logger = self._make_logger()
+
+    def _batches(self, corpus: Corpus, split: str, shuffle: bool) -> DistributedBatches:
+        sequences = PackedSequences(corpus.folder, corpus.manifest, split, self.cfg.train.seq_len)
+        order = SampleOrder(len(sequences), self.cfg.train.seed, shuffle=shuffle)
+        return DistributedBatches(sequences, order, self.cfg.train.micro_batch_size,
+                                  self.ctx.dp_rank, self.ctx.dp, self.ctx.device)
+
+    def _make_logger(self) -> MetricLogger:
+        if not self.ctx.is_main:
+            return MetricLogger([])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(self.config_yaml)
+        sinks = [ConsoleSink(), JsonlSink(self.run_dir / "metrics.jsonl")]
+        wandb_cfg = self.cfg.logging.wandb
+        if wandb_cfg.enabled and wandb_cfg.mode != "disabled":
+            sinks.append(WandbSink(wandb_cfg, self.run_dir, self.run_dir.name, {"config": self.config_yaml}))
+        return MetricLogger(sinks)
+
+    def say(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, flush=True)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def fit(self) -> RunState:
+        cfg, train = self.cfg, self.cfg.train
+        if self.resume_from is not None:
+            saved = load_checkpoint(self.engine, self.resume_from, self.ctx.rank)
+            self.state.step, self.state.consumed_samples = saved.step, saved.consumed_samples
+            self.state.tokens_seen = saved.tokens_seen
+            self.say(f"resumed from {self.resume_from} at step {saved.step}")
+        last_step = train.stop_at_step or train.steps
+        self.say(
+            f"model {cfg.model.name}: {self.params.total / 1e6:.1f}M parameters | "
+            f"{self.flops_per_token / 1e6:.1f} MFLOP/token | {self.ctx.world_size} rank(s) "
+            f"({self.ctx.backend}, {self.precision}, ZeRO-{cfg.parallel.zero_stage}) | "
+            f"{self.global_sequences} x {train.seq_len} tokens per step, grad accumulation {self.grad_accum}"
+        )
+        throughput = Throughput(self.flops_per_token, device_peak_flops(self.ctx.device, self.precision),
+                                self.ctx.world_size)
+        loss_sum = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
+        steps_in_window = 0
+        self.engine.train()
+        while self.state.step < last_step:
+            loss_sum += self._train_step()
+            steps_in_window += 1
+            step = self.state.step
+            throughput.add(1, self.global_sequences * train.seq_len)
+            if step % cfg.logging.every == 0 or step == last_step:
+                self._log_train(loss_sum / steps_in_window, throughput, train.steps - step)
+                loss_sum.zero_()
+                steps_in_window = 0
+            if train.eval_every and (step % train.eval_every == 0 or step == last_step):
+                self._evaluate()
+            if step == last_step or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+                path = save_checkpoint(self.engine, self.ckpt_root, self.state, self.config_yaml,
+                                       self.ctx.rank, cfg.checkpoint.keep_last)
+                if path:
+                    self.say(f"saved checkpoint {path}")
+        self.logger.close()
+        return self.state
+
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step over `grad_accum` micro-batches; returns this rank's mean loss (no sync)."""
+        total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
+        for micro in range(self.grad_accum):
+            batch = self.train_batches.micro_batch(self.state.consumed_samples, micro)
+            loss = self.engine(batch[:, :-1], batch[:, 1:])
+            self.engine.backward(loss)
+            if self.clip_in_loop and micro == self.grad_accum - 1:
+                self.grad_norm = self._clip_gradients()
+            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+            total += loss.detach()
+        self.state.step += 1
+        self.state.consumed_samples += self.global_sequences
+        self.state.tokens_seen += self.global_sequences * self.cfg.train.seq_len
+        return total / self.grad_accum
+
+    def _clip_gradients(self) -> float:
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        max_norm = self.cfg.optim.grad_clip or float("inf")  # inf: measure only
+        return float(clip_grad_norm_(self.engine.module.parameters(), max_norm=max_norm, mpu=None))
+
+    def _data_parallel_mean(self, value: torch.Tensor) -> float:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        return value.item() / self.ctx.world_size  # every rank's loss counts once (TP/PP replicas agree)
+
+    def _log_train(self, local_loss: torch.Tensor, throughput: Throughput, steps_left: int) -> None:
+        loss = self._data_parallel_mean(local_loss)
+        grad_norm = self.grad_norm if self.clip_in_loop else self.engine.get_global_grad_norm()
+        record = {
+            "kind": "train", "step": self.state.step, "total_steps": self.cfg.train.steps, "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_seen": self.state.tokens_seen, **throughput.report(steps_left),
+        }
+        self.logger.log(record)
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        self.engine.eval()
+        total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
+        for i in range(self.cfg.train.eval_batches):
+            batch = self.val_batches.micro_batch(0, i)
+            total += self.engine(batch[:, :-1], batch[:, 1:]).detach()
+        self.engine.train()
+        val_loss = self._data_parallel_mean(total / self.cfg.train.eval_batches)
+        self.logger.log({"kind": "eval", "step": self.state.step, "val_loss": val_loss,
+                         "val_ppl": math.exp(min(val_loss, 50.0))})
+

@@ -1,0 +1,49 @@
+"""Which checkpoint a run resumes from, and what it refuses to resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from megallm.checkpoint.state import (
+    STATE_FILE,
+    CheckpointError,
+    RunState,
+    check_compatible,
+    find_resume_checkpoint,
+)
+
+
+def make_checkpoint(root, name, state=None):
+    path = root / name
+    path.mkdir(parents=True)
+    if state is not None:
+        (path / STATE_FILE).write_text(json.dumps(asdict(state)))
+    return path
+
+
+def test_auto_resume_takes_newest_complete_checkpoint(tmp_path):
+    assert find_resume_checkpoint("auto", tmp_path / "none-yet") is None
+    make_checkpoint(tmp_path, "step_00000010", RunState(step=10))
+    newest = make_checkpoint(tmp_path, "step_00000020", RunState(step=20))
+    make_checkpoint(tmp_path, "step_00000030.partial", RunState(step=30))  # crashed mid-save
+    make_checkpoint(tmp_path, "step_00000040")  # no state file: not complete
+    assert find_resume_checkpoint("auto", tmp_path) == newest
+    assert find_resume_checkpoint("none", tmp_path) is None
+    assert find_resume_checkpoint(str(newest), tmp_path) == newest
+    with pytest.raises(CheckpointError, match="not a complete megallm checkpoint"):
+        find_resume_checkpoint(str(tmp_path / "step_00000040"), tmp_path)
+
+
+def test_incompatible_checkpoints_are_refused(tmp_path):
+    saved = RunState(layout={"tp": 1, "pp": 1, "dp": 2, "zero_stage": 1}, model={"name": "a", "num_layers": 2},
+                     tokenizer_sha256="abc", seq_len=64)
+    check_compatible(saved, RunState(**{**asdict(saved), "model": {"name": "renamed", "num_layers": 2}}), tmp_path)
+    with pytest.raises(CheckpointError, match=r"layout \{.*'dp': 2.*\} but this run uses \{.*'dp': 4"):
+        check_compatible(saved, RunState(**{**asdict(saved), "layout": {**saved.layout, "dp": 4}}), tmp_path)
+    with pytest.raises(CheckpointError, match="tokenizer abc"):
+        check_compatible(saved, RunState(**{**asdict(saved), "tokenizer_sha256": "xyz"}), tmp_path)
+    with pytest.raises(CheckpointError, match="train.seq_len=64"):
+        check_compatible(saved, RunState(**{**asdict(saved), "seq_len": 128}), tmp_path)

@@ -1,0 +1,80 @@
+"""Bad input to launch/pretrain.py: one line on stderr, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import run_pretrain
+
+
+def assert_one_line_error(result, *phrases: str) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("megallm: error: ")
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,phrases",
+    [
+        (["+model=tiny", "train.stpes=3"], ["unknown config key 'train.stpes'", "did you mean train.steps"]),
+        (["+model=tiny", "optimm.lr=1"], ["unknown config key 'optimm'", "did you mean optim"]),
+        (["+model=2b"], ["unknown model '2b'", "tiny, 125m, 350m, 1b, 7b, 13b, 70b"]),
+        ([], ["no model chosen", "+model=NAME"]),
+        (["model=tiny"], ["+model=NAME"]),
+        (["+model=tiny", "train.steps=many"], ["train.steps=many"]),
+        (["+model=tiny", "model.num_heads=5"], ["not divisible by model.num_heads=5"]),
+        (["+model=tiny", "train.global_batch_tokens=1000"], ["not a multiple of"]),
+    ],
+)
+def test_config_mistakes(args, phrases, tmp_path):
+    result = run_pretrain([*args, f"run_dir={tmp_path}/run"])
+    assert_one_line_error(result, *phrases)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_path_without_shards(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_pretrain(["+model=tiny", f"data.path={empty}"]), "manifest.json is missing")
+
+
+def test_manifest_listing_missing_shard(small_corpus, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(small_corpus, broken)
+    first = json.loads((broken / "manifest.json").read_text())["splits"]["train"][0]["path"]
+    (broken / first).unlink()
+    assert_one_line_error(run_pretrain(["+model=tiny", f"data.path={broken}"]), "lacks 1 shard", first)
+
+
+def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path):
+    from megallm.data.tokenizer import train_bpe
+
+    other = tmp_path / "other-tokenizer.json"
+    train_bpe(["a completely different little corpus " * 50], vocab_size=300).save(str(other))
+    line = assert_one_line_error(
+        run_pretrain(["+model=tiny", f"data.path={small_corpus}", f"data.tokenizer={other}"]),
+        "does not match corpus", "vocab 512",
+    )
+    assert str(other) in line
+
+
+def test_model_vocab_smaller_than_tokenizer(small_corpus):
+    assert_one_line_error(
+        run_pretrain(["+model=tiny", f"data.path={small_corpus}", "model.vocab_size=100"]),
+        "model.vocab_size=100 is smaller",
+    )
+
+
+def test_dry_run_70b_on_a_laptop():
+    result = run_pretrain(["+model=70b", "train.dry_run=true", "train.dry_run_world_size=64",
+                           "parallel.zero_stage=3", "train.micro_batch_size=1"])
+    assert result.returncode == 0, result.stderr
+    assert "68.977B parameters" in result.stdout
+    assert "GFLOP" in result.stdout and "ZeRO-3" in result.stdout and "64 rank(s)" in result.stdout

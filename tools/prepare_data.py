@@ -1,0 +1,8 @@
+"""Tokenize text into WebDataset token shards: `python tools/prepare_data.py --help`."""
+
+import sys
+
+from megallm.data.prepare import main
+
+if __name__ == "__main__":
+    sys.exit(main())
