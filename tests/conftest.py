@@ -42,7 +42,10 @@ def small_corpus(tmp_path_factory) -> Path:
 
 def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run launch/pretrain.py as users do: plain python for one process, torchrun for several."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # Drop the rendezvous variables the in-process `world_of_one` fixture may have set.
+    launcher_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if nproc == 1:
         cmd = [sys.executable, str(REPO / "launch" / "pretrain.py"), *args]
     else:

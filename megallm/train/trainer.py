@@ -120,7 +120,7 @@ class Trainer:
             steps_in_window += 1
             step = self.state.step
             throughput.add(1, self.global_sequences * train.seq_len)
-            if step % cfg.logging.every == 0 or step == last_step:
+            if step % cfg.logging.every == 0 or step in (1, last_step):
                 self._log_train(loss_sum / steps_in_window, throughput, train.steps - step)
                 loss_sum.zero_()
                 steps_in_window = 0
