@@ -136,6 +136,7 @@ class Trainer:
 
     def _train_step(self) -> torch.Tensor:
         """One optimizer step over `grad_accum` micro-batches; returns this rank's mean loss (no sync)."""
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the LR this step applies
         total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
         for micro in range(self.grad_accum):
             batch = self.train_batches.micro_batch(self.state.consumed_samples, micro)
@@ -166,7 +167,7 @@ class Trainer:
         grad_norm = self.grad_norm if self.clip_in_loop else self.engine.get_global_grad_norm()
         record = {
             "kind": "train", "step": self.state.step, "total_steps": self.cfg.train.steps, "loss": loss,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.step_lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_seen": self.state.tokens_seen, **throughput.report(steps_left),
         }
