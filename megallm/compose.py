@@ -2,7 +2,9 @@
 
 Hydra's own errors are several lines with a stack-trace hint; here each becomes one
 `ConfigError` sentence that names the bad key or value and the fix. `model` is kept out
-of the defaults list so that `+model=NAME` (Hydra's append) works exactly as written.
+of the defaults list so that `+model=NAME` (Hydra's append) works exactly as written;
+parallel layouts (`conf/parallel/`) are appended the same way, `+parallel=tp2`, or set
+key by key, `parallel.tp=2`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ CONF_DIR = Path(os.environ.get("MEGALLM_CONF_DIR", Path(__file__).resolve().pare
 
 def available(group: str) -> list[str]:
     names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
-    return sorted(names, key=lambda n: (not n[0].isalpha(), _size_key(n)))
+    return sorted(names, key=lambda n: (not n[0].isalpha(), _size_key(n), n))
 
 
 def _size_key(name: str):
@@ -46,13 +48,15 @@ def _known_keys(node_path: str) -> list[str]:
 
 def _explain(exc: Exception, overrides: list[str]) -> str:
     text = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
-    models = ", ".join(available("model"))
     missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
     if missing:
         group, name = missing.groups()
         return f"unknown {group} {name!r}: choose one of {', '.join(available(group))} (files in conf/{group}/)"
-    if re.search(r"Could not override 'model'", text):
-        return f"choose the model with +model=NAME (with the plus sign), NAME one of {models}"
+    group_without_plus = re.search(r"Could not override '(model|parallel)'", text)
+    if group_without_plus:
+        group = group_without_plus.group(1)
+        return (f"choose the {group} config with +{group}=NAME (with the plus sign), NAME one of "
+                f"{', '.join(available(group))}")
     key = re.search(r"full_key: ([\w.]+)", text) or re.search(r"Could not (?:override|append to) '([\w.]+)'", text)
     if key and ("not in struct" in text or "No match" in text or "Key '" in text):
         full = key.group(1)

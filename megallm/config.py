@@ -19,9 +19,20 @@ from megallm.model.config import ModelConfig
 
 @dataclass
 class ParallelConfig:
-    tp: int = 1  # tensor-parallel degree
-    pp: int = 1  # pipeline-parallel degree
-    zero_stage: int = 0  # DeepSpeed ZeRO stage for the data-parallel ranks: 0, 1, 2 or 3
+    """Layout of the ranks: world = tp x pp x dp, dp being what is left over.
+
+    Ranks are ordered tensor-parallel fastest, then data-parallel, then pipeline
+    (megatron-core's order, which DeepSpeed's pipeline topology shares), so keep tp
+    within a node.
+    """
+
+    tp: int = 1  # tensor-parallel degree (megatron-core layers): heads, FFN and vocabulary split
+    pp: int = 1  # pipeline-parallel degree (DeepSpeed PipelineModule): layers split into stages
+    zero_stage: int = 0  # DeepSpeed ZeRO stage over the data-parallel ranks: 0, 1, 2 or 3 (0 or 1 with pp > 1)
+    # Megatron sequence parallelism (needs tp > 1 and NCCL: gloo has no reduce-scatter).
+    sequence_parallel: bool = False
+    # How pipeline stages are cut: "layers" balances transformer blocks, "parameters" balances parameter counts.
+    pipeline_partition: str = "layers"
 
 
 @dataclass
@@ -52,6 +63,9 @@ class TrainConfig:
     # if there is one; "none": start fresh; or a path to one checkpoint folder.
     resume: str = "auto"
     stop_at_step: int = 0  # leave the loop after this step (with a checkpoint); 0: run all steps
+    # Activation checkpointing: "none"; "full" reruns each block in backward (least memory);
+    # "selective" reruns only the core attention (its s x s scores dominate without flash-attn).
+    activation_checkpointing: str = "none"
     dry_run: bool = False  # build on the meta device, print size/FLOPs/memory, exit
     dry_run_world_size: Optional[int] = None  # world size the dry run estimates for (default: this one)
 
@@ -69,6 +83,9 @@ class CheckpointConfig:
     every: int = 500  # steps between checkpoints; the last step is always saved; 0: only the last
     keep_last: int = 3  # complete checkpoints kept (older ones are deleted); 0 keeps all
     dir: Optional[str] = None  # default: <run_dir>/checkpoints
+    # Also write consolidated.pt: the full model in canonical names, gathered from every
+    # rank into rank 0's CPU memory (costly for large models; export can do it offline).
+    consolidated: bool = False
 
 
 @dataclass
@@ -119,14 +136,14 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     p = cfg.parallel
     if p.zero_stage not in (0, 1, 2, 3):
         problems.append(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
-    if p.tp != 1 or p.pp != 1:
-        problems.append("tensor and pipeline parallelism are not available yet: set parallel.tp=1 parallel.pp=1")
-    if world_size % (p.tp * p.pp):
-        problems.append(f"world size {world_size} is not divisible by parallel.tp x parallel.pp = {p.tp * p.pp}")
+    problems += _layout_problems(cfg, world_size)
     t = cfg.train
     for name in ("steps", "seq_len", "global_batch_tokens", "micro_batch_size"):
         if getattr(t, name) <= 0:
             problems.append(f"train.{name} must be positive, got {getattr(t, name)}")
+    if t.activation_checkpointing not in ("none", "full", "selective"):
+        problems.append(f"train.activation_checkpointing must be none, full or selective, "
+                        f"got {t.activation_checkpointing!r}")
     if t.precision not in ("auto", "bf16", "fp32"):
         problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if t.stop_at_step < 0 or t.stop_at_step > t.steps:
@@ -137,5 +154,44 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
         problems.append(f"logging.wandb.mode must be offline, online or disabled, got {cfg.logging.wandb.mode!r}")
     if problems:
         raise ConfigError(problems[0])
-    if not t.dry_run:
-        batch_layout(t, world_size // (p.tp * p.pp))
+    batch_layout(t, planned_world_size(cfg, world_size) // (p.tp * p.pp))
+
+
+def planned_world_size(cfg: RunConfig, world_size: int) -> int:
+    """The ranks the run is for: this launch's, or train.dry_run_world_size in a dry run."""
+    if cfg.train.dry_run and cfg.train.dry_run_world_size:
+        return cfg.train.dry_run_world_size
+    return world_size
+
+
+def _layout_problems(cfg: RunConfig, world_size: int) -> list[str]:
+    """What stops this parallel layout, before any process group starts."""
+    p, m = cfg.parallel, cfg.model
+    if p.tp < 1 or p.pp < 1:
+        return [f"parallel.tp and parallel.pp must be >= 1, got tp={p.tp} pp={p.pp}"]
+    problems = []
+    if p.tp > 1:
+        if m.num_kv_heads % p.tp:
+            problems.append(
+                f"parallel.tp={p.tp} does not divide model.num_kv_heads={m.num_kv_heads}: each tensor-parallel "
+                f"rank must own whole key/value heads; use a tp that divides {m.num_kv_heads}")
+        if m.num_heads % p.tp or m.ffn_hidden_size % p.tp:
+            problems.append(f"parallel.tp={p.tp} must divide model.num_heads={m.num_heads} and "
+                            f"model.ffn_hidden_size={m.ffn_hidden_size}")
+    if p.pp > m.num_layers:
+        problems.append(f"parallel.pp={p.pp} is more stages than model.num_layers={m.num_layers}")
+    if p.pp > 1 and p.zero_stage >= 2:
+        problems.append(
+            f"parallel.zero_stage={p.zero_stage} cannot be combined with parallel.pp={p.pp}: DeepSpeed's pipeline "
+            "engine accumulates gradients over micro-batches itself, which ZeRO-2/3 gradient partitioning does "
+            "not support; use parallel.zero_stage=1 (or 0) with pipeline parallelism")
+    if p.sequence_parallel and p.tp == 1:
+        problems.append("parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over "
+                        "the tensor-parallel ranks)")
+    if p.pipeline_partition not in ("layers", "parameters"):
+        problems.append(f"parallel.pipeline_partition must be layers or parameters, got {p.pipeline_partition!r}")
+    world = planned_world_size(cfg, world_size)
+    if world % (p.tp * p.pp):
+        problems.append(f"{world} rank(s) cannot be split into parallel.tp x parallel.pp = {p.tp} x {p.pp} "
+                        f"groups; launch a multiple of {p.tp * p.pp} ranks or change the layout")
+    return problems

@@ -5,7 +5,9 @@ A checkpoint is the folder `<dir>/step_NNNNNNNN/` holding
 - `rng/rank_RRRRR.pt`: each rank's Python / NumPy / torch (CPU, CUDA) RNG states,
 - `megallm_state.json`: step, tokens seen, data position (consumed samples), parallel
   layout, the resolved model shape and tokenizer identity,
-- `config.yaml`: the run's resolved config.
+- `config.yaml`: the run's resolved config,
+- `consolidated.pt` (with checkpoint.consolidated=true): the full model in canonical
+  names, for any layout (megallm.checkpoint.consolidate).
 Every rank writes into `step_NNNNNNNN.partial/`; after a barrier rank 0 renames it to the
 final name. A folder without `.partial` is therefore complete, a crash mid-save leaves
 only a `.partial` (ignored and replaced next time), and an existing checkpoint is never
@@ -90,12 +92,25 @@ def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
         )
     if saved.layout != current.layout:
         raise CheckpointError(
-            f"checkpoint {path} was written with layout {saved.layout} but this run uses {current.layout}; "
-            "resume with the saved layout (resharding arrives with tools/convert_ckpt.py)"
+            f"checkpoint {path} was written with layout {describe_layout(saved.layout)} but this run uses "
+            f"{describe_layout(current.layout)}; resume with the saved layout, or reshard it with "
+            f"`python tools/convert_ckpt.py reshard {path} OUT_DIR {layout_arguments(current.layout)}` "
+            "and resume from OUT_DIR"
         )
     if saved.seq_len != current.seq_len:
         raise CheckpointError(f"checkpoint {path} used train.seq_len={saved.seq_len}, this run {current.seq_len}; "
                               "the data position would not carry over: keep train.seq_len")
+
+
+def describe_layout(layout: dict) -> str:
+    return (f"TP={layout.get('tp')} x PP={layout.get('pp')} x DP={layout.get('dp')} "
+            f"ZeRO-{layout.get('zero_stage')}")
+
+
+def layout_arguments(layout: dict) -> str:
+    """The layout as `tools/convert_ckpt.py reshard` options."""
+    return (f"--tp {layout.get('tp')} --pp {layout.get('pp')} --dp {layout.get('dp')} "
+            f"--zero-stage {layout.get('zero_stage')}")
 
 
 def _rng_state() -> dict:
@@ -113,8 +128,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(engine, root: Path, state: RunState, config_yaml: str, rank: int, keep_last: int) -> Optional[Path]:
-    """Collective: every rank calls it. Returns the published folder (None if it already existed)."""
+def save_checkpoint(engine, root: Path, state: RunState, config_yaml: str, rank: int, keep_last: int,
+                    consolidated: Optional[dict] = None) -> Optional[Path]:
+    """Collective: every rank calls it. Returns the published folder (None if it already existed).
+
+    `consolidated` (rank 0's full model from megallm.checkpoint.consolidate) is written as
+    consolidated.pt inside the checkpoint before it is published.
+    """
     import torch.distributed as dist
 
     tag = tag_for(state.step)
@@ -133,6 +153,8 @@ def save_checkpoint(engine, root: Path, state: RunState, config_yaml: str, rank:
     dist.barrier()
     if rank == 0:
         (partial / "config.yaml").write_text(config_yaml)
+        if consolidated is not None:
+            torch.save({"model": consolidated, "model_config": state.model}, partial / "consolidated.pt")
         (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         partial.rename(final)
         if keep_last > 0:

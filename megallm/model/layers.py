@@ -1,5 +1,15 @@
 """Llama building blocks on megatron-core tensor-parallel layers: RMSNorm, RoPE, GQA, SwiGLU.
 
+Activation recompute (`recompute`): "full" keeps only each block's input and reruns the
+block in backward; "selective" reruns only the core attention softmax(q k^T) v, whose
+s x s scores dominate activation memory without a fused kernel (Korthikanti et al.
+2022, "Reducing Activation Recomputation in Large Transformer Models").
+
+Sequence parallelism (Korthikanti et al. 2022): outside the attention and MLP matmuls
+each tensor-parallel rank keeps only its `s / tp` positions; the column-parallel layers
+all-gather the sequence and the row-parallel layers reduce-scatter it. The norm weights
+then see only part of the sequence, so their gradients are summed over the TP group.
+
 Layout conventions (Megatron's): activations are `[s, b, h]`; a parallel linear returns
 `(output, bias)`. Shapes in comments are per tensor-parallel rank, `tp` ranks in all:
 `nh`/`nkv` below are the rank's own query / key-value heads.
@@ -20,8 +30,11 @@ import math
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from megatron.core import parallel_state
 from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
@@ -35,15 +48,24 @@ def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (as Hugging Face Llama)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, sequence_parallel: bool = False):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        if sequence_parallel:  # this rank saw s / tp positions: sum the weight's gradient over TP
+            self.weight.sequence_parallel = True
+            self.weight.register_hook(_sum_over_tensor_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
+
+
+def _sum_over_tensor_parallel(grad: torch.Tensor) -> torch.Tensor:
+    grad = grad.clone()
+    dist.all_reduce(grad, group=parallel_state.get_tensor_model_parallel_group())
+    return grad
 
 
 class RotaryEmbedding(nn.Module):
@@ -75,9 +97,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class GroupedQueryAttention(nn.Module):
     """Causal self-attention with `num_kv_heads` key/value heads shared by query groups."""
 
-    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, layer_init, out_init):
+    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, layer_init, out_init,
+                 recompute_core: bool = False):
         super().__init__()
         tp = tp_group.size()
+        self.recompute_core = recompute_core
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.head_dim = cfg.head_dim
         self.q_per_kv = cfg.num_heads // cfg.num_kv_heads
         self.kv_heads_local = cfg.num_kv_heads // tp  # kv groups on this rank
@@ -91,17 +116,21 @@ class GroupedQueryAttention(nn.Module):
             bias=False, input_is_parallel=True, skip_bias_add=False, tp_group=tp_group,
         )
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        s, b, _ = x.shape
-        qkv, _ = self.qkv(x)  # [s, b, nkv * (q_per_kv + 2) * d]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv, _ = self.qkv(x)  # [s, b, nkv * (q_per_kv + 2) * d]; all-gathered from [s / tp, ...] under SP
+        s, b, _ = qkv.shape
         qkv = qkv.view(s, b, self.kv_heads_local, self.q_per_kv + 2, self.head_dim)
         q, k, v = qkv.split([self.q_per_kv, 1, 1], dim=3)
         q = q.reshape(s, b, self.kv_heads_local * self.q_per_kv, self.head_dim)  # [s, b, nh, d]
         k = k.squeeze(3)  # [s, b, nkv, d]
         v = v.squeeze(3)  # [s, b, nkv, d]
+        cos, sin = self.rotary(s, x.device)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        ctx = causal_attention(q, k, v)  # [s, b, nh * d]
-        out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp
+        if self.recompute_core and torch.is_grad_enabled():
+            ctx = checkpoint(causal_attention, q, k, v, use_reentrant=False)
+        else:
+            ctx = causal_attention(q, k, v)  # [s, b, nh * d]
+        out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp (reduce-scattered to [s / tp, b, h] under SP)
         return out
 
 
@@ -129,18 +158,28 @@ class SwiGLU(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm Llama block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group):
+    RECOMPUTE_MODES = ("none", "full", "selective")
+
+    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, recompute: str = "none"):
         super().__init__()
+        assert recompute in self.RECOMPUTE_MODES, recompute
+        self.recompute_full = recompute == "full"
         layer_init = normal_init(cfg.init_std)
         # Output projections scaled by 1/sqrt(2 * layers), as GPT-2 / Megatron.
         out_init = normal_init(cfg.init_std / math.sqrt(2.0 * cfg.num_layers))
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.attn = GroupedQueryAttention(cfg, mp_config, tp_group, layer_init, out_init)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        sp = mp_config.sequence_parallel
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel=sp)
+        self.attn = GroupedQueryAttention(cfg, mp_config, tp_group, layer_init, out_init,
+                                          recompute_core=recompute == "selective")
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel=sp)
         self.mlp = SwiGLU(cfg, mp_config, tp_group, layer_init, out_init)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.rotary(x.shape[0], x.device)
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+        """x: [s, b, h] ([s / tp, b, h] under sequence parallelism)."""
+        if self.recompute_full and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))

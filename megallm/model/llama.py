@@ -1,15 +1,26 @@
-"""The Llama decoder as a flat list of layers: embedding, N transformer blocks, head.
+"""The Llama decoder as a flat list of layers: embedding, N transformer blocks, final norm, output.
 
-One definition serves every layout: `LlamaModel` runs the list in one process, and the
-pipeline-parallel wrapper (megallm.parallel) cuts the same list into stages. Sources:
-Touvron et al. 2023 (Llama 2), Grattafiori et al. 2024 (Llama 3); weights are laid out
-so that Hugging Face `LlamaForCausalLM` is a renaming (megallm.checkpoint).
+`layer_defs` is the one definition of the model. `LlamaModel` builds and runs the whole
+list in one process; the pipeline-parallel wrapper (megallm.parallel.pipeline) cuts the
+same list into stages. Each layer draws its initial weights from its own seed, derived
+from (run seed, layer index), so a layer gets the same numbers whichever stage builds
+it and whatever the tensor-parallel degree (megatron-core initialises the full matrix
+on CPU and each rank keeps its slice): every layout starts from the same model.
+
+Parameter names of `LlamaModel` are the canonical names (checkpoint consolidation and
+Hugging Face conversion speak them): `embedding.weight`, `blocks.{i}.*`,
+`final_norm.weight`, and `output.weight` unless the output is tied to the embedding.
+
+Sources: Touvron et al. 2023 (Llama 2), Grattafiori et al. 2024 (Llama 3).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from megatron.core import parallel_state
@@ -24,10 +35,12 @@ from megallm.model.config import ModelConfig, padded_vocab_size
 from megallm.model.layers import RMSNorm, TransformerBlock, normal_init
 
 
-def megatron_config(tp: int, params_dtype: torch.dtype, initialize: bool) -> ModelParallelConfig:
+def megatron_config(tp: int, params_dtype: torch.dtype, initialize: bool,
+                    sequence_parallel: bool = False) -> ModelParallelConfig:
     """megatron-core layer settings: weights built on CPU so every TP degree draws the same numbers."""
     return ModelParallelConfig(
         tensor_model_parallel_size=tp,
+        sequence_parallel=sequence_parallel,
         use_cpu_initialization=True,
         perform_initialization=initialize,
         params_dtype=params_dtype,
@@ -35,38 +48,56 @@ def megatron_config(tp: int, params_dtype: torch.dtype, initialize: bool) -> Mod
     )
 
 
-class EmbeddingLayer(nn.Module):
-    """Token ids [b, s] -> hidden states [s, b, h] (vocab split across TP ranks)."""
+class EmbeddingLayer(VocabParallelEmbedding):
+    """Token ids [b, s] -> hidden states [s, b, h]; rows of the (padded) vocabulary split over TP.
+
+    With tied embeddings the same weight also projects the final hidden states to logits
+    (`logits`), so the output layer holds no weight of its own.
+    """
 
     def __init__(self, cfg: ModelConfig, vocab: int, mp_config: ModelParallelConfig, tp_group):
-        super().__init__()
-        self.embed = VocabParallelEmbedding(
-            vocab, cfg.hidden_size, init_method=normal_init(cfg.init_std), config=mp_config, tp_group=tp_group
-        )
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.embed.weight
+        super().__init__(vocab, cfg.hidden_size, init_method=normal_init(cfg.init_std), config=mp_config,
+                         tp_group=tp_group)
+        self.sequence_parallel = mp_config.sequence_parallel
+        self.tied_output = ColumnParallelLinear(
+            cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std), bias=False,
+            gather_output=False, skip_weight_param_allocation=True, tp_group=tp_group,
+        ) if cfg.tie_embeddings else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embed(tokens).transpose(0, 1).contiguous()  # [b, s, h] -> [s, b, h]
+        x = super().forward(tokens).transpose(0, 1).contiguous()  # [b, s, h] -> [s, b, h]
+        if self.sequence_parallel:  # each TP rank keeps s / tp positions: [s / tp, b, h]
+            from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
+
+            x = scatter_to_sequence_parallel_region(x)
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Tied output projection: [s, b, h] -> [s, b, vocab / tp]."""
+        out, _ = self.tied_output(x, weight=self.weight)
+        return out
 
 
-class HeadLayer(nn.Module):
-    """Final RMSNorm and output projection: [s, b, h] -> logits [s, b, vocab / tp]."""
+def tied_logits(embedding: EmbeddingLayer, x: torch.Tensor) -> torch.Tensor:
+    """Forward of the output position when it shares the embedding's weight."""
+    return embedding.logits(x)
+
+
+class OutputLayer(ColumnParallelLinear):
+    """Untied output projection [s, b, h] -> logits [s, b, vocab / tp], vocabulary split over TP."""
 
     def __init__(self, cfg: ModelConfig, vocab: int, mp_config: ModelParallelConfig, tp_group):
-        super().__init__()
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.output = ColumnParallelLinear(
-            cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std),
-            bias=False, gather_output=False, skip_weight_param_allocation=cfg.tie_embeddings,
-            tp_group=tp_group,
-        )
+        super().__init__(cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std),
+                         bias=False, gather_output=False, tp_group=tp_group)
 
-    def forward(self, x: torch.Tensor, tied_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        logits, _ = self.output(self.norm(x), weight=tied_weight)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, _ = super().forward(x)
         return logits
+
+
+class FinalNorm(RMSNorm):
+    def __init__(self, cfg: ModelConfig, sequence_parallel: bool = False):
+        super().__init__(cfg.hidden_size, cfg.norm_eps, sequence_parallel=sequence_parallel)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -75,22 +106,72 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return per_token.mean()
 
 
-class LlamaModel(nn.Module):
-    """Embedding, `num_layers` blocks and head, run in order on one pipeline stage."""
+def layer_seed(run_seed: int, index: int) -> int:
+    """Independent seeds per (run, layer): neighbouring run seeds share no layer."""
+    return int(np.random.SeedSequence([run_seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
-    def __init__(self, cfg: ModelConfig, vocab: int, mp_config: ModelParallelConfig, tp_group):
+
+@dataclass
+class LayerDef:
+    """One position in the flat layer list, and how to build its module."""
+
+    name: str  # canonical parameter prefix of the module built here, e.g. "blocks.3"
+    cls: type
+    kwargs: dict
+    seed: int
+    tied_to: Optional[str] = None  # name of the layer whose module (and weights) this position reuses
+    forward_fn: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
+
+    def build(self, meta: bool = False) -> nn.Module:
+        """Build the module from this layer's own seed; on `meta`, allocate and initialise nothing."""
+        kwargs = dict(self.kwargs)
+        if meta and "mp_config" in kwargs:
+            kwargs["mp_config"] = dataclasses.replace(kwargs["mp_config"], perform_initialization=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            with torch.device("meta" if meta else "cpu"):
+                return self.cls(**kwargs)
+
+
+def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dtype = torch.float32,
+               recompute: str = "none", sequence_parallel: bool = False) -> list[LayerDef]:
+    """The model as a flat list: embedding, `num_layers` blocks, final norm, output projection."""
+    assert cfg.vocab_size is not None, "model.vocab_size must be resolved before building the model"
+    vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp_group.size())
+    mp = megatron_config(tp_group.size(), params_dtype, initialize=True, sequence_parallel=sequence_parallel)
+    common = {"cfg": cfg, "mp_config": mp, "tp_group": tp_group}
+    defs = [LayerDef("embedding", EmbeddingLayer, {**common, "vocab": vocab}, layer_seed(seed, 0))]
+    for i in range(cfg.num_layers):
+        defs.append(LayerDef(f"blocks.{i}", TransformerBlock, {**common, "recompute": recompute},
+                             layer_seed(seed, 1 + i)))
+    defs.append(LayerDef("final_norm", FinalNorm, {"cfg": cfg, "sequence_parallel": sequence_parallel},
+                         layer_seed(seed, cfg.num_layers + 1)))
+    if cfg.tie_embeddings:
+        defs.append(LayerDef("output", EmbeddingLayer, {**common, "vocab": vocab}, defs[0].seed,
+                             tied_to="embedding", forward_fn=tied_logits))
+    else:
+        defs.append(LayerDef("output", OutputLayer, {**common, "vocab": vocab}, layer_seed(seed, cfg.num_layers + 2)))
+    return defs
+
+
+class LlamaModel(nn.Module):
+    """The whole layer list in one process (one pipeline stage)."""
+
+    def __init__(self, cfg: ModelConfig, defs: list[LayerDef], meta: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.embedding = EmbeddingLayer(cfg, vocab, mp_config, tp_group)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, mp_config, tp_group) for _ in range(cfg.num_layers))
-        self.head = HeadLayer(cfg, vocab, mp_config, tp_group)
+        self.embedding = defs[0].build(meta)
+        self.blocks = nn.ModuleList(d.build(meta) for d in defs[1:1 + cfg.num_layers])
+        self.final_norm = defs[-2].build(meta)
+        self.output = None if defs[-1].tied_to else defs[-1].build(meta)
 
     def forward(self, tokens: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits [s, b, vocab / tp] for tokens [b, s]; the mean loss if labels [b, s] are given."""
         x = self.embedding(tokens)
         for block in self.blocks:
             x = block(x)
-        logits = self.head(x, self.embedding.weight if self.cfg.tie_embeddings else None)
+        x = self.final_norm(x)
+        logits = self.embedding.logits(x) if self.output is None else self.output(x)
         return logits if labels is None else lm_loss(logits, labels)
 
 
@@ -100,18 +181,18 @@ def build_model(
     device: str | torch.device = "cpu",
     params_dtype: torch.dtype = torch.float32,
     tp_group=None,
+    seed: int = 1234,
+    recompute: str = "none",
+    sequence_parallel: bool = False,
 ) -> LlamaModel:
-    """Build the model on this rank. On `device="meta"` nothing is allocated or initialised.
+    """Build the whole model on this rank. On `device="meta"` nothing is allocated or initialised.
 
-    The vocabulary is padded for the TP degree; initialisation draws from torch's global
-    RNG on CPU, so seed it first for a reproducible model.
+    The vocabulary is padded for the TP degree; each layer's weights come from its own
+    seed (see `layer_seed`), so the same `seed` gives the same model in every layout.
     """
-    assert cfg.vocab_size is not None, "model.vocab_size must be resolved before building the model"
     tp_group = tp_group or parallel_state.get_tensor_model_parallel_group()
-    tp = tp_group.size()
-    vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp)
+    defs = layer_defs(cfg, seed=seed, tp_group=tp_group, params_dtype=params_dtype, recompute=recompute,
+                      sequence_parallel=sequence_parallel)
     on_meta = torch.device(device).type == "meta"
-    mp_config = megatron_config(tp, params_dtype, initialize=not on_meta)
-    with torch.device("meta") if on_meta else torch.device("cpu"):
-        model = LlamaModel(cfg, vocab, mp_config, tp_group)
+    model = LlamaModel(cfg, defs, meta=on_meta)
     return model if on_meta else model.to(device)

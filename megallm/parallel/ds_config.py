@@ -12,23 +12,13 @@ def resolve_precision(precision: str, on_gpu: bool) -> str:
     return precision
 
 
-def clips_in_loop(zero_stage: int, precision: str) -> bool:
-    """True where megallm, not DeepSpeed, clips gradients.
-
-    Without ZeRO or mixed precision DeepSpeed clips but throws the norm away
-    (`engine.clip_fp32_gradients`), so the loop clips there itself and keeps the norm.
-    """
-    return zero_stage == 0 and precision == "fp32"
-
-
 def deepspeed_config(cfg: RunConfig, dp: int, precision: str) -> dict:
     global_sequences, grad_accum = batch_layout(cfg.train, dp)
-    clip = 0.0 if clips_in_loop(cfg.parallel.zero_stage, precision) else cfg.optim.grad_clip
     return {
         "train_batch_size": global_sequences,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": clip,
+        "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.parallel.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "zero_allow_untested_optimizer": True,

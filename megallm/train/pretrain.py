@@ -113,10 +113,15 @@ def main(argv: list[str]) -> int:
 
 
 def _train(cfg: RunConfig, config_yaml: str, corpus) -> int:
+    import torch
+
     from megallm.checkpoint.state import CheckpointError
     from megallm.parallel.distributed import init_distributed, shutdown
     from megallm.train.trainer import Trainer
 
+    if cfg.parallel.sequence_parallel and not torch.cuda.is_available():
+        return _fail("parallel.sequence_parallel=true needs GPUs with NCCL: gloo (CPU) has no reduce-scatter; "
+                     "set parallel.sequence_parallel=false")
     ctx = init_distributed(cfg.parallel.tp, cfg.parallel.pp)
     try:
         if ctx.is_main and cfg.model.vocab_size > corpus.manifest.vocab_size:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from megallm.checkpoint.state import (
     RunState,
@@ -28,10 +27,9 @@ from megallm.data.loader import DistributedBatches, PackedSequences, SampleOrder
 from megallm.metrics.sinks import ConsoleSink, JsonlSink, MetricLogger, WandbSink
 from megallm.metrics.throughput import Throughput, device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
-from megallm.model.llama import build_model
 from megallm.parallel.distributed import DistContext
-from megallm.parallel.ds_config import clips_in_loop, deepspeed_config, resolve_precision
-from megallm.train.optim import build_optimizer
+from megallm.parallel.ds_config import resolve_precision
+from megallm.parallel.engine import ParallelEngine
 
 
 def seed_everything(seed: int) -> None:
@@ -42,15 +40,11 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext):
-        import deepspeed
-
         self.cfg, self.config_yaml, self.ctx = cfg, config_yaml, ctx
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
         self.precision = resolve_precision(cfg.train.precision, ctx.device.type == "cuda")
         self.global_sequences, self.grad_accum = batch_layout(cfg.train, ctx.dp)
-        self.clip_in_loop = clips_in_loop(cfg.parallel.zero_stage, self.precision)
-        self.grad_norm: float | None = None
         self.state = RunState(
             layout={"tp": ctx.tp, "pp": ctx.pp, "dp": ctx.dp, "zero_stage": cfg.parallel.zero_stage},
             model=cfg.model.to_dict(), tokenizer_sha256=corpus.manifest.tokenizer_sha256,
@@ -61,13 +55,8 @@ class Trainer:
         if self.resume_from is not None:
             check_compatible(read_state(self.resume_from), self.state, self.resume_from)
 
-        seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
-        model = build_model(cfg.model, device=ctx.device)
-        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, ctx.dp, self.precision), dist_init_required=False,
-        )
+        seed_everything(cfg.train.seed)
+        self.engine = ParallelEngine(cfg, ctx, self.precision)  # weights drawn from per-layer seeds
         self.train_batches = self._batches(corpus, cfg.data.train_split, shuffle=True)
         self.val_batches = self._batches(corpus, cfg.data.val_split, shuffle=False)
         self.params = parameter_count(cfg.model)
@@ -99,7 +88,7 @@ class Trainer:
     def fit(self) -> RunState:
         cfg, train = self.cfg, self.cfg.train
         if self.resume_from is not None:
-            saved = load_checkpoint(self.engine, self.resume_from, self.ctx.rank)
+            saved = load_checkpoint(self.engine.engine, self.resume_from, self.ctx.rank)
             self.state.step, self.state.consumed_samples = saved.step, saved.consumed_samples
             self.state.tokens_seen = saved.tokens_seen
             self.say(f"resumed from {self.resume_from} at step {saved.step}")
@@ -107,14 +96,14 @@ class Trainer:
         self.say(
             f"model {cfg.model.name}: {self.params.total / 1e6:.1f}M parameters | "
             f"{self.flops_per_token / 1e6:.1f} MFLOP/token | {self.ctx.world_size} rank(s) "
-            f"({self.ctx.backend}, {self.precision}, ZeRO-{cfg.parallel.zero_stage}) | "
+            f"({self.ctx.backend}, {self.precision}, TP={self.ctx.tp} PP={self.ctx.pp} DP={self.ctx.dp} "
+            f"ZeRO-{cfg.parallel.zero_stage}) | "
             f"{self.global_sequences} x {train.seq_len} tokens per step, grad accumulation {self.grad_accum}"
         )
         throughput = Throughput(self.flops_per_token, device_peak_flops(self.ctx.device, self.precision),
                                 self.ctx.world_size)
         loss_sum = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
         steps_in_window = 0
-        self.engine.train()
         while self.state.step < last_step:
             loss_sum += self._train_step()
             steps_in_window += 1
@@ -127,61 +116,43 @@ class Trainer:
             if train.eval_every and (step % train.eval_every == 0 or step == last_step):
                 self._evaluate()
             if step == last_step or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-                path = save_checkpoint(self.engine, self.ckpt_root, self.state, self.config_yaml,
-                                       self.ctx.rank, cfg.checkpoint.keep_last)
+                path = self._save()
                 if path:
                     self.say(f"saved checkpoint {path}")
         self.logger.close()
         return self.state
 
+    def _save(self):
+        consolidated = None
+        if self.cfg.checkpoint.consolidated:
+            from megallm.checkpoint.consolidate import gather_full_weights
+
+            consolidated = gather_full_weights(self.engine, self.cfg.model)
+        return save_checkpoint(self.engine.engine, self.ckpt_root, self.state, self.config_yaml, self.ctx.rank,
+                               self.cfg.checkpoint.keep_last, consolidated=consolidated)
+
     def _train_step(self) -> torch.Tensor:
-        """One optimizer step over `grad_accum` micro-batches; returns this rank's mean loss (no sync)."""
-        self.step_lr = self.scheduler.get_last_lr()[0]  # the LR this step applies
-        total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
-        for micro in range(self.grad_accum):
-            batch = self.train_batches.micro_batch(self.state.consumed_samples, micro)
-            loss = self.engine(batch[:, :-1], batch[:, 1:])
-            self.engine.backward(loss)
-            if self.clip_in_loop and micro == self.grad_accum - 1:
-                self.grad_norm = self._clip_gradients()
-            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
-            total += loss.detach()
+        """One optimizer step over `grad_accum` micro-batches; returns this replica's mean loss (no sync)."""
+        self.step_lr = self.engine.learning_rate  # the LR this step applies
+        micro_batches = [self.train_batches.micro_batch(self.state.consumed_samples, micro)
+                         for micro in range(self.grad_accum)]
+        loss = self.engine.train_step(micro_batches)
         self.state.step += 1
         self.state.consumed_samples += self.global_sequences
         self.state.tokens_seen += self.global_sequences * self.cfg.train.seq_len
-        return total / self.grad_accum
-
-    def _clip_gradients(self) -> float:
-        from deepspeed.runtime.utils import clip_grad_norm_
-
-        max_norm = self.cfg.optim.grad_clip or float("inf")  # inf: measure only
-        return float(clip_grad_norm_(self.engine.module.parameters(), max_norm=max_norm, mpu=None))
-
-    def _data_parallel_mean(self, value: torch.Tensor) -> float:
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        return value.item() / self.ctx.world_size  # every rank's loss counts once (TP/PP replicas agree)
+        return loss
 
     def _log_train(self, local_loss: torch.Tensor, throughput: Throughput, steps_left: int) -> None:
-        loss = self._data_parallel_mean(local_loss)
-        grad_norm = self.grad_norm if self.clip_in_loop else self.engine.get_global_grad_norm()
         record = {
-            "kind": "train", "step": self.state.step, "total_steps": self.cfg.train.steps, "loss": loss,
-            "lr": self.step_lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "kind": "train", "step": self.state.step, "total_steps": self.cfg.train.steps,
+            "loss": self.engine.mean_over_data_parallel(local_loss), "lr": self.step_lr,
+            "grad_norm": self.engine.grad_norm,
             "tokens_seen": self.state.tokens_seen, **throughput.report(steps_left),
         }
         self.logger.log(record)
 
-    @torch.no_grad()
     def _evaluate(self) -> None:
-        self.engine.eval()
-        total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
-        for i in range(self.cfg.train.eval_batches):
-            batch = self.val_batches.micro_batch(0, i)
-            total += self.engine(batch[:, :-1], batch[:, 1:]).detach()
-        self.engine.train()
-        val_loss = self._data_parallel_mean(total / self.cfg.train.eval_batches)
+        batches = [self.val_batches.micro_batch(0, i) for i in range(self.cfg.train.eval_batches)]
+        val_loss = self.engine.eval_loss(batches)
         self.logger.log({"kind": "eval", "step": self.state.step, "val_loss": val_loss,
                          "val_ppl": math.exp(min(val_loss, 50.0))})
-

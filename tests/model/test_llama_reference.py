@@ -69,8 +69,8 @@ def extract_weights(model, cfg: ModelConfig) -> dict:
             "gate": gate, "up": up, "down": block.mlp.down.weight.detach(),
         })
     embed = model.embedding.weight.detach()
-    output = embed if cfg.tie_embeddings else model.head.output.weight.detach()
-    return {"embed": embed, "layers": layers, "final_norm": model.head.norm.weight.detach(), "output": output}
+    output = embed if cfg.tie_embeddings else model.output.weight.detach()
+    return {"embed": embed, "layers": layers, "final_norm": model.final_norm.weight.detach(), "output": output}
 
 
 @pytest.mark.parametrize("num_kv_heads,tied", [(2, True), (4, False), (1, False)])
@@ -103,9 +103,28 @@ def test_same_seed_same_weights(world_of_one):
 
     cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64, vocab_size=128)
     def weights(seed):
-        torch.manual_seed(seed)
-        return dict(build_model(cfg).named_parameters())
+        torch.manual_seed(999)  # the global RNG plays no part: each layer seeds itself from `seed`
+        return dict(build_model(cfg, seed=seed).named_parameters())
 
     a, b, c = weights(7), weights(7), weights(8)
+    assert sorted(a) == ["blocks.0.attn.out.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn_norm.weight",
+                         "blocks.0.mlp.down.weight", "blocks.0.mlp.gate_up.weight", "blocks.0.mlp_norm.weight",
+                         "embedding.weight", "final_norm.weight", "output.weight"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["embedding.embed.weight"], c["embedding.embed.weight"])
+    assert not torch.equal(a["embedding.weight"], c["embedding.weight"])
+    assert not torch.equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("recompute", ["full", "selective"])
+def test_recompute_gives_identical_gradients(world_of_one, recompute):
+    from megallm.model.llama import build_model
+
+    cfg = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_hidden_size=96, vocab_size=256)
+    tokens, labels = torch.randint(0, 256, (2, 2, 33))
+    grads = {}
+    for mode in ("none", recompute):
+        model = build_model(cfg, recompute=mode)
+        model(tokens, labels).backward()
+        grads[mode] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads["none"].items():
+        assert torch.equal(grad, grads[recompute][name]), name

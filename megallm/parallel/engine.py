@@ -1,0 +1,139 @@
+"""The DeepSpeed engine for a run's layout, behind the few calls the training loop makes.
+
+- pp == 1: `LlamaModel` (megatron-core TP layers inside) in a `DeepSpeedEngine`, given
+  `MegatronMpu` so gradients are averaged, and ZeRO partitions, over the data-parallel
+  group only; the loop runs forward/backward per micro-batch.
+- pp > 1: the same layer list as a `PipelineModule` in DeepSpeed's `PipelineEngine`,
+  which runs its own micro-batch schedule (one micro-batch per accumulation step).
+
+Gradient clipping: DeepSpeed clips inside ZeRO and bf16 optimizers and reports the norm.
+Without ZeRO in fp32 it clips in `clip_fp32_gradients` and discards the norm, and under
+pipeline parallelism counts only the first stage's replicated weights; there megallm
+clips itself (`clip_gradients`) and keeps the norm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megallm.config import RunConfig
+from megallm.model.llama import LayerDef, LlamaModel, layer_defs
+from megallm.parallel.distributed import DistContext
+from megallm.parallel.ds_config import deepspeed_config
+from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
+from megallm.train.optim import build_optimizer
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip to `max_norm` by the global L2 norm over one model replica; returns the norm.
+
+    Each weight counts once: tensor-parallel shards on every TP rank, replicated weights
+    on TP rank 0, and a tied weight only on the stage that owns it (DeepSpeed marks the
+    other copy `ds_pipe_replicated`). Call after the data-parallel gradient reduction.
+    """
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    squares = torch.zeros((), dtype=torch.float32, device=params[0].device)
+    for p in params:
+        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
+            continue
+        if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
+            squares += p.grad.detach().float().pow(2).sum()
+    dist.all_reduce(squares, group=ps.get_model_parallel_group())  # the TP x PP ranks of this replica
+    norm = squares.sqrt().item()
+    coefficient = max_norm / (norm + 1e-6)
+    if coefficient < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.detach().mul_(coefficient)
+    return norm
+
+
+class ParallelEngine:
+    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str):
+        import deepspeed
+
+        self.ctx, self.pipelined = ctx, ctx.pp > 1
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.defs: list[LayerDef] = layer_defs(
+            cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
+            recompute=cfg.train.activation_checkpointing, sequence_parallel=cfg.parallel.sequence_parallel,
+        )
+        topology = deepspeed_topology(ctx.tp, ctx.pp, ctx.dp)
+        check_topology_agreement(topology, ctx.rank)
+        if self.pipelined:
+            from megallm.parallel.pipeline import build_pipeline
+
+            module, mpu = build_pipeline(self.defs, topology, cfg.parallel.pipeline_partition, ctx.is_main), None
+        else:
+            module, mpu = LlamaModel(cfg.model, self.defs).to(ctx.device), MegatronMpu()
+        optimizer, scheduler = build_optimizer(module, cfg.optim, cfg.train.steps)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, mpu=mpu,
+            config=deepspeed_config(cfg, ctx.dp, precision), dist_init_required=False,
+        )
+        self.clips_itself = cfg.parallel.zero_stage == 0 and precision == "fp32"
+        self._grad_norm: Optional[float] = None
+        if self.clips_itself:  # DeepSpeed calls this at the step boundary when gradient_clipping > 0
+            self.engine.clip_fp32_gradients = self._clip
+
+    def _clip(self) -> None:
+        self._grad_norm = clip_gradients(list(self.engine.module.parameters()), self.engine.gradient_clipping())
+
+    @property
+    def grad_norm(self) -> float:
+        norm = self._grad_norm if self.clips_itself else self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else math.nan
+
+    @property
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    # ---- steps: `micro_batches` are token windows [mbs, seq_len + 1] -------------------------
+    def train_step(self, micro_batches: list[torch.Tensor]) -> torch.Tensor:
+        """One optimizer step; returns this data-parallel replica's mean loss (no communication)."""
+        if self.pipelined:
+            self.engine.train_batch(_inputs_and_labels(micro_batches))
+            return self.engine.dp_group_loss.double()
+        total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
+        for batch in micro_batches:
+            loss = self.engine(batch[:, :-1], batch[:, 1:])
+            self.engine.backward(loss)
+            self.engine.step()  # steps the optimizer at the accumulation boundary only
+            total += loss.detach()
+        return total / len(micro_batches)
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches: list[torch.Tensor]) -> float:
+        """Mean loss over the micro-batches of every data-parallel replica (collective)."""
+        if self.pipelined:
+            loss = self.engine.eval_batch(_inputs_and_labels(micro_batches), num_micro_batches=len(micro_batches))
+            self.engine.train()
+            return float(loss)
+        self.engine.eval()
+        total = sum(self.engine(b[:, :-1], b[:, 1:]).double() for b in micro_batches) / len(micro_batches)
+        self.engine.train()
+        return self.mean_over_data_parallel(total)
+
+    def mean_over_data_parallel(self, value: torch.Tensor) -> float:
+        value = value.detach().clone().to(torch.float64)
+        dist.all_reduce(value, group=ps.get_data_parallel_group())
+        return value.item() / self.ctx.dp
+
+    def canonical_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """(single-process name, this rank's parameter) for every parameter held here."""
+        if self.pipelined:
+            from megallm.parallel.pipeline import canonical_name
+
+            for name, p in self.engine.module.named_parameters():
+                yield canonical_name(name, self.defs), p
+        else:
+            yield from self.engine.module.named_parameters()
+
+
+def _inputs_and_labels(micro_batches: list[torch.Tensor]):
+    return iter([(b[:, :-1], b[:, 1:]) for b in micro_batches])
