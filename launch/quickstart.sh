@@ -18,5 +18,5 @@ fi
 torchrun --standalone --nproc_per_node "$nproc" launch/pretrain.py +model=tiny \
   run_dir=runs/quickstart data.path=data/stdlib \
   train.steps=300 train.seq_len=256 train.global_batch_tokens=4096 train.micro_batch_size=8 \
-  optim.lr=2e-3 optim.warmup_steps=30 train.eval_every=100 train.eval_batches=8 \
+  optim.lr=2e-3 optim.warmup_steps=30 train.eval_every=100 train.eval_batches=16 \
   checkpoint.every=100 logging.every=10 "$@"

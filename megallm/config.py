@@ -58,7 +58,9 @@ class TrainConfig:
     seed: int = 1234
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32
     eval_every: int = 200  # steps between held-out evaluations; 0 disables
-    eval_batches: int = 8  # micro-batches per rank per evaluation
+    # Micro-batches per evaluation over all data-parallel ranks (rounded up to a multiple of their
+    # number): the same held-out sequences for every layout, so val_loss compares across runs.
+    eval_batches: int = 8
     # "auto": continue from the newest complete checkpoint in the run's checkpoint folder
     # if there is one; "none": start fresh; or a path to one checkpoint folder.
     resume: str = "auto"

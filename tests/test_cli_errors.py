@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from tests.conftest import run_pretrain
 
@@ -31,6 +32,14 @@ def assert_one_line_error(result, *phrases: str) -> str:
         (["+model=tiny", "train.steps=many"], ["train.steps=many"]),
         (["+model=tiny", "model.num_heads=5"], ["not divisible by model.num_heads=5"]),
         (["+model=tiny", "train.global_batch_tokens=1000"], ["not a multiple of"]),
+        (["+model=tiny", "+parallel=tp2pp2", "parallel.zero_stage=3"],
+         ["parallel.zero_stage=3 cannot be combined with parallel.pp=2", "use parallel.zero_stage=1"]),
+        (["+model=tiny", "parallel.tp=8"], ["parallel.tp=8 does not divide model.num_kv_heads=4", "whole key/value"]),
+        (["+model=tiny", "parallel.tp=2"], ["1 rank(s) cannot be split into parallel.tp x parallel.pp = 2 x 1"]),
+        (["+model=tiny", "parallel=tp2"], ["+parallel=NAME", "tp2pp2"]),
+        (["+model=tiny", "+parallel=tp3"], ["unknown parallel 'tp3'", "tp2"]),
+        (["+model=tiny", "parallel.sequence_parallel=true"], ["needs parallel.tp > 1"]),
+        (["+model=tiny", "train.activation_checkpointing=partial"], ["none, full or selective"]),
     ],
 )
 def test_config_mistakes(args, phrases, tmp_path):
@@ -78,3 +87,12 @@ def test_dry_run_70b_on_a_laptop():
     assert result.returncode == 0, result.stderr
     assert "68.977B parameters" in result.stdout
     assert "GFLOP" in result.stdout and "ZeRO-3" in result.stdout and "64 rank(s)" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on GPUs sequence parallelism runs")
+def test_sequence_parallel_is_refused_on_cpu(small_corpus, tmp_path):
+    result = run_pretrain(["+model=tiny", "parallel.tp=2", "parallel.sequence_parallel=true",
+                           f"data.path={small_corpus}", f"run_dir={tmp_path}/run"], nproc=2)
+    assert result.returncode != 0  # torchrun adds its own report of the failed ranks
+    errors = [line for line in result.stderr.splitlines() if line.startswith("megallm: error:")]
+    assert len(errors) == 1 and "sequence_parallel=true needs GPUs with NCCL" in errors[0], result.stderr[-2000:]

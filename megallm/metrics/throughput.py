@@ -1,4 +1,4 @@
-"""Tokens per second, model FLOPs utilisation and ETA.
+"""Tokens per second, model FLOPs utilisation, ETA and peak memory.
 
 MFU = achieved model FLOP/s / the devices' dense peak (PaLM's definition), with the
 FLOPs per token from megallm.model.flops. Peaks are keyed by device name; a device not
@@ -32,6 +32,15 @@ def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
         if key in name:
             return peaks[precision] * 1e12
     return None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak: allocated GPU memory on CUDA, resident set size (RSS) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class Throughput:

@@ -124,6 +124,11 @@ class ParallelEngine:
         dist.all_reduce(value, group=ps.get_data_parallel_group())
         return value.item() / self.ctx.dp
 
+    def max_over_ranks(self, value: float) -> float:
+        tensor = torch.tensor(float(value), dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.item()
+
     def canonical_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         """(single-process name, this rank's parameter) for every parameter held here."""
         if self.pipelined:

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from megallm.compose import available, compose_config
-from megallm.config import ConfigError, RunConfig, check_config
+from megallm.config import ConfigError, RunConfig, batch_layout, check_config, planned_world_size
 from megallm.data.shards import DataError
 
 USAGE = """usage: torchrun [--nproc_per_node N] launch/pretrain.py +model=NAME [key=value ...] [--cfg]
@@ -53,8 +53,10 @@ def dry_run(cfg: RunConfig, world_size: int) -> str:
     from megallm.parallel.distributed import init_distributed, shutdown
     from megallm.parallel.memory import estimate_memory
 
-    world = cfg.train.dry_run_world_size or world_size
-    dp = world // (cfg.parallel.tp * cfg.parallel.pp)
+    world = planned_world_size(cfg, world_size)
+    par = cfg.parallel
+    dp = world // (par.tp * par.pp)
+    _, micro_batches = batch_layout(cfg.train, dp)
     init_distributed(deepspeed=False)
     try:
         model = build_model(cfg.model, device="meta")
@@ -71,12 +73,15 @@ def dry_run(cfg: RunConfig, world_size: int) -> str:
         f"{count.blocks / 1e6:.1f}M in {cfg.model.num_layers} blocks)",
         f"training FLOPs per token at seq_len {cfg.train.seq_len}: {flops_per_token(cfg.model, cfg.train.seq_len) / 1e9:.2f} GFLOP",
         f"memory per rank ({precision}, micro-batch {cfg.train.micro_batch_size} x {cfg.train.seq_len}, "
-        f"{world} rank(s), ZeRO-{cfg.parallel.zero_stage}):",
+        f"{world} rank(s) = TP {par.tp} x PP {par.pp} x DP {dp}, ZeRO-{par.zero_stage}, "
+        f"activation checkpointing {cfg.train.activation_checkpointing}"
+        f"{', sequence parallel' if par.sequence_parallel else ''}):",
     ]
     # bf16 runs on GPUs with fused attention kernels; fp32 is the CPU path with math attention.
     est = estimate_memory(cfg.model, seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size,
-                          precision=precision, zero_stage=cfg.parallel.zero_stage, dp=dp,
-                          fused_attention=precision == "bf16")
+                          precision=precision, zero_stage=par.zero_stage, dp=dp, tp=par.tp, pp=par.pp,
+                          micro_batches=micro_batches, recompute=cfg.train.activation_checkpointing,
+                          sequence_parallel=par.sequence_parallel, fused_attention=precision == "bf16")
     lines.append(f"  weights {est.weights / 2**30:.2f} GiB | gradients {est.gradients / 2**30:.2f} GiB"
                  f" | optimizer {est.optimizer / 2**30:.2f} GiB | activations {est.activations / 2**30:.2f} GiB"
                  f" | total {est.total / 2**30:.2f} GiB")

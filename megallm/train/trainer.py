@@ -25,7 +25,7 @@ from megallm.config import RunConfig, batch_layout
 from megallm.data.corpus import Corpus
 from megallm.data.loader import DistributedBatches, PackedSequences, SampleOrder
 from megallm.metrics.sinks import ConsoleSink, JsonlSink, MetricLogger, WandbSink
-from megallm.metrics.throughput import Throughput, device_peak_flops
+from megallm.metrics.throughput import Throughput, device_peak_flops, peak_memory_bytes
 from megallm.model.flops import flops_per_token, parameter_count
 from megallm.parallel.distributed import DistContext
 from megallm.parallel.ds_config import resolve_precision
@@ -148,11 +148,13 @@ class Trainer:
             "loss": self.engine.mean_over_data_parallel(local_loss), "lr": self.step_lr,
             "grad_norm": self.engine.grad_norm,
             "tokens_seen": self.state.tokens_seen, **throughput.report(steps_left),
+            "peak_mem_gib": self.engine.max_over_ranks(peak_memory_bytes(self.ctx.device)) / 2**30,
         }
         self.logger.log(record)
 
     def _evaluate(self) -> None:
-        batches = [self.val_batches.micro_batch(0, i) for i in range(self.cfg.train.eval_batches)]
+        per_rank = -(-self.cfg.train.eval_batches // self.ctx.dp)
+        batches = [self.val_batches.micro_batch(0, i) for i in range(per_rank)]
         val_loss = self.engine.eval_loss(batches)
         self.logger.log({"kind": "eval", "step": self.state.step, "val_loss": val_loss,
                          "val_ppl": math.exp(min(val_loss, 50.0))})

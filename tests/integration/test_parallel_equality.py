@@ -1,0 +1,129 @@
+"""Every parallel layout trains the same model to the same numbers as one process.
+
+Real gloo process groups (2 and 4 ranks via torchrun), 10 fp32 steps of a small Llama on
+the same data and seed. Compared with the single-process run:
+- the loss at every step, within 1e-5 relative;
+- the final weights gathered from all ranks into one copy (checkpoint.consolidated),
+  within 1e-5 relative L2 difference per tensor.
+
+Why a tolerance at all: the layouts add the same numbers in other orders (TP splits the
+matmul reductions, DP and ZeRO sum gradients over ranks), which changes fp32 results in
+the last bits. Losses stay within ~1e-7 relative. Single weight entries can differ by
+more: Adam divides each update by sqrt(v), so an entry whose gradient is at the rounding
+floor moves by up to the learning rate in either direction. The per-tensor L2 measure
+bounds the whole tensor (observed ~1e-6) while tolerating that.
+
+Also here: a checkpoint of a TP x PP run resumes under the same layout bit-identically,
+and resuming it under another layout stops with one line naming both layouts and the
+command that reshards it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_pretrain
+from tests.integration.test_train_resume import records, tree_digest
+from tests.test_cli_errors import assert_one_line_error
+
+STEPS = 10
+MODEL = ["+model=tiny", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=4",
+         "model.num_kv_heads=2", "model.ffn_hidden_size=128"]
+# 8 sequences of 32 tokens per step: 4 micro-batches of 2 on one data-parallel rank, 2 on each of two.
+SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=2", "train.global_batch_tokens=256", f"train.steps={STEPS}",
+            "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1", "train.eval_every=5", "train.eval_batches=2",
+            "checkpoint.every=5", "checkpoint.keep_last=0", "checkpoint.consolidated=true"]
+UNTIED = ["model.tie_embeddings=false"]
+
+# name: (ranks, overrides, baseline). Recompute modes ride along on some layouts; their exact
+# equality to no recompute is tested in one process in tests/model/test_llama_reference.py.
+LAYOUTS = {
+    "tp2": (2, ["parallel.tp=2", "train.activation_checkpointing=selective"], "single"),
+    "pp2": (2, ["+parallel=pp2", "train.activation_checkpointing=full"], "single"),
+    "dp2_zero1": (2, ["parallel.zero_stage=1"], "single"),
+    "dp2_zero2": (2, ["parallel.zero_stage=2"], "single"),
+    "dp2_zero3": (2, ["+parallel=zero3"], "single"),
+    "tp2pp2": (4, ["+parallel=tp2pp2", "parallel.pipeline_partition=parameters"], "single"),
+    "tp2dp2_untied": (4, ["parallel.tp=2", "parallel.zero_stage=1", *UNTIED], "single_untied"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(small_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    common = [*MODEL, *SCHEDULE, f"data.path={small_corpus}"]
+
+    def train(name: str, nproc: int, extra: list[str]):
+        result = run_pretrain([*common, *extra, f"run_dir={root / name}"], nproc=nproc)
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+        return result
+
+    out = {"root": root, "common": common}
+    out["single"] = train("single", 1, [])
+    out["single_untied"] = train("single_untied", 1, UNTIED)
+    for name, (nproc, extra, _) in LAYOUTS.items():
+        out[name] = train(name, nproc, extra)
+    # The TP x PP run again, stopped after step 5's checkpoint and resumed.
+    train("tp2pp2_resumed", 4, [*LAYOUTS["tp2pp2"][1], "train.stop_at_step=5"])
+    out["tp2pp2_resumed"] = train("tp2pp2_resumed", 4, LAYOUTS["tp2pp2"][1])
+    return out
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / f"step_{STEPS:08d}" / "consolidated.pt")["model"]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_single_process(runs, layout):
+    nproc, _, baseline = LAYOUTS[layout]
+    root = runs["root"]
+    ref, got = records(root / baseline, "train"), records(root / layout, "train")
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5, abs=0), (layout, step)
+        assert got[step]["grad_norm"] == pytest.approx(ref[step]["grad_norm"], rel=1e-4), (layout, step)
+    ref_eval, got_eval = records(root / baseline, "eval"), records(root / layout, "eval")
+    assert got_eval[STEPS]["val_loss"] == pytest.approx(ref_eval[STEPS]["val_loss"], rel=1e-5)
+
+    ref_w, got_w = final_weights(root / baseline), final_weights(root / layout)
+    assert sorted(got_w) == sorted(ref_w)
+    for name, tensor in ref_w.items():
+        assert got_w[name].shape == tensor.shape, name
+        relative_l2 = ((got_w[name] - tensor).norm() / tensor.norm()).item()
+        assert relative_l2 < 1e-5, (layout, name, relative_l2)
+    # Training moved the weights far more than the layouts disagree.
+    start = torch.load(root / baseline / "checkpoints" / "step_00000005" / "consolidated.pt")["model"]
+    assert (ref_w["blocks.0.attn.qkv.weight"] - start["blocks.0.attn.qkv.weight"]).norm() > 1e-3
+
+
+def test_runs_report_their_layout(runs):
+    assert "TP=2 PP=2 DP=1 ZeRO-1" in runs["tp2pp2"].stdout
+    assert "TP=2 PP=1 DP=2 ZeRO-1" in runs["tp2dp2_untied"].stdout
+    assert "pipeline stages: 0: embedding, blocks 0-1 | 1: blocks 2-3, final_norm, output" in runs["pp2"].stdout
+    state = json.loads((runs["root"] / "tp2pp2" / "checkpoints" / "step_00000010" / "megallm_state.json").read_text())
+    assert state["layout"] == {"tp": 2, "pp": 2, "dp": 1, "zero_stage": 1}
+    assert runs["tp2pp2"].stdout.count("step 10/10 |") == 1  # rank 0 alone reports
+
+
+def test_tp_pp_checkpoint_resumes_exactly(runs):
+    root = runs["root"]
+    assert "resumed from" in runs["tp2pp2_resumed"].stdout
+    full, resumed = records(root / "tp2pp2", "train"), records(root / "tp2pp2_resumed", "train")
+    for step in range(1, STEPS + 1):
+        assert resumed[step]["loss"] == full[step]["loss"], step  # bit-identical
+        assert resumed[step]["grad_norm"] == full[step]["grad_norm"], step
+    a, b = final_weights(root / "tp2pp2"), final_weights(root / "tp2pp2_resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_under_another_layout_is_refused(runs):
+    run_dir = runs["root"] / "tp2pp2"
+    before = tree_digest(run_dir / "checkpoints")
+    result = run_pretrain([*runs["common"], f"run_dir={run_dir}", "train.steps=12"])  # 1 rank: TP=1 PP=1
+    assert_one_line_error(result, "TP=2 x PP=2 x DP=1 ZeRO-1", "TP=1 x PP=1 x DP=1 ZeRO-0",
+                          "python tools/convert_ckpt.py reshard", "--tp 1 --pp 1 --dp 1 --zero-stage 0")
+    assert tree_digest(run_dir / "checkpoints") == before
