@@ -41,7 +41,7 @@ def test_incompatible_checkpoints_are_refused(tmp_path):
     saved = RunState(layout={"tp": 1, "pp": 1, "dp": 2, "zero_stage": 1}, model={"name": "a", "num_layers": 2},
                      tokenizer_sha256="abc", seq_len=64)
     check_compatible(saved, RunState(**{**asdict(saved), "model": {"name": "renamed", "num_layers": 2}}), tmp_path)
-    with pytest.raises(CheckpointError, match=r"layout \{.*'dp': 2.*\} but this run uses \{.*'dp': 4"):
+    with pytest.raises(CheckpointError, match=r"layout TP=1 x PP=1 x DP=2 ZeRO-1 but this run uses TP=1 x PP=1 x DP=4 ZeRO-1"):
         check_compatible(saved, RunState(**{**asdict(saved), "layout": {**saved.layout, "dp": 4}}), tmp_path)
     with pytest.raises(CheckpointError, match="tokenizer abc"):
         check_compatible(saved, RunState(**{**asdict(saved), "tokenizer_sha256": "xyz"}), tmp_path)

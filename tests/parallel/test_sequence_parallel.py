@@ -1,5 +1,8 @@
 """Sequence parallelism gives the same loss and gradients as plain tensor parallelism.
 
+(The same TP=2 processes also check the dry run's per-rank parameter count against the
+parameters a rank really builds.)
+
 Sequence parallelism is for GPUs (NCCL): gloo has no reduce-scatter and megatron-core's
 sequence-parallel linear layers allocate their buffers with `torch.cuda.current_device()`,
 so `pretrain.py` refuses it on CPU. To check megallm's placement of the scatter / gather
@@ -45,6 +48,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
     from megallm.model.config import ModelConfig
     from megallm.model.llama import build_model
     from megallm.parallel.distributed import init_distributed, shutdown
+    from megallm.parallel.memory import stage_parameters
 
     init_distributed(tp=2, deepspeed=False)
     lines = []
@@ -56,6 +60,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
         results = {}
         for sp in (False, True):
             model = build_model(cfg, seed=5, sequence_parallel=sp)
+            assert sum(p.numel() for p in model.parameters()) == stage_parameters(cfg, tp=2, pp=1)
             loss = model(tokens, labels)
             loss.backward()
             results[sp] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
