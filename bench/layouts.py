@@ -6,7 +6,7 @@ first (start-up and JIT warm-up excluded), and each layout is reported as a rati
 the single-process run measured in the same invocation. Also reports each run's peak
 memory per rank (RSS on CPU, allocated memory on GPU).
 
-    python bench/layouts.py [--model tiny] [--steps 40] [--only "TP=2,PP=2"] [extra overrides ...]
+    python bench/layouts.py [--model tiny] [--steps 20] [--only "TP=2,PP=2"] [extra overrides ...]
     # peak memory of the 125m model, ZeRO-3 against ZeRO-0 on 2 ranks:
     python bench/layouts.py --model 125m --only "DP=2 ZeRO-0,DP=2 ZeRO-3" --steps 4 \
         --seq-len 128 --global-batch-tokens 256 --micro-batch-size 1
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,8 @@ def run_layout(python: str, ranks: int, overrides: list[str], run_dir: Path) -> 
     result = subprocess.run([*launcher, str(REPO / "launch" / "pretrain.py"), *overrides, f"run_dir={run_dir}"],
                             cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+        errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        return {"error": (errors or ["failed"])[0]}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     timed = [r for r in train if r["step"] > 2] or train[-1:]  # steps 1-2 include start-up and warm-up
@@ -74,7 +76,7 @@ def run_layout(python: str, ranks: int, overrides: list[str], run_dir: Path) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--global-batch-tokens", type=int, default=8192)
     parser.add_argument("--micro-batch-size", type=int, default=4)
@@ -92,7 +94,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in chosen:
             ranks, overrides = LAYOUTS[name]
-            results[name] = run_layout(python, ranks, [*common, *overrides], Path(tmp) / name.replace(" ", "_"))
+            results[name] = run_layout(python, ranks, [*common, *overrides], Path(tmp) / re.sub(r"\W+", "_", name))
             print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     base = results.get("1 rank", {}).get("tokens_per_s")
     print(f"\nmodel {args.model}, {args.steps} steps of {args.global_batch_tokens} tokens (seq {args.seq_len}, "

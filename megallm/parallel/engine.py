@@ -14,6 +14,7 @@ clips itself (`clip_gradients`) and keeps the norm.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterator, Optional
 
@@ -63,6 +64,7 @@ class ParallelEngine:
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
             recompute=cfg.train.activation_checkpointing, sequence_parallel=cfg.parallel.sequence_parallel,
         )
+        ds_config = deepspeed_config(cfg, ctx.dp, precision)
         topology = deepspeed_topology(ctx.tp, ctx.pp, ctx.dp)
         check_topology_agreement(topology, ctx.rank)
         if self.pipelined:
@@ -70,16 +72,29 @@ class ParallelEngine:
 
             module, mpu = build_pipeline(self.defs, topology, cfg.parallel.pipeline_partition, ctx.is_main), None
         else:
-            module, mpu = LlamaModel(cfg.model, self.defs).to(ctx.device), MegatronMpu()
+            mpu = MegatronMpu()
+            with self._partitioned_at_construction(cfg, ds_config, mpu):
+                module = LlamaModel(cfg.model, self.defs).to(ctx.device)
         optimizer, scheduler = build_optimizer(module, cfg.optim, cfg.train.steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, mpu=mpu,
-            config=deepspeed_config(cfg, ctx.dp, precision), dist_init_required=False,
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, mpu=mpu, config=ds_config,
+            dist_init_required=False,
         )
         self.clips_itself = cfg.parallel.zero_stage == 0 and precision == "fp32"
         self._grad_norm: Optional[float] = None
         if self.clips_itself:  # DeepSpeed calls this at the step boundary when gradient_clipping > 0
             self.engine.clip_fp32_gradients = self._clip
+
+    @staticmethod
+    def _partitioned_at_construction(cfg: RunConfig, ds_config: dict, mpu):
+        """Under ZeRO-3 each layer's weights are partitioned as soon as it is built
+        (`deepspeed.zero.Init`), so no rank ever holds the whole model."""
+        if cfg.parallel.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu,
+                                   data_parallel_group=ps.get_data_parallel_group())
 
     def _clip(self) -> None:
         self._grad_norm = clip_gradients(list(self.engine.module.parameters()), self.engine.gradient_clipping())
