@@ -8,10 +8,11 @@ the same data and seed. Compared with the single-process run:
 
 Why a tolerance at all: the layouts add the same numbers in other orders (TP splits the
 matmul reductions, DP and ZeRO sum gradients over ranks), which changes fp32 results in
-the last bits. Losses stay within ~1e-7 relative. Single weight entries can differ by
-more: Adam divides each update by sqrt(v), so an entry whose gradient is at the rounding
-floor moves by up to the learning rate in either direction. The per-tensor L2 measure
-bounds the whole tensor (observed ~1e-6) while tolerating that.
+the last bits. Losses stay within 1.0e-7 relative. Single weight entries can differ by
+more (up to 2.5e-5 absolute): Adam divides each update by sqrt(v), so an entry with a
+tiny gradient turns rounding noise into a visible update. The per-tensor relative L2
+measure bounds the whole tensor while tolerating that; observed 2.6e-7 (PP=2) to 8.3e-6
+(TP=2 x DP=2 ZeRO-3) on the 2-core CPU machine, where the runs are deterministic.
 
 Also here: a checkpoint of a TP x PP run resumes under the same layout bit-identically,
 and resuming it under another layout stops with one line naming both layouts and the
@@ -48,7 +49,7 @@ LAYOUTS = {
     "dp2_zero2": (2, ["parallel.zero_stage=2"], "single"),
     "dp2_zero3": (2, ["+parallel=zero3"], "single"),
     "tp2pp2": (4, ["+parallel=tp2pp2", "parallel.pipeline_partition=parameters"], "single"),
-    "tp2dp2_untied": (4, ["parallel.tp=2", "parallel.zero_stage=1", *UNTIED], "single_untied"),
+    "tp2dp2_zero3_untied": (4, ["parallel.tp=2", "parallel.zero_stage=3", *UNTIED], "single_untied"),
 }
 
 
@@ -102,7 +103,7 @@ def test_layout_matches_single_process(runs, layout):
 
 def test_runs_report_their_layout(runs):
     assert "TP=2 PP=2 DP=1 ZeRO-1" in runs["tp2pp2"].stdout
-    assert "TP=2 PP=1 DP=2 ZeRO-1" in runs["tp2dp2_untied"].stdout
+    assert "TP=2 PP=1 DP=2 ZeRO-3" in runs["tp2dp2_zero3_untied"].stdout
     assert "pipeline stages: 0: embedding, blocks 0-1 | 1: blocks 2-3, final_norm, output" in runs["pp2"].stdout
     state = json.loads((runs["root"] / "tp2pp2" / "checkpoints" / "step_00000010" / "megallm_state.json").read_text())
     assert state["layout"] == {"tp": 2, "pp": 2, "dp": 1, "zero_stage": 1}
