@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from megallm.model.config import ModelConfig
+from megallm.model.config import RECOMPUTE_MODES, ModelConfig
 
 
 @dataclass
@@ -143,7 +143,7 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     for name in ("steps", "seq_len", "global_batch_tokens", "micro_batch_size"):
         if getattr(t, name) <= 0:
             problems.append(f"train.{name} must be positive, got {getattr(t, name)}")
-    if t.activation_checkpointing not in ("none", "full", "selective"):
+    if t.activation_checkpointing not in RECOMPUTE_MODES:
         problems.append(f"train.activation_checkpointing must be none, full or selective, "
                         f"got {t.activation_checkpointing!r}")
     if t.precision not in ("auto", "bf16", "fp32"):

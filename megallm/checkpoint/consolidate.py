@@ -50,7 +50,7 @@ def gather_full_weights(engine, model_cfg: ModelConfig) -> Optional[dict[str, to
     for name, param in engine.canonical_parameters():  # same order on the ranks of a stage
         with _zero3_gather(param):
             full = gather_tensor_parallel(param.data, param)
-            if keep and name not in local:
+            if keep:
                 local[name] = full.detach().to("cpu", copy=True)
     for name in VOCAB_PARAMETERS:
         if name in local:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+# Activation checkpointing modes (train.activation_checkpointing), see megallm.model.layers.
+RECOMPUTE_MODES = ("none", "full", "selective")
+
+
 @dataclass
 class ModelConfig:
     """Shape of a Llama-architecture decoder (the `model` group of the Hydra config)."""

@@ -26,6 +26,7 @@ keeps its slice):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -34,11 +35,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from megatron.core import parallel_state
 from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from megallm.model.attention import causal_attention
+from megallm.model.config import RECOMPUTE_MODES
 
 
 def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -48,13 +49,13 @@ def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (as Hugging Face Llama)."""
 
-    def __init__(self, dim: int, eps: float, sequence_parallel: bool = False):
+    def __init__(self, dim: int, eps: float, sequence_parallel_group=None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-        if sequence_parallel:  # this rank saw s / tp positions: sum the weight's gradient over TP
+        if sequence_parallel_group is not None:  # this rank saw s / tp positions: sum the gradient over TP
             self.weight.sequence_parallel = True
-            self.weight.register_hook(_sum_over_tensor_parallel)
+            self.weight.register_hook(functools.partial(_sum_over_group, group=sequence_parallel_group))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
@@ -62,9 +63,9 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def _sum_over_tensor_parallel(grad: torch.Tensor) -> torch.Tensor:
+def _sum_over_group(grad: torch.Tensor, group) -> torch.Tensor:
     grad = grad.clone()
-    dist.all_reduce(grad, group=parallel_state.get_tensor_model_parallel_group())
+    dist.all_reduce(grad, group=group)
     return grad
 
 
@@ -158,20 +159,18 @@ class SwiGLU(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm Llama block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    RECOMPUTE_MODES = ("none", "full", "selective")
-
     def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, recompute: str = "none"):
         super().__init__()
-        assert recompute in self.RECOMPUTE_MODES, recompute
+        assert recompute in RECOMPUTE_MODES, recompute
         self.recompute_full = recompute == "full"
         layer_init = normal_init(cfg.init_std)
         # Output projections scaled by 1/sqrt(2 * layers), as GPT-2 / Megatron.
         out_init = normal_init(cfg.init_std / math.sqrt(2.0 * cfg.num_layers))
-        sp = mp_config.sequence_parallel
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel=sp)
+        sp_group = tp_group if mp_config.sequence_parallel else None
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel_group=sp_group)
         self.attn = GroupedQueryAttention(cfg, mp_config, tp_group, layer_init, out_init,
                                           recompute_core=recompute == "selective")
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel=sp)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel_group=sp_group)
         self.mlp = SwiGLU(cfg, mp_config, tp_group, layer_init, out_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

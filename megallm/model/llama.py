@@ -28,6 +28,7 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     VocabParallelEmbedding,
+    scatter_to_sequence_parallel_region,
     vocab_parallel_cross_entropy,
 )
 
@@ -67,8 +68,6 @@ class EmbeddingLayer(VocabParallelEmbedding):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = super().forward(tokens).transpose(0, 1).contiguous()  # [b, s, h] -> [s, b, h]
         if self.sequence_parallel:  # each TP rank keeps s / tp positions: [s / tp, b, h]
-            from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
-
             x = scatter_to_sequence_parallel_region(x)
         return x
 
@@ -96,8 +95,9 @@ class OutputLayer(ColumnParallelLinear):
 
 
 class FinalNorm(RMSNorm):
-    def __init__(self, cfg: ModelConfig, sequence_parallel: bool = False):
-        super().__init__(cfg.hidden_size, cfg.norm_eps, sequence_parallel=sequence_parallel)
+    def __init__(self, cfg: ModelConfig, mp_config: ModelParallelConfig, tp_group):
+        super().__init__(cfg.hidden_size, cfg.norm_eps,
+                         sequence_parallel_group=tp_group if mp_config.sequence_parallel else None)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -144,8 +144,7 @@ def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dty
     for i in range(cfg.num_layers):
         defs.append(LayerDef(f"blocks.{i}", TransformerBlock, {**common, "recompute": recompute},
                              layer_seed(seed, 1 + i)))
-    defs.append(LayerDef("final_norm", FinalNorm, {"cfg": cfg, "sequence_parallel": sequence_parallel},
-                         layer_seed(seed, cfg.num_layers + 1)))
+    defs.append(LayerDef("final_norm", FinalNorm, common, layer_seed(seed, cfg.num_layers + 1)))
     if cfg.tie_embeddings:
         defs.append(LayerDef("output", EmbeddingLayer, {**common, "vocab": vocab}, defs[0].seed,
                              tied_to="embedding", forward_fn=tied_logits))

@@ -21,12 +21,10 @@ class MegatronMpu:
     engine never sees pipeline stages), and asks for both spellings.
     """
 
-    get_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
-    get_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
-    get_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
-    get_tensor_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
-    get_tensor_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
-    get_tensor_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_model_parallel_rank = get_tensor_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = get_tensor_model_parallel_world_size = staticmethod(
+        ps.get_tensor_model_parallel_world_size)
+    get_model_parallel_group = get_tensor_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
     get_tensor_model_parallel_src_rank = staticmethod(ps.get_tensor_model_parallel_src_rank)
     get_data_parallel_rank = staticmethod(ps.get_data_parallel_rank)
     get_data_parallel_world_size = staticmethod(ps.get_data_parallel_world_size)
@@ -34,7 +32,6 @@ class MegatronMpu:
     get_pipeline_model_parallel_rank = staticmethod(ps.get_pipeline_model_parallel_rank)
     get_pipeline_model_parallel_world_size = staticmethod(ps.get_pipeline_model_parallel_world_size)
     get_pipeline_model_parallel_group = staticmethod(ps.get_pipeline_model_parallel_group)
-
 
 def deepspeed_topology(tp: int, pp: int, dp: int):
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
