@@ -78,6 +78,18 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json to check against the manifest; default: the corpus's own
     train_split: str = "train"
     val_split: str = "val"
+    # Reading order (megallm.data.order): the epoch's sequences are cut into this many ranges read in
+    # parallel, and batches interleave them. Fixed for a run: the data position is counted in this order,
+    # so it may resume on any number of data-parallel ranks; a multiple of DP x num_workers reads each shard
+    # once per epoch.
+    streams: int = 64
+    num_workers: int = 2  # loader processes per data-parallel rank (0: read in the training process)
+    prefetch: int = 64  # samples each loader worker prepares ahead
+    # A shard that is unreadable, truncated or holds ids beyond the vocabulary stops the run with its name;
+    # true: replace it by the next readable shard, count it (metric skipped_shards) and go on.
+    skip_bad_shards: bool = False
+    # Write <run_dir>/samples/dp_rank_R.jsonl: each step's global sample indices and token-id hashes.
+    trace_samples: bool = False
 
 
 @dataclass
@@ -152,6 +164,10 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
         problems.append(f"train.stop_at_step={t.stop_at_step} must be between 0 and train.steps={t.steps}")
     if cfg.optim.warmup_steps < 0 or not 0 <= cfg.optim.min_lr_ratio <= 1:
         problems.append("optim.warmup_steps must be >= 0 and optim.min_lr_ratio within [0, 1]")
+    d = cfg.data
+    if d.streams < 1 or d.num_workers < 0 or d.prefetch < 1:
+        problems.append(f"data.streams and data.prefetch must be >= 1 and data.num_workers >= 0, got "
+                        f"streams={d.streams} prefetch={d.prefetch} num_workers={d.num_workers}")
     if cfg.logging.wandb.mode not in ("offline", "online", "disabled"):
         problems.append(f"logging.wandb.mode must be offline, online or disabled, got {cfg.logging.wandb.mode!r}")
     if problems:

@@ -44,6 +44,7 @@ class RunState:
     model: dict = field(default_factory=dict)  # resolved ModelConfig
     tokenizer_sha256: str = ""
     seq_len: int = 0
+    data_streams: int = 0  # data.streams: the sample order consumed_samples counts in
 
 
 def tag_for(step: int) -> str:
@@ -90,16 +91,27 @@ def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
             f"checkpoint {path} was trained with tokenizer {saved.tokenizer_sha256[:12]} but data.path uses "
             f"{current.tokenizer_sha256[:12]}; point data.path at a corpus prepared with the checkpoint's tokenizer"
         )
-    if saved.layout != current.layout:
+    if saved.layout != current.layout and not _replicas_only_differ(saved.layout, current.layout):
         raise CheckpointError(
             f"checkpoint {path} was written with layout {describe_layout(saved.layout)} but this run uses "
             f"{describe_layout(current.layout)}; resume with the saved layout, or reshard it with "
             f"`python tools/convert_ckpt.py reshard {path} OUT_DIR {layout_arguments(current.layout)}` "
             "and resume from OUT_DIR"
         )
+    if saved.data_streams and saved.data_streams != current.data_streams:
+        raise CheckpointError(f"checkpoint {path} read its data with data.streams={saved.data_streams}, this run "
+                              f"with {current.data_streams}; the data position counts samples in that order: "
+                              f"set data.streams={saved.data_streams}")
     if saved.seq_len != current.seq_len:
         raise CheckpointError(f"checkpoint {path} used train.seq_len={saved.seq_len}, this run {current.seq_len}; "
                               "the data position would not carry over: keep train.seq_len")
+
+
+def _replicas_only_differ(saved: dict, current: dict) -> bool:
+    """Without ZeRO every data-parallel rank holds the whole optimizer state, so the number of
+    replicas may change on resume (the data position is a global sample count)."""
+    same_model_split = all(saved.get(k) == current.get(k) for k in ("tp", "pp", "zero_stage"))
+    return same_model_split and saved.get("zero_stage") == 0
 
 
 def describe_layout(layout: dict) -> str:

@@ -1,42 +1,78 @@
 """Opening a prepared corpus for a run: manifest, shard presence, tokenizer and vocabulary checks.
 
-All checks here are cheap file reads, done before any process group starts, so a wrong
-`data.path` or tokenizer fails in a second with a one-line error.
+`data.path` is a local folder or a URL WebDataset can open (`https://host/corpus`,
+`gs://bucket/corpus`, `pipe:CMD`): files are found by appending `/<name>`, or by
+replacing `{name}` where the location contains it (`pipe:aws s3 cp s3://b/c/{name} -`).
+All checks here are cheap reads done before any process group starts, so a wrong
+`data.path` or tokenizer fails in seconds with a one-line error.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
-from megallm.data.shards import DataError, Manifest
+from megallm.data.shards import MANIFEST, DataError, Manifest
 from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
+
+
+def is_url(location: str) -> bool:
+    return len(urlparse(location).scheme) > 1  # "C:" is a drive, not a scheme
 
 
 @dataclass
 class Corpus:
-    folder: Path
+    location: str  # folder or URL
     manifest: Manifest
+
+    def url(self, name: str) -> str:
+        """Where the corpus file `name` (a shard, the tokenizer) is read from."""
+        if "{name}" in self.location:
+            return self.location.replace("{name}", name)
+        if is_url(self.location):
+            return self.location.rstrip("/") + "/" + name
+        return str(Path(self.location) / name)
+
+
+def _fetch(location: str, name: str, into: Path) -> None:
+    from webdataset.gopen import gopen
+
+    url = Corpus(location, None).url(name)  # type: ignore[arg-type]
+    try:
+        with gopen(url, "rb") as src, open(into / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except Exception as exc:  # any transport: curl, gsutil, a pipe's command
+        raise DataError(f"cannot read {url} ({type(exc).__name__}: {exc}); check data.path") from exc
 
 
 def open_corpus(path: str, tokenizer: str | None, splits: tuple[str, ...]) -> Corpus:
-    folder = Path(path)
-    manifest = Manifest.load(folder)
+    if is_url(path):  # remote: read the manifest (and tokenizer) once, shards stream later
+        local = Path(tempfile.mkdtemp(prefix="megallm-corpus-"))
+        _fetch(path, MANIFEST, local)
+        manifest = Manifest.load(local)
+        shutil.rmtree(local, ignore_errors=True)
+    else:
+        manifest = Manifest.load(path)
+    corpus = Corpus(path, manifest)
     for split in splits:
         shards = manifest.splits.get(split) or []
         if not shards:
-            raise DataError(f"corpus {folder} has no {split!r} shards (it has {sorted(manifest.splits)}); "
+            raise DataError(f"corpus {path} has no {split!r} shards (it has {sorted(manifest.splits)}); "
                             "re-run tools/prepare_data.py or fix data.train_split / data.val_split")
-        missing = [s.path for s in shards if not (folder / s.path).is_file()]
-        if missing:
-            raise DataError(f"corpus {folder} lacks {len(missing)} shard(s) its manifest lists, e.g. {missing[0]}; "
-                            "re-run tools/prepare_data.py")
+        if not is_url(path):
+            missing = [s.path for s in shards if not Path(corpus.url(s.path)).is_file()]
+            if missing:
+                raise DataError(f"corpus {path} lacks {len(missing)} shard(s) its manifest lists, e.g. "
+                                f"{missing[0]}; re-run tools/prepare_data.py")
     if tokenizer:
         tok = load_tokenizer(tokenizer)
         if tokenizer_hash(tok) != manifest.tokenizer_sha256 or tok.get_vocab_size() != manifest.vocab_size:
             raise DataError(
                 f"tokenizer {tokenizer} (vocab {tok.get_vocab_size()}, sha256 {tokenizer_hash(tok)[:12]}) does not "
-                f"match corpus {folder} (vocab {manifest.vocab_size}, sha256 {manifest.tokenizer_sha256[:12]}); "
-                f"use {folder / manifest.tokenizer_file} or prepare the corpus with --tokenizer {tokenizer}"
+                f"match corpus {path} (vocab {manifest.vocab_size}, sha256 {manifest.tokenizer_sha256[:12]}); "
+                f"use {corpus.url(manifest.tokenizer_file)} or prepare the corpus with --tokenizer {tokenizer}"
             )
-    return Corpus(folder, manifest)
+    return corpus

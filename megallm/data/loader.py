@@ -1,82 +1,186 @@
-"""Training and evaluation batches from a prepared corpus, addressed by a global sample count.
+"""Streaming training and evaluation batches from WebDataset token shards.
 
-A split's documents are concatenated in manifest order (each ends with the
-end-of-document token) and cut into windows of `seq_len + 1` tokens with stride
-`seq_len`: inputs are a window's first `seq_len` tokens, labels its last `seq_len`.
-Training visits windows in a permutation drawn from (seed, epoch). Sample `g` of the run
-(counting from 0 over all data-parallel ranks) is therefore a pure function of `g`, so
-a checkpoint only stores how many samples were consumed and resume is O(1).
+Shards are read whole with WebDataset's tar reader, from a local folder or any URL
+scheme WebDataset opens (`https://`, `pipe:`, `gs://`, ...), and packed into windows of
+`seq_len + 1` tokens (inputs = first `seq_len`, labels = last `seq_len`). Which window
+is global sample `g` is decided by `megallm.data.order.SampleOrder`, independently of
+the layout.
 
-This reader holds the split in memory; it suits corpora up to a few GB of tokens.
+Splitting: data-parallel rank `r` of `dp` takes samples `g = n * dp + r` (`n` = 0, 1,
+...), so within an optimizer step micro-batch `j` of rank `r` holds samples
+`consumed + (j * dp + r) * mbs + [0, mbs)`, and every rank has a next sample forever
+(epochs follow one another): no rank runs dry. Each rank's `W` loader workers take its
+samples round-robin, which is the order PyTorch's DataLoader returns them in. With
+`streams` a multiple of `dp * W`, each worker reads only its own streams' shards.
+Tensor- and pipeline-parallel ranks of one data-parallel group read the same samples.
+
+A damaged shard is an error naming it, or, with `skip_bad_shards`, is replaced by the
+next readable shard of the epoch (same window index), so step counts and resume stay
+exact; the skipped shards are counted.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
+import io
+import tarfile
+from collections import OrderedDict
+from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from megallm.data.shards import DataError, Manifest, read_documents
-
-
-class PackedSequences:
-    """Fixed-length windows over one split's concatenated documents."""
-
-    def __init__(self, folder: str | Path, manifest: Manifest, split: str, seq_len: int):
-        shards = manifest.splits.get(split) or []
-        if not shards:
-            raise DataError(f"corpus {folder} has no {split!r} shards; re-run tools/prepare_data.py")
-        docs = [doc for shard in shards for doc in read_documents(folder, shard, manifest.vocab_size)]
-        self.tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=manifest.dtype)
-        self.seq_len = seq_len
-        self.num_sequences = (len(self.tokens) - 1) // seq_len
-        if self.num_sequences < 1:
-            raise DataError(
-                f"split {split!r} of {folder} has {len(self.tokens)} tokens, fewer than one sequence of "
-                f"{seq_len + 1}; lower train.seq_len or add text"
-            )
-
-    def __len__(self) -> int:
-        return self.num_sequences
-
-    def window(self, index: int) -> np.ndarray:
-        start = index * self.seq_len
-        return self.tokens[start:start + self.seq_len + 1]
+from megallm.data.corpus import Corpus
+from megallm.data.order import Address, SampleOrder
+from megallm.data.shards import DataError, ShardInfo
 
 
-class SampleOrder:
-    """Global sample index -> window index: a fresh permutation per epoch from (seed, epoch)."""
+def read_shard_windows(url: str, info: ShardInfo, vocab_size: int, seq_len: int) -> np.ndarray:
+    """One shard's documents, concatenated and cut into windows: [tokens // (seq_len + 1), seq_len + 1]."""
+    from webdataset.tariterators import tarfile_samples
 
-    def __init__(self, num_sequences: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = num_sequences, seed, shuffle
-        self._permutation = lru_cache(maxsize=2)(self._make_permutation)
+    docs = []
+    try:
+        for sample in tarfile_samples([{"url": url}]):
+            docs.append(np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False))
+    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:
+        raise DataError(f"shard {url} is unreadable ({type(exc).__name__}: {exc.args[0] if exc.args else exc}); "
+                        "re-create it with tools/prepare_data.py, or set data.skip_bad_shards=true") from exc
+    tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint16)
+    if len(tokens) != info.tokens:
+        raise DataError(f"shard {url} holds {len(tokens)} tokens but the manifest lists {info.tokens}: it is "
+                        "truncated or from another run; re-create it with tools/prepare_data.py, or set "
+                        "data.skip_bad_shards=true")
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise DataError(f"shard {url} holds token id {int(tokens.max())} >= vocab size {vocab_size}: it was "
+                        "written with another tokenizer; re-create it with tools/prepare_data.py")
+    count = len(tokens) // (seq_len + 1)
+    return tokens[:count * (seq_len + 1)].reshape(count, seq_len + 1)
 
-    def _make_permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
-    def __call__(self, sample: int) -> int:
-        epoch, offset = divmod(sample, self.n)
-        return int(self._permutation(epoch)[offset]) if self.shuffle else offset
+class ShardWindows:
+    """Reads shards on demand and keeps the most recently used ones' windows."""
+
+    def __init__(self, corpus: Corpus, split: str, seq_len: int, capacity: int, skip_bad: bool):
+        self.corpus, self.shards = corpus, corpus.manifest.splits[split]
+        self.seq_len, self.capacity, self.skip_bad = seq_len, max(1, capacity), skip_bad
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.bad: set[int] = set()
+
+    def _windows(self, shard: int) -> np.ndarray:
+        if shard in self.cache:
+            self.cache.move_to_end(shard)
+            return self.cache[shard]
+        info = self.shards[shard]
+        windows = read_shard_windows(self.corpus.url(info.path), info, self.corpus.manifest.vocab_size, self.seq_len)
+        self.cache[shard] = windows
+        if len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return windows
+
+    def window(self, order: SampleOrder, address: Address) -> np.ndarray:
+        target = address
+        while True:
+            try:
+                return self._windows(target.shard)[target.window]
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                self.bad.add(target.shard)
+                print(f"warning: skipping shard {self.shards[target.shard].path}: {exc}", flush=True)
+                target = order.substitute(address, self.bad)
 
 
-class DistributedBatches:
-    """Micro-batches for one data-parallel rank.
+class RankSamples(IterableDataset):
+    """The samples of one data-parallel rank from `first_sample` on, split over loader workers.
 
-    Within an optimizer step starting at global sample `consumed`, micro-batch `j` of
-    data-parallel rank `r` holds samples `consumed + (j * dp + r) * mbs + [0, mbs)`.
-    Tensor- and pipeline-parallel ranks of one data-parallel group get the same rows.
+    Yields `(global sample index, window tokens, skipped shard indices)`; a `DataError`
+    in a worker is yielded as `("error", message)` and raised by the reader, so it
+    reaches the user as one line.
     """
 
-    def __init__(self, sequences: PackedSequences, order: SampleOrder, micro_batch_size: int,
-                 dp_rank: int, dp: int, device: torch.device):
-        self.sequences, self.order = sequences, order
+    def __init__(self, corpus: Corpus, split: str, order: SampleOrder, seq_len: int, first_sample: int, dp: int,
+                 skip_bad: bool):
+        self.corpus, self.split, self.order, self.seq_len = corpus, split, order, seq_len
+        self.first_sample, self.dp, self.skip_bad = first_sample, dp, skip_bad
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        streams, stride = self.order.streams, workers * self.dp
+        # Streams this worker touches: its samples are every `stride`-th, so streams in one residue class.
+        touched = streams // np.gcd(streams, stride)
+        windows = ShardWindows(self.corpus, self.split, self.seq_len, capacity=2 * touched + 2, skip_bad=self.skip_bad)
+        sample = self.first_sample + worker * self.dp  # this rank's samples, every `workers`-th
+        while True:
+            try:
+                tokens = windows.window(self.order, self.order.address(sample))
+            except DataError as exc:
+                yield ("error", str(exc))
+                return
+            yield sample, tokens, frozenset(windows.bad)
+            sample += stride
+
+
+class TrainBatches:
+    """Micro-batches [mbs, seq_len + 1] (int64) for one data-parallel rank, from a global sample count."""
+
+    def __init__(self, corpus: Corpus, split: str, *, seq_len: int, micro_batch_size: int, streams: int, seed: int,
+                 dp_rank: int, dp: int, consumed_samples: int, num_workers: int, prefetch: int,
+                 skip_bad_shards: bool, device: torch.device):
+        shards = corpus.manifest.splits[split]
+        self.order = SampleOrder([s.tokens for s in shards], seq_len, streams, seed,
+                                 where=f"split {split!r} of {corpus.location}")
+        if consumed_samples % dp:
+            raise DataError(f"consumed samples {consumed_samples} is not a multiple of the {dp} data-parallel ranks")
+        dataset = RankSamples(corpus, split, self.order, seq_len, consumed_samples + dp_rank, dp, skip_bad_shards)
+        # collate_fn=identity: workers send numpy windows as they are (no per-sample tensor in shared memory).
+        loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                            prefetch_factor=prefetch if num_workers else None,
+                            persistent_workers=num_workers > 0, pin_memory=device.type == "cuda")
+        self._samples: Iterator = iter(loader)
+        self.mbs, self.device = micro_batch_size, device
+        self.skipped_shards: set[int] = set()
+        self.last_samples: list[int] = []  # global indices of the last micro-batch's rows
+
+    def _next(self) -> tuple[int, np.ndarray]:
+        item = next(self._samples)
+        if item[0] == "error":
+            raise DataError(item[1])
+        sample, tokens, bad = item
+        self.skipped_shards |= bad
+        return sample, tokens
+
+    def next_micro_batch(self) -> torch.Tensor:
+        rows = [self._next() for _ in range(self.mbs)]
+        self.last_samples = [sample for sample, _ in rows]
+        batch = torch.from_numpy(np.stack([tokens for _, tokens in rows]).astype(np.int64))
+        return batch.to(self.device, non_blocking=True)
+
+    def epoch(self, consumed_samples: int) -> float:
+        return consumed_samples / self.order.epoch_samples
+
+
+def _identity(item):
+    return item
+
+
+class EvalBatches:
+    """Held-out micro-batches: the split's windows in manifest order, the same for every layout.
+
+    Micro-batch `j` of data-parallel rank `r` holds samples `(j * dp + r) * mbs + [0, mbs)`
+    (wrapping around a small split). Read in this process, shards cached.
+    """
+
+    def __init__(self, corpus: Corpus, split: str, *, seq_len: int, micro_batch_size: int, dp_rank: int, dp: int,
+                 device: torch.device):
+        shards = corpus.manifest.splits[split]
+        self.order = SampleOrder([s.tokens for s in shards], seq_len, streams=1, seed=0, shuffle=False,
+                                 where=f"split {split!r} of {corpus.location}")
+        self.windows = ShardWindows(corpus, split, seq_len, capacity=len(shards), skip_bad=False)
         self.mbs, self.dp_rank, self.dp, self.device = micro_batch_size, dp_rank, dp, device
 
-    def micro_batch(self, consumed: int, micro_index: int) -> torch.Tensor:
-        """Token windows [mbs, seq_len + 1] (int64) on this rank's device."""
-        first = consumed + (micro_index * self.dp + self.dp_rank) * self.mbs
-        rows = [self.sequences.window(self.order(first + i)) for i in range(self.mbs)]
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64))
-        return batch.to(self.device, non_blocking=True)
+    def micro_batch(self, index: int) -> torch.Tensor:
+        first = (index * self.dp + self.dp_rank) * self.mbs
+        rows = [self.windows.window(self.order, self.order.address(first + i)) for i in range(self.mbs)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64)).to(self.device)

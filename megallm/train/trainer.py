@@ -6,6 +6,8 @@ optimizer and data-parallel/ZeRO mechanics. Everything a run needs is passed in.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from pathlib import Path
@@ -23,7 +25,7 @@ from megallm.checkpoint.state import (
 )
 from megallm.config import RunConfig, batch_layout
 from megallm.data.corpus import Corpus
-from megallm.data.loader import DistributedBatches, PackedSequences, SampleOrder
+from megallm.data.loader import EvalBatches, TrainBatches
 from megallm.metrics.sinks import ConsoleSink, JsonlSink, MetricLogger, WandbSink
 from megallm.metrics.throughput import Throughput, device_peak_flops, peak_memory_bytes
 from megallm.model.flops import flops_per_token, parameter_count
@@ -48,7 +50,7 @@ class Trainer:
         self.state = RunState(
             layout={"tp": ctx.tp, "pp": ctx.pp, "dp": ctx.dp, "zero_stage": cfg.parallel.zero_stage},
             model=cfg.model.to_dict(), tokenizer_sha256=corpus.manifest.tokenizer_sha256,
-            seq_len=cfg.train.seq_len,
+            seq_len=cfg.train.seq_len, data_streams=cfg.data.streams,
         )
         # Check a checkpoint we would resume from before anything is built or written.
         self.resume_from = find_resume_checkpoint(cfg.train.resume, self.ckpt_root)
@@ -57,17 +59,30 @@ class Trainer:
 
         seed_everything(cfg.train.seed)
         self.engine = ParallelEngine(cfg, ctx, self.precision)  # weights drawn from per-layer seeds
-        self.train_batches = self._batches(corpus, cfg.data.train_split, shuffle=True)
-        self.val_batches = self._batches(corpus, cfg.data.val_split, shuffle=False)
+        self.corpus = corpus
+        self.train_batches: TrainBatches | None = None  # opened in fit(), at the resumed position
+        self.val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
+                                       micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank,
+                                       dp=ctx.dp, device=ctx.device)
+        # One rank per data-parallel group records its samples (TP and PP ranks read the same ones).
+        self.trace_file = (self.run_dir / "samples" / f"dp_rank_{ctx.dp_rank:05d}.jsonl"
+                           if cfg.data.trace_samples and ctx.rank % ctx.tp == 0 and ctx.rank < ctx.tp * ctx.dp
+                           else None)
         self.params = parameter_count(cfg.model)
         self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
         self.logger = self._make_logger()
 
-    def _batches(self, corpus: Corpus, split: str, shuffle: bool) -> DistributedBatches:
-        sequences = PackedSequences(corpus.folder, corpus.manifest, split, self.cfg.train.seq_len)
-        order = SampleOrder(len(sequences), self.cfg.train.seed, shuffle=shuffle)
-        return DistributedBatches(sequences, order, self.cfg.train.micro_batch_size,
-                                  self.ctx.dp_rank, self.ctx.dp, self.ctx.device)
+    def _open_train_batches(self) -> TrainBatches:
+        d, train = self.cfg.data, self.cfg.train
+        if self.ctx.is_main and d.streams % (self.ctx.dp * max(1, d.num_workers)):
+            print(f"note: data.streams={d.streams} is not a multiple of DP x data.num_workers = "
+                  f"{self.ctx.dp} x {max(1, d.num_workers)}: loader workers share streams and read some shards "
+                  "more than once (the samples are the same)", flush=True)
+        return TrainBatches(self.corpus, d.train_split, seq_len=train.seq_len,
+                            micro_batch_size=train.micro_batch_size, streams=d.streams, seed=train.seed,
+                            dp_rank=self.ctx.dp_rank, dp=self.ctx.dp,
+                            consumed_samples=self.state.consumed_samples, num_workers=d.num_workers,
+                            prefetch=d.prefetch, skip_bad_shards=d.skip_bad_shards, device=self.ctx.device)
 
     def _make_logger(self) -> MetricLogger:
         if not self.ctx.is_main:
@@ -91,7 +106,9 @@ class Trainer:
             saved = load_checkpoint(self.engine.engine, self.resume_from, self.ctx.rank)
             self.state.step, self.state.consumed_samples = saved.step, saved.consumed_samples
             self.state.tokens_seen = saved.tokens_seen
-            self.say(f"resumed from {self.resume_from} at step {saved.step}")
+            self.say(f"resumed from {self.resume_from} at step {saved.step} "
+                     f"(sample {saved.consumed_samples:,} of the data order)")
+        self.train_batches = self._open_train_batches()
         last_step = train.stop_at_step or train.steps
         self.say(
             f"model {cfg.model.name}: {self.params.total / 1e6:.1f}M parameters | "
@@ -134,27 +151,40 @@ class Trainer:
     def _train_step(self) -> torch.Tensor:
         """One optimizer step over `grad_accum` micro-batches; returns this replica's mean loss (no sync)."""
         self.step_lr = self.engine.learning_rate  # the LR this step applies
-        micro_batches = [self.train_batches.micro_batch(self.state.consumed_samples, micro)
-                         for micro in range(self.grad_accum)]
+        micro_batches, samples = [], []
+        for _ in range(self.grad_accum):
+            micro_batches.append(self.train_batches.next_micro_batch())
+            samples += self.train_batches.last_samples
+        if self.trace_file is not None:
+            self._trace(samples, micro_batches)
         loss = self.engine.train_step(micro_batches)
         self.state.step += 1
         self.state.consumed_samples += self.global_sequences
         self.state.tokens_seen += self.global_sequences * self.cfg.train.seq_len
         return loss
 
+    def _trace(self, samples: list[int], micro_batches: list[torch.Tensor]) -> None:
+        rows = [row for batch in micro_batches for row in batch.cpu().numpy()]
+        hashes = [hashlib.sha1(row.tobytes()).hexdigest()[:16] for row in rows]
+        self.trace_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.trace_file, "a") as f:
+            f.write(json.dumps({"step": self.state.step + 1, "samples": samples, "tokens_sha1": hashes}) + "\n")
+
     def _log_train(self, local_loss: torch.Tensor, throughput: Throughput, steps_left: int) -> None:
         record = {
             "kind": "train", "step": self.state.step, "total_steps": self.cfg.train.steps,
             "loss": self.engine.mean_over_data_parallel(local_loss), "lr": self.step_lr,
             "grad_norm": self.engine.grad_norm,
-            "tokens_seen": self.state.tokens_seen, **throughput.report(steps_left),
+            "tokens_seen": self.state.tokens_seen, "epoch": self.train_batches.epoch(self.state.consumed_samples),
+            "skipped_shards": self.engine.max_over_ranks(len(self.train_batches.skipped_shards)),
+            **throughput.report(steps_left),
             "peak_mem_gib": self.engine.max_over_ranks(peak_memory_bytes(self.ctx.device)) / 2**30,
         }
         self.logger.log(record)
 
     def _evaluate(self) -> None:
         per_rank = -(-self.cfg.train.eval_batches // self.ctx.dp)
-        batches = [self.val_batches.micro_batch(0, i) for i in range(per_rank)]
+        batches = [self.val_batches.micro_batch(i) for i in range(per_rank)]
         val_loss = self.engine.eval_loss(batches)
         self.logger.log({"kind": "eval", "step": self.state.step, "val_loss": val_loss,
                          "val_ppl": math.exp(min(val_loss, 50.0))})

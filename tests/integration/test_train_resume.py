@@ -1,6 +1,8 @@
 """The training job end to end over 2 gloo ranks: loss falls, evaluation and checkpoints are
-written, a stopped-and-resumed run equals an uninterrupted one exactly, and a resume that
-does not fit the checkpoint stops with one line and leaves the checkpoint untouched."""
+written, a stopped-and-resumed run equals an uninterrupted one exactly (the same token ids
+at every step after the resume, the same losses), also when it resumes on one rank instead
+of two, and a resume that does not fit the checkpoint stops with one line and leaves the
+checkpoint untouched."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ SMALL_MODEL = ["+model=tiny", "model.hidden_size=64", "model.num_layers=2", "mod
 # 2 ranks x 2 sequences x 2 accumulation steps x 64 tokens.
 SCHEDULE = ["train.seq_len=64", "train.micro_batch_size=2", "train.global_batch_tokens=512",
             f"train.steps={STEPS}", "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1",
-            "train.eval_every=4", "train.eval_batches=2", "checkpoint.every=4", "checkpoint.keep_last=0"]
+            "train.eval_every=4", "train.eval_batches=2", "checkpoint.every=4", "checkpoint.keep_last=0",
+            "data.trace_samples=true"]
 
 
 def records(run_dir: Path, kind: str) -> dict[int, dict]:
@@ -47,7 +50,21 @@ def runs(small_corpus, tmp_path_factory):
     assert first.returncode == 0, first.stderr[-3000:]
     second = run_pretrain([*common, f"run_dir={root / 'resumed'}"], nproc=2)
     assert second.returncode == 0, second.stderr[-3000:]
+    # The step-3 checkpoint of the 2-rank run, continued by one process (ZeRO-0: replicas may change).
+    step3 = root / "resumed" / "checkpoints" / "step_00000003"
+    one_rank = run_pretrain([*common, f"run_dir={root / 'one_rank'}", f"train.resume={step3}"])
+    assert one_rank.returncode == 0, one_rank.stderr[-3000:]
     return {"root": root, "common": common, "full": full, "first": first, "second": second}
+
+
+def traced_steps(run_dir: Path) -> dict[int, list[tuple[int, str]]]:
+    """step -> [(global sample, token-id hash)] over all data-parallel ranks, by sample."""
+    steps: dict[int, list] = {}
+    for path in sorted((run_dir / "samples").glob("dp_rank_*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            steps.setdefault(record["step"], []).extend(zip(record["samples"], record["tokens_sha1"]))
+    return {step: sorted(rows) for step, rows in steps.items()}
 
 
 def test_loss_falls_from_log_vocab(runs):
@@ -89,6 +106,29 @@ def test_resumed_run_equals_uninterrupted_run(runs):
         assert resumed[step]["loss"] == full[step]["loss"], step  # bit-identical on CPU
         assert resumed[step]["grad_norm"] == full[step]["grad_norm"], step
     assert records(resumed_dir, "eval")[8]["val_loss"] == records(runs["root"] / "full", "eval")[8]["val_loss"]
+
+
+def test_resumed_run_reads_the_same_token_ids(runs):
+    full = traced_steps(runs["root"] / "full")
+    assert sorted(full) == list(range(1, STEPS + 1))
+    assert [s for step in full for s, _ in full[step]] == list(range(STEPS * 8))  # 8 sequences a step
+    assert traced_steps(runs["root"] / "resumed") == full
+    for rank in (0, 1):  # and each rank read exactly what it read uninterrupted
+        name = f"samples/dp_rank_{rank:05d}.jsonl"
+        assert (runs["root"] / "resumed" / name).read_text() == (runs["root"] / "full" / name).read_text()
+
+
+def test_resume_on_another_number_of_ranks(runs):
+    """Two ranks stop at step 3; one rank continues: same samples, the same losses up to summation order."""
+    one_rank = traced_steps(runs["root"] / "one_rank")
+    full = traced_steps(runs["root"] / "full")
+    assert sorted(one_rank) == list(range(4, STEPS + 1))
+    assert {step: full[step] for step in one_rank} == one_rank  # nothing skipped or repeated
+    losses, reference = records(runs["root"] / "one_rank", "train"), records(runs["root"] / "full", "train")
+    for step in range(4, STEPS + 1):
+        assert losses[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), step
+    state = json.loads((runs["root"] / "one_rank" / "checkpoints" / "step_00000008" / "megallm_state.json").read_text())
+    assert state["layout"]["dp"] == 1 and state["consumed_samples"] == STEPS * 8
 
 
 def test_mismatched_resume_leaves_checkpoint_untouched(runs, tmp_path):
