@@ -35,8 +35,8 @@ from megallm.data.order import Address, SampleOrder
 from megallm.data.shards import DataError, ShardInfo
 
 
-def read_shard_windows(url: str, info: ShardInfo, vocab_size: int, seq_len: int) -> np.ndarray:
-    """One shard's documents, concatenated and cut into windows: [tokens // (seq_len + 1), seq_len + 1]."""
+def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int) -> np.ndarray:
+    """One shard's documents, concatenated in order, checked against the manifest and the vocabulary."""
     from webdataset.tariterators import tarfile_samples
 
     docs = []
@@ -54,6 +54,12 @@ def read_shard_windows(url: str, info: ShardInfo, vocab_size: int, seq_len: int)
     if len(tokens) and int(tokens.max()) >= vocab_size:
         raise DataError(f"shard {url} holds token id {int(tokens.max())} >= vocab size {vocab_size}: it was "
                         "written with another tokenizer; re-create it with tools/prepare_data.py")
+    return tokens
+
+
+def read_shard_windows(url: str, info: ShardInfo, vocab_size: int, seq_len: int) -> np.ndarray:
+    """One shard packed into windows: [tokens // (seq_len + 1), seq_len + 1]."""
+    tokens = read_shard_tokens(url, info, vocab_size)
     count = len(tokens) // (seq_len + 1)
     return tokens[:count * (seq_len + 1)].reshape(count, seq_len + 1)
 
@@ -91,35 +97,54 @@ class ShardWindows:
                 target = order.substitute(address, self.bad)
 
 
-class RankSamples(IterableDataset):
-    """The samples of one data-parallel rank from `first_sample` on, split over loader workers.
+def chunk_size(streams: int, dp: int, workers: int, limit: int = 16) -> int:
+    """Samples a worker sends at once: the most (up to `limit`) that keep each worker on its own streams.
 
-    Yields `(global sample index, window tokens, skipped shard indices)`; a `DataError`
-    in a worker is yielded as `("error", message)` and raised by the reader, so it
-    reaches the user as one line.
+    A rank's `streams / dp` streams repeat every `streams / dp` of its samples; chunks of `k`
+    consecutive samples dealt round-robin to `workers` stay on disjoint streams when
+    `k * workers` divides that period.
+    """
+    if streams % dp or (streams // dp) % workers:
+        return 1
+    period, k = streams // dp, 1
+    while 2 * k <= limit and period % (2 * k * workers) == 0:
+        k *= 2
+    return k
+
+
+class RankSamples(IterableDataset):
+    """The samples of one data-parallel rank from its `first_sample` on, dealt to loader workers.
+
+    The rank's samples are `first_sample + n * dp`; worker `w` of `W` takes the chunks
+    `c = w, w + W, ...` of `chunk` consecutive ones (n in [c * chunk, (c + 1) * chunk)),
+    which is the order DataLoader returns them in. Yields `("ok", sample indices,
+    windows [chunk, seq_len + 1], skipped shard indices)`; a `DataError` is yielded as
+    `("error", message)` and raised by the reader, so it reaches the user as one line.
     """
 
     def __init__(self, corpus: Corpus, split: str, order: SampleOrder, seq_len: int, first_sample: int, dp: int,
-                 skip_bad: bool):
+                 chunk: int, skip_bad: bool):
         self.corpus, self.split, self.order, self.seq_len = corpus, split, order, seq_len
-        self.first_sample, self.dp, self.skip_bad = first_sample, dp, skip_bad
+        self.first_sample, self.dp, self.chunk, self.skip_bad = first_sample, dp, chunk, skip_bad
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         streams, stride = self.order.streams, workers * self.dp
-        # Streams this worker touches: its samples are every `stride`-th, so streams in one residue class.
-        touched = streams // np.gcd(streams, stride)
+        # Streams this worker touches (each holds a shard or two in memory).
+        touched = self.chunk * streams // np.gcd(streams, stride * self.chunk)
         windows = ShardWindows(self.corpus, self.split, self.seq_len, capacity=2 * touched + 2, skip_bad=self.skip_bad)
-        sample = self.first_sample + worker * self.dp  # this rank's samples, every `workers`-th
+        chunk_index = worker
         while True:
+            first = self.first_sample + chunk_index * self.chunk * self.dp
+            samples = [first + i * self.dp for i in range(self.chunk)]
             try:
-                tokens = windows.window(self.order, self.order.address(sample))
+                rows = np.stack([windows.window(self.order, self.order.address(g)) for g in samples])
             except DataError as exc:
                 yield ("error", str(exc))
                 return
-            yield sample, tokens, frozenset(windows.bad)
-            sample += stride
+            yield ("ok", samples, rows, frozenset(windows.bad))
+            chunk_index += workers
 
 
 class TrainBatches:
@@ -133,28 +158,35 @@ class TrainBatches:
                                  where=f"split {split!r} of {corpus.location}")
         if consumed_samples % dp:
             raise DataError(f"consumed samples {consumed_samples} is not a multiple of the {dp} data-parallel ranks")
-        dataset = RankSamples(corpus, split, self.order, seq_len, consumed_samples + dp_rank, dp, skip_bad_shards)
-        # collate_fn=identity: workers send numpy windows as they are (no per-sample tensor in shared memory).
+        chunk = chunk_size(streams, dp, max(1, num_workers))
+        dataset = RankSamples(corpus, split, self.order, seq_len, consumed_samples + dp_rank, dp, chunk,
+                              skip_bad_shards)
+        # collate_fn=identity: workers send numpy arrays as they are (no tensor per item in shared memory).
         loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-                            prefetch_factor=prefetch if num_workers else None,
-                            persistent_workers=num_workers > 0, pin_memory=device.type == "cuda")
-        self._samples: Iterator = iter(loader)
+                            prefetch_factor=max(2, prefetch // chunk) if num_workers else None,
+                            persistent_workers=num_workers > 0)
+        self._chunks: Iterator = iter(loader)
+        self._pending: list[tuple[int, np.ndarray]] = []
         self.mbs, self.device = micro_batch_size, device
         self.skipped_shards: set[int] = set()
         self.last_samples: list[int] = []  # global indices of the last micro-batch's rows
 
     def _next(self) -> tuple[int, np.ndarray]:
-        item = next(self._samples)
-        if item[0] == "error":
-            raise DataError(item[1])
-        sample, tokens, bad = item
-        self.skipped_shards |= bad
-        return sample, tokens
+        if not self._pending:
+            item = next(self._chunks)
+            if item[0] == "error":
+                raise DataError(item[1])
+            _, samples, rows, bad = item
+            self.skipped_shards |= bad
+            self._pending = list(zip(samples, rows))[::-1]
+        return self._pending.pop()
 
     def next_micro_batch(self) -> torch.Tensor:
         rows = [self._next() for _ in range(self.mbs)]
         self.last_samples = [sample for sample, _ in rows]
         batch = torch.from_numpy(np.stack([tokens for _, tokens in rows]).astype(np.int64))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
         return batch.to(self.device, non_blocking=True)
 
     def epoch(self, consumed_samples: int) -> float:

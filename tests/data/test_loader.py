@@ -68,6 +68,7 @@ def _read_epoch(rank: int, world: int, port: int, corpus_dir: str, steps: int, o
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    mp.set_start_method("fork", force=True)  # as under torchrun (a spawned rank would spawn its workers too)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     batches = train_batches(Path(corpus_dir), dp_rank=rank, dp=world)
     seen, done = [], 0
