@@ -28,6 +28,10 @@ def format_console(record: dict) -> str:
              f"grad_norm {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s"]
     if record.get("mfu") is not None:
         parts.append(f"mfu {100 * record['mfu']:.1f}%")
+    if record.get("epoch") is not None:
+        parts.append(f"epoch {record['epoch']:.2f}")
+    if record.get("skipped_shards"):
+        parts.append(f"skipped shards {record['skipped_shards']:.0f}")
     if record.get("peak_mem_gib") is not None:
         parts.append(f"peak mem {record['peak_mem_gib']:.2f} GiB")
     parts.append(f"eta {format_duration(record['eta_s'])}")

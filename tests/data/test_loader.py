@@ -22,9 +22,9 @@ from megallm.data.shards import DataError, Manifest, write_shard
 SEQ_LEN, MBS, STREAMS, WORKERS = 64, 2, 8, 2
 
 
-def train_batches(corpus_dir: Path, dp_rank: int = 0, dp: int = 1, consumed: int = 0, workers: int = WORKERS,
+def train_batches(location: str | Path, dp_rank: int = 0, dp: int = 1, consumed: int = 0, workers: int = WORKERS,
                   skip_bad: bool = False, streams: int = STREAMS) -> TrainBatches:
-    corpus = open_corpus(str(corpus_dir), None, ("train",))
+    corpus = open_corpus(str(location), None, ("train",))
     return TrainBatches(corpus, "train", seq_len=SEQ_LEN, micro_batch_size=MBS, streams=streams, seed=7,
                         dp_rank=dp_rank, dp=dp, consumed_samples=consumed, num_workers=workers, prefetch=8,
                         skip_bad_shards=skip_bad, device=torch.device("cpu"))
@@ -127,6 +127,22 @@ def test_resume_reads_the_same_samples_with_any_number_of_ranks(small_corpus):
             batch = batches.next_micro_batch()
             resumed += [(s, digest(r)) for s, r in zip(batches.last_samples, batch)]
     assert sorted(resumed) == rows[consumed:]
+
+
+@pytest.mark.parametrize("location", ["file://{folder}", "pipe:cat {folder}/{{name}}"])
+def test_corpus_streams_from_a_url(small_corpus, location):
+    """data.path may be any URL WebDataset opens; here a file: URL and a pipe: command."""
+    url = location.format(folder=small_corpus)
+    remote = open_corpus(url, None, ("train", "val"))
+    assert remote.manifest == Manifest.load(small_corpus)
+    local_batches, remote_batches = train_batches(small_corpus, workers=0), train_batches(url)
+    for _ in range(5):
+        assert torch.equal(remote_batches.next_micro_batch(), local_batches.next_micro_batch())
+
+
+def test_unreachable_corpus_url_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"cannot read pipe:cat .*manifest.json .*check data.path"):
+        open_corpus(f"pipe:cat {tmp_path}/nothing/{{name}}", None, ("train",))
 
 
 # ---- damaged shards ------------------------------------------------------------------------------
