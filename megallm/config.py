@@ -78,6 +78,9 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json to check against the manifest; default: the corpus's own
     train_split: str = "train"
     val_split: str = "val"
+    # Packed documents attend only within themselves and positions restart per document
+    # (the end-of-document token starts the next one); false = plain causal over the whole window.
+    document_masking: bool = True
 
 
 @dataclass

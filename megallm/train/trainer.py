@@ -56,7 +56,8 @@ class Trainer:
             check_compatible(read_state(self.resume_from), self.state, self.resume_from)
 
         seed_everything(cfg.train.seed)
-        self.engine = ParallelEngine(cfg, ctx, self.precision)  # weights drawn from per-layer seeds
+        self.engine = ParallelEngine(cfg, ctx, self.precision,  # weights drawn from per-layer seeds
+                                     eos_id=corpus.manifest.eos_id if cfg.data.document_masking else None)
         self.train_batches = self._batches(corpus, cfg.data.train_split, shuffle=True)
         self.val_batches = self._batches(corpus, cfg.data.val_split, shuffle=False)
         self.params = parameter_count(cfg.model)
