@@ -11,9 +11,10 @@ all-gather the sequence and the row-parallel layers reduce-scatter it. The norm 
 then see only part of the sequence, so their gradients are summed over the TP group.
 
 Layout conventions (Megatron's): activations are `[s, b, h]`; a parallel linear returns
-`(output, bias)`. A block takes and returns the hidden states alone, or `(hidden, doc_ids)`
-with document masking (megallm.model.packing). Shapes in comments are per tensor-parallel rank, `tp` ranks in all:
-`nh`/`nkv` below are the rank's own query / key-value heads.
+`(output, bias)`. A block takes and returns the hidden states alone, or
+`(hidden, doc_ids)` with document masking (megallm.model.packing). Shapes in comments
+are per tensor-parallel rank, `tp` ranks in all: `nh`/`nkv` below are the rank's own
+query / key-value heads.
 
 Weight layouts are chosen so that the same seed gives the same model for every
 tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
@@ -84,7 +85,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin in fp32 for positions [b, s] (or [1, s] shared by all rows): [s, b, 1, d] ([s, 1, 1, d])."""
+        """cos, sin in fp32, [s, b, 1, d], for positions [b, s] ([s, 1, 1, d] for [1, s])."""
         freqs = positions.float()[..., None] * self.inv_freq.to(positions.device)  # [b, s, d/2]
         emb = torch.cat((freqs, freqs), dim=-1).transpose(0, 1)[:, :, None, :]  # [s, b, 1, d]
         return emb.cos(), emb.sin()

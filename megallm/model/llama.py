@@ -5,10 +5,12 @@ list in one process; the pipeline-parallel wrapper (megallm.parallel.pipeline) c
 same list into stages. Each layer takes one value and returns one, as DeepSpeed's
 pipeline passes them: token ids into the embedding, hidden states through the blocks,
 with the document ids alongside as a tuple when document masking is on
-(megallm.model.packing); the final norm drops them. Each layer draws its initial weights from its own seed, derived
-from (run seed, layer index), so a layer gets the same numbers whichever stage builds
-it and whatever the tensor-parallel degree (megatron-core initialises the full matrix
-on CPU and each rank keeps its slice): every layout starts from the same model.
+(megallm.model.packing); the final norm drops them.
+
+Each layer draws its initial weights from its own seed, derived from (run seed, layer
+index), so a layer gets the same numbers whichever stage builds it and whatever the
+tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
+keeps its slice): every layout starts from the same model.
 
 Parameter names of `LlamaModel` are the canonical names (checkpoint consolidation and
 Hugging Face conversion speak them): `embedding.weight`, `blocks.{i}.*`,
