@@ -78,6 +78,9 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json to check against the manifest; default: the corpus's own
     train_split: str = "train"
     val_split: str = "val"
+    # Packed documents attend only within themselves and positions restart per document
+    # (the end-of-document token starts the next one); false = plain causal over the whole window.
+    document_masking: bool = True
     # Reading order (megallm.data.order): the epoch's sequences are cut into this many ranges read in
     # parallel, and batches interleave them. Fixed for a run: the data position is counted in this order,
     # so it may resume on any number of data-parallel ranks; a multiple of DP x num_workers reads each shard

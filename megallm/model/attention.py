@@ -3,43 +3,123 @@
 Every caller passes per-rank tensors in Megatron's `[s, b, n, d]` layout (sequence,
 batch, heads, head dim) and gets `[s, b, n * d]` back. Grouped-query attention is
 native to both kernels: `k` and `v` may have fewer heads than `q`.
+
+Attention is causal. Given document ids (megallm.model.packing) it is also confined to
+each token's own segment (block-diagonal causal), as each kernel best takes it:
+- flash-attn: `flash_attn_varlen_func` over the segments laid end to end, one
+  [b * s, n, d] batch cut at the int32 offsets `cu_seqlens`; no mask exists.
+- SDPA: a boolean mask [b, 1, s, s] (True: may attend). Cost: it materialises b * s * s
+  bytes (8 x 4096 x 4096 = 128 MiB), one tensor shared by all layers of a forward pass.
+  On CPU the math kernel builds the [b, n, s, s] scores anyway; on CUDA an arbitrary
+  mask rules out SDPA's flash backend (the memory-efficient or cuDNN kernel runs).
+The mask and the offsets are built once per forward pass, not once per layer: they are
+memoised on the doc-ids tensor, the one object every layer of a forward pass (and its
+recompute in backward) receives. Doc ids are never changed in place.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+from megallm.model.packing import segment_starts
+
+T = TypeVar("T")
 
 
 @functools.cache
-def _flash_attn_func():
+def _flash_attn():
+    """flash-attn's (dense, varlen) kernels, or None where it is not installed."""
     try:
-        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+        from flash_attn import flash_attn_func, flash_attn_varlen_func  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return flash_attn_func
+    return flash_attn_func, flash_attn_varlen_func
 
 
 def attention_backend(device: torch.device, dtype: torch.dtype) -> str:
     """Which kernel `causal_attention` uses for tensors on this device and dtype."""
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_attn_func():
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_attn():
         return "flash_attn"
     return "sdpa"
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax(q k^T / sqrt(d)) v.
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Causal softmax(q k^T / sqrt(d)) v, within each token's own document if `doc_ids` are given.
 
-    q: [s, b, nh, d]; k, v: [s, b, nkv, d] with nh % nkv == 0. Returns [s, b, nh * d].
+    q: [s, b, nh, d]; k, v: [s, b, nkv, d] with nh % nkv == 0; doc_ids: [b, s] int, or
+    None for plain causal attention over the whole sequence. Returns [s, b, nh * d].
     """
-    s, b, nh, d = q.shape
     if attention_backend(q.device, q.dtype) == "flash_attn":
-        # flash-attn takes [b, s, n, d] and handles nkv < nh itself.
-        out = _flash_attn_func()(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), causal=True)
-        return out.transpose(0, 1).reshape(s, b, nh * d)
+        return _flash_attention(q, k, v, doc_ids)
+    return _sdpa_attention(q, k, v, doc_ids)
+
+
+def _flash_attention(q, k, v, doc_ids):
+    s, b, nh, d = q.shape
+    dense, varlen = _flash_attn()
+    q_, k_, v_ = (t.transpose(0, 1) for t in (q, k, v))  # [b, s, n, d]; flash-attn handles nkv < nh itself
+    if doc_ids is None:
+        out = dense(q_, k_, v_, causal=True)  # [b, s, nh, d]
+    else:
+        segments = varlen_segments(doc_ids)
+        # Rows end to end, [b * s, n, d], in the (b, s) order cu_seqlens counts.
+        q_, k_, v_ = (t.reshape(b * s, t.shape[2], d) for t in (q_, k_, v_))
+        out = varlen(q_, k_, v_, segments.cu_seqlens, segments.cu_seqlens, segments.max_seqlen,
+                     segments.max_seqlen, causal=True).view(b, s, nh, d)
+    return out.transpose(0, 1).reshape(s, b, nh * d)
+
+
+def _sdpa_attention(q, k, v, doc_ids):
+    s, b, nh, d = q.shape
     # SDPA takes [b, n, s, d]; on CUDA it picks flash / cuDNN / efficient, on CPU the math kernel.
     q_, k_, v_ = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=True, enable_gqa=k.shape[2] != nh)
+    mask = None if doc_ids is None else block_causal_mask(doc_ids)
+    out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=mask is None,
+                                         enable_gqa=k.shape[2] != nh)
     return out.permute(2, 0, 1, 3).reshape(s, b, nh * d)  # [b, nh, s, d] -> [s, b, nh*d]
+
+
+def _once_per_doc_ids(build: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
+    """Memoise `build(doc_ids)` on the doc-ids tensor object; an entry goes with its tensor."""
+    memo = WeakIdKeyDictionary()
+
+    @functools.wraps(build)
+    def once(doc_ids: torch.Tensor) -> T:
+        if doc_ids not in memo:
+            memo[doc_ids] = build(doc_ids)
+        return memo[doc_ids]
+
+    return once
+
+
+@_once_per_doc_ids
+def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[b, 1, s, s] bool, True where query i may attend key j: j <= i within the same segment."""
+    s = doc_ids.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()  # [s, s]
+    same_document = doc_ids[:, :, None] == doc_ids[:, None, :]  # [b, s, s]
+    return (same_document & causal)[:, None]
+
+
+@dataclass(frozen=True)
+class VarlenSegments:
+    """The segments of a [b, s] batch as flash-attn's varlen kernels take them."""
+
+    cu_seqlens: torch.Tensor  # [segments + 1] int32: each segment's first token in the [b * s] flattening, then b * s
+    max_seqlen: int  # tokens in the longest segment
+
+
+@_once_per_doc_ids
+def varlen_segments(doc_ids: torch.Tensor) -> VarlenSegments:
+    """Segment boundaries: every row start and every change of doc id (one host sync)."""
+    starts = segment_starts(doc_ids).flatten().nonzero().flatten()  # [segments], ascending
+    end = torch.tensor([doc_ids.numel()], device=doc_ids.device)
+    cu_seqlens = torch.cat([starts, end]).to(torch.int32)
+    return VarlenSegments(cu_seqlens, int(cu_seqlens.diff().max()))

@@ -11,8 +11,10 @@ all-gather the sequence and the row-parallel layers reduce-scatter it. The norm 
 then see only part of the sequence, so their gradients are summed over the TP group.
 
 Layout conventions (Megatron's): activations are `[s, b, h]`; a parallel linear returns
-`(output, bias)`. Shapes in comments are per tensor-parallel rank, `tp` ranks in all:
-`nh`/`nkv` below are the rank's own query / key-value heads.
+`(output, bias)`. A block takes and returns the hidden states alone, or
+`(hidden, doc_ids)` with document masking (megallm.model.packing). Shapes in comments
+are per tensor-parallel rank, `tp` ranks in all: `nh`/`nkv` below are the rank's own
+query / key-value heads.
 
 Weight layouts are chosen so that the same seed gives the same model for every
 tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -40,6 +42,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 
 from megallm.model.attention import causal_attention
 from megallm.model.config import RECOMPUTE_MODES
+from megallm.model.packing import Activations, document_positions, split_doc_ids, with_doc_ids
 
 
 def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -73,6 +76,7 @@ class RotaryEmbedding(nn.Module):
     """Rotary position embedding, "rotate half" convention (GPT-NeoX / Hugging Face Llama).
 
     Pairs dimension i with i + d/2, so Hugging Face checkpoints need no permutation.
+    Positions are per token: 0..s-1, or restarting with every packed document.
     """
 
     def __init__(self, head_dim: int, theta: float):
@@ -80,16 +84,15 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape [s, 1, 1, d] for positions 0..s-1, in fp32."""
-        pos = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(pos, self.inv_freq.to(device))  # [s, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [s, 1, 1, d]
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin in fp32, [s, b, 1, d], for positions [b, s] ([s, 1, 1, d] for [1, s])."""
+        freqs = positions.float()[..., None] * self.inv_freq.to(positions.device)  # [b, s, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1).transpose(0, 1)[:, :, None, :]  # [s, b, 1, d]
         return emb.cos(), emb.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [s, b, n, d]; cos/sin: [s, 1, 1, d]."""
+    """x: [s, b, n, d]; cos/sin: [s, b, 1, d] or [s, 1, 1, d]."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
@@ -117,7 +120,8 @@ class GroupedQueryAttention(nn.Module):
             bias=False, input_is_parallel=True, skip_bias_add=False, tp_group=tp_group,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [s, b, h] ([s / tp, b, h] under SP); doc_ids: [b, s] (full length even under SP) or None."""
         qkv, _ = self.qkv(x)  # [s, b, nkv * (q_per_kv + 2) * d]; all-gathered from [s / tp, ...] under SP
         s, b, _ = qkv.shape
         qkv = qkv.view(s, b, self.kv_heads_local, self.q_per_kv + 2, self.head_dim)
@@ -125,12 +129,13 @@ class GroupedQueryAttention(nn.Module):
         q = q.reshape(s, b, self.kv_heads_local * self.q_per_kv, self.head_dim)  # [s, b, nh, d]
         k = k.squeeze(3)  # [s, b, nkv, d]
         v = v.squeeze(3)  # [s, b, nkv, d]
-        cos, sin = self.rotary(s, x.device)
+        positions = torch.arange(s, device=x.device)[None] if doc_ids is None else document_positions(doc_ids)
+        cos, sin = self.rotary(positions)  # [s, b or 1, 1, d]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.recompute_core and torch.is_grad_enabled():
-            ctx = checkpoint(causal_attention, q, k, v, use_reentrant=False)
+            ctx = checkpoint(causal_attention, q, k, v, doc_ids, use_reentrant=False)
         else:
-            ctx = causal_attention(q, k, v)  # [s, b, nh * d]
+            ctx = causal_attention(q, k, v, doc_ids)  # [s, b, nh * d]
         out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp (reduce-scattered to [s / tp, b, h] under SP)
         return out
 
@@ -173,12 +178,16 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel_group=sp_group)
         self.mlp = SwiGLU(cfg, mp_config, tp_group, layer_init, out_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [s, b, h] ([s / tp, b, h] under sequence parallelism)."""
+    def forward(self, activations: Activations) -> Activations:
+        """x: [s, b, h] ([s / tp, b, h] under sequence parallelism), with its doc ids [b, s]
+        alongside when document masking is on (megallm.model.packing); passes them on."""
+        x, doc_ids = split_doc_ids(activations)
         if self.recompute_full and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            x = checkpoint(self._forward, x, doc_ids, use_reentrant=False)
+        else:
+            x = self._forward(x, doc_ids)
+        return with_doc_ids(x, doc_ids)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def _forward(self, x: torch.Tensor, doc_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), doc_ids)
         return x + self.mlp(self.mlp_norm(x))

@@ -2,10 +2,15 @@
 
 `layer_defs` is the one definition of the model. `LlamaModel` builds and runs the whole
 list in one process; the pipeline-parallel wrapper (megallm.parallel.pipeline) cuts the
-same list into stages. Each layer draws its initial weights from its own seed, derived
-from (run seed, layer index), so a layer gets the same numbers whichever stage builds
-it and whatever the tensor-parallel degree (megatron-core initialises the full matrix
-on CPU and each rank keeps its slice): every layout starts from the same model.
+same list into stages. Each layer takes one value and returns one, as DeepSpeed's
+pipeline passes them: token ids into the embedding, hidden states through the blocks,
+with the document ids alongside as a tuple when document masking is on
+(megallm.model.packing); the final norm drops them.
+
+Each layer draws its initial weights from its own seed, derived from (run seed, layer
+index), so a layer gets the same numbers whichever stage builds it and whatever the
+tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
+keeps its slice): every layout starts from the same model.
 
 Parameter names of `LlamaModel` are the canonical names (checkpoint consolidation and
 Hugging Face conversion speak them): `embedding.weight`, `blocks.{i}.*`,
@@ -34,6 +39,7 @@ from megatron.core.tensor_parallel import (
 
 from megallm.model.config import ModelConfig, padded_vocab_size
 from megallm.model.layers import RMSNorm, TransformerBlock, normal_init
+from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
 
 
 def megatron_config(tp: int, params_dtype: torch.dtype, initialize: bool,
@@ -52,6 +58,8 @@ def megatron_config(tp: int, params_dtype: torch.dtype, initialize: bool,
 class EmbeddingLayer(VocabParallelEmbedding):
     """Token ids [b, s] -> hidden states [s, b, h]; rows of the (padded) vocabulary split over TP.
 
+    Document ids [b, s] given with the tokens pass on with the hidden states (megallm.model.packing).
+
     With tied embeddings the same weight also projects the final hidden states to logits
     (`logits`), so the output layer holds no weight of its own.
     """
@@ -65,11 +73,12 @@ class EmbeddingLayer(VocabParallelEmbedding):
             gather_output=False, skip_weight_param_allocation=True, tp_group=tp_group,
         ) if cfg.tie_embeddings else None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: Activations) -> Activations:
+        tokens, doc_ids = split_doc_ids(inputs)
         x = super().forward(tokens).transpose(0, 1).contiguous()  # [b, s, h] -> [s, b, h]
-        if self.sequence_parallel:  # each TP rank keeps s / tp positions: [s / tp, b, h]
+        if self.sequence_parallel:  # each TP rank keeps s / tp positions: [s / tp, b, h]; doc ids stay [b, s]
             x = scatter_to_sequence_parallel_region(x)
-        return x
+        return with_doc_ids(x, doc_ids)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Tied output projection: [s, b, h] -> [s, b, vocab / tp]."""
@@ -95,9 +104,15 @@ class OutputLayer(ColumnParallelLinear):
 
 
 class FinalNorm(RMSNorm):
+    """The last block's hidden states (doc ids alongside or not) -> normalised hidden states alone."""
+
     def __init__(self, cfg: ModelConfig, mp_config: ModelParallelConfig, tp_group):
         super().__init__(cfg.hidden_size, cfg.norm_eps,
                          sequence_parallel_group=tp_group if mp_config.sequence_parallel else None)
+
+    def forward(self, activations: Activations) -> torch.Tensor:
+        x, _ = split_doc_ids(activations)
+        return super().forward(x)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -164,9 +179,14 @@ class LlamaModel(nn.Module):
         self.final_norm = defs[-2].build(meta)
         self.output = None if defs[-1].tied_to else defs[-1].build(meta)
 
-    def forward(self, tokens: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits [s, b, vocab / tp] for tokens [b, s]; the mean loss if labels [b, s] are given."""
-        x = self.embedding(tokens)
+    def forward(self, tokens: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [s, b, vocab / tp] for tokens [b, s]; the mean loss if labels [b, s] are given.
+
+        With doc_ids [b, s] (megallm.model.packing.document_ids) each packed document attends
+        only within itself and its positions restart at 0; None: causal over the whole row.
+        """
+        x = self.embedding(with_doc_ids(tokens, doc_ids))
         for block in self.blocks:
             x = block(x)
         x = self.final_norm(x)

@@ -5,6 +5,9 @@
   group only; the loop runs forward/backward per micro-batch.
 - pp > 1: the same layer list as a `PipelineModule` in DeepSpeed's `PipelineEngine`,
   which runs its own micro-batch schedule (one micro-batch per accumulation step).
+  With document masking the first stage takes `(tokens, doc_ids)` and the stages pass
+  `(hidden, doc_ids)` on: DeepSpeed sends tuples of tensors between stages, and
+  gradients for the floating-point ones only (none for the int64 doc ids).
 
 Gradient clipping: DeepSpeed clips inside ZeRO and bf16 optimizers and reports the norm.
 Without ZeRO in fp32 it clips in `clip_fp32_gradients` and discards the norm, and under
@@ -24,6 +27,7 @@ from megatron.core import parallel_state as ps
 
 from megallm.config import RunConfig
 from megallm.model.llama import LayerDef, LlamaModel, layer_defs
+from megallm.model.packing import document_ids, with_doc_ids
 from megallm.parallel.distributed import DistContext
 from megallm.parallel.ds_config import deepspeed_config
 from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
@@ -55,10 +59,17 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 
 class ParallelEngine:
-    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str):
+    """The model under DeepSpeed for this rank's layout; steps on token windows.
+
+    `eos_id`: the corpus's end-of-document token; each packed document then attends only
+    within itself and its positions restart (megallm.model.packing). None: plain causal
+    attention over the whole window.
+    """
+
+    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, eos_id: Optional[int] = None):
         import deepspeed
 
-        self.ctx, self.pipelined = ctx, ctx.pp > 1
+        self.ctx, self.pipelined, self.eos_id = ctx, ctx.pp > 1, eos_id
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.defs: list[LayerDef] = layer_defs(
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
@@ -109,14 +120,29 @@ class ParallelEngine:
         return self.scheduler.get_last_lr()[0]
 
     # ---- steps: `micro_batches` are token windows [mbs, seq_len + 1] -------------------------
+    def _split(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """A token window -> (input tokens, labels, doc ids of the inputs or None), each [mbs, seq_len]."""
+        tokens, labels = window[:, :-1], window[:, 1:]
+        return tokens, labels, None if self.eos_id is None else document_ids(tokens, self.eos_id)
+
+    def _pipeline_batches(self, micro_batches: list[torch.Tensor]):
+        """(first stage's input, last stage's labels) per micro-batch, as DeepSpeed's pipeline takes them."""
+        for window in micro_batches:
+            tokens, labels, doc_ids = self._split(window)
+            yield with_doc_ids(tokens, doc_ids), labels
+
+    def _loss(self, window: torch.Tensor) -> torch.Tensor:
+        tokens, labels, doc_ids = self._split(window)
+        return self.engine(tokens, labels, doc_ids=doc_ids)
+
     def train_step(self, micro_batches: list[torch.Tensor]) -> torch.Tensor:
         """One optimizer step; returns this data-parallel replica's mean loss (no communication)."""
         if self.pipelined:
-            self.engine.train_batch(_inputs_and_labels(micro_batches))
+            self.engine.train_batch(self._pipeline_batches(micro_batches))
             return self.engine.dp_group_loss.double()
         total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
         for batch in micro_batches:
-            loss = self.engine(batch[:, :-1], batch[:, 1:])
+            loss = self._loss(batch)
             self.engine.backward(loss)
             self.engine.step()  # steps the optimizer at the accumulation boundary only
             total += loss.detach()
@@ -126,11 +152,11 @@ class ParallelEngine:
     def eval_loss(self, micro_batches: list[torch.Tensor]) -> float:
         """Mean loss over the micro-batches of every data-parallel replica (collective)."""
         if self.pipelined:
-            loss = self.engine.eval_batch(_inputs_and_labels(micro_batches), num_micro_batches=len(micro_batches))
+            loss = self.engine.eval_batch(self._pipeline_batches(micro_batches), num_micro_batches=len(micro_batches))
             self.engine.train()
             return float(loss)
         self.engine.eval()
-        total = sum(self.engine(b[:, :-1], b[:, 1:]).double() for b in micro_batches) / len(micro_batches)
+        total = sum(self._loss(b).double() for b in micro_batches) / len(micro_batches)
         self.engine.train()
         return self.mean_over_data_parallel(total)
 
@@ -153,7 +179,3 @@ class ParallelEngine:
                 yield canonical_name(name, self.defs), p
         else:
             yield from self.engine.module.named_parameters()
-
-
-def _inputs_and_labels(micro_batches: list[torch.Tensor]):
-    return iter([(b[:, :-1], b[:, 1:]) for b in micro_batches])

@@ -58,7 +58,8 @@ class Trainer:
             check_compatible(read_state(self.resume_from), self.state, self.resume_from)
 
         seed_everything(cfg.train.seed)
-        self.engine = ParallelEngine(cfg, ctx, self.precision)  # weights drawn from per-layer seeds
+        self.engine = ParallelEngine(cfg, ctx, self.precision,  # weights drawn from per-layer seeds
+                                     eos_id=corpus.manifest.eos_id if cfg.data.document_masking else None)
         self.corpus = corpus
         self.train_batches: TrainBatches | None = None  # opened in fit(), at the resumed position
         self.val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,

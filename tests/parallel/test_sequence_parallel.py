@@ -9,7 +9,8 @@ so `pretrain.py` refuses it on CPU. To check megallm's placement of the scatter 
 points and the norm-gradient reduction anyway, these two gloo processes give
 megatron-core a reduce-scatter built from all-reduce (same result, more traffic) and a
 `current_device` of "cpu", and compare TP=2 with and without sequence parallelism on the
-same weights and batch. The test-only stand-ins live in this file.
+same weights and batch (with document masking: the doc ids stay full length while the
+hidden states are scattered). The test-only stand-ins live in this file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 WORLD = 2
+EOS = 0
 
 
 def _reduce_scatter_by_all_reduce(output, input_, group=None, async_op=False):
@@ -47,6 +49,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
     layers.dist_reduce_scatter_func = mappings.dist_reduce_scatter_func = _reduce_scatter_by_all_reduce
     from megallm.model.config import ModelConfig
     from megallm.model.llama import build_model
+    from megallm.model.packing import document_ids
     from megallm.parallel.distributed import init_distributed, shutdown
     from megallm.parallel.memory import stage_parameters
 
@@ -57,11 +60,12 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
                           vocab_size=300, tie_embeddings=tied)
         generator = torch.Generator().manual_seed(0)
         tokens, labels = torch.randint(0, 300, (2, 2, 16), generator=generator)  # same batch on both ranks
+        tokens[:, [5, 11]] = EOS  # several documents per row: masked attention
         results = {}
         for sp in (False, True):
             model = build_model(cfg, seed=5, sequence_parallel=sp)
             assert sum(p.numel() for p in model.parameters()) == stage_parameters(cfg, tp=2, pp=1)
-            loss = model(tokens, labels)
+            loss = model(tokens, labels, doc_ids=document_ids(tokens, EOS))
             loss.backward()
             results[sp] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
         (loss_tp, grads_tp), (loss_sp, grads_sp) = results[False], results[True]
