@@ -4,7 +4,7 @@ Real gloo process groups (2 and 4 ranks via torchrun), 10 fp32 steps of a small 
 the same data and seed. Compared with the single-process run:
 - the loss at every step, within 1e-5 relative;
 - the final weights gathered from all ranks into one copy (checkpoint.consolidated),
-  within 1e-5 relative L2 difference per tensor.
+  within 5e-5 relative L2 difference per tensor.
 
 Why a tolerance at all: the layouts add the same numbers in other orders (TP splits the
 matmul reductions, DP and ZeRO sum gradients over ranks), which changes fp32 results in
@@ -110,10 +110,13 @@ def test_layout_matches_single_process(runs, layout):
 
     ref_w, got_w = final_weights(root / baseline), final_weights(root / layout)
     assert sorted(got_w) == sorted(ref_w)
+    differences = {}
     for name, tensor in ref_w.items():
         assert got_w[name].shape == tensor.shape, name
-        relative_l2 = ((got_w[name] - tensor).norm() / tensor.norm()).item()
-        assert relative_l2 < 1e-5, (layout, name, relative_l2)
+        differences[name] = ((got_w[name] - tensor).norm() / tensor.norm()).item()
+    worst = max(differences, key=differences.get)
+    print(f"{layout}: worst weight relative L2 {differences[worst]:.1e} ({worst})")
+    assert differences[worst] < 5e-5, (layout, worst, differences[worst])
     # Training moved the weights far more than the layouts disagree.
     start = torch.load(root / baseline / "checkpoints" / "step_00000005" / "consolidated.pt")["model"]
     assert (ref_w["blocks.0.attn.qkv.weight"] - start["blocks.0.attn.qkv.weight"]).norm() > 1e-3
