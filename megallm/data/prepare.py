@@ -83,7 +83,7 @@ def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log
         tok = load_tokenizer(options.tokenizer_path)
     elif may_train:
         log(f"training a {options.vocab_size}-token byte-level BPE on up to "
-            f"{options.tokenizer_train_bytes / 1e6:.0f} MB of the inputs")
+            f"{options.tokenizer_train_bytes / 2**20:,.0f} MiB of the inputs")
         tok = train_bpe(training_texts(plan, options.text_field, options.tokenizer_train_bytes), options.vocab_size)
     elif installed.is_file():
         return load_tokenizer(installed)
@@ -102,8 +102,8 @@ def run_part(plan: Plan, output: Path, options: PrepareOptions, tok: Tokenizer, 
     units = [u for u in plan.units if part.owns(u.index)]
     workers = max(1, min(options.workers, len(units)))
     size = sum(u.size for u in units)
-    log(f"part {part.index}/{part.count}: {len(units)} of {len(plan.units)} units, {size / 1e6:,.1f} MB, "
-        f"{workers} workers")
+    log(f"part {part.index}/{part.count}: {len(units)} of {len(plan.units)} units, {size / 2**20:,.1f} MiB, "
+        f"{workers} worker processes")
     progress = Progress(len(units), size, workers, log, options.progress_every)
     if units:
         # spawn: workers start clean, whatever threads the caller runs (torch, a test harness)

@@ -42,4 +42,4 @@ class Progress:
         skipped = f" ({self.skipped} done by an earlier run)" if self.skipped else ""
         return (f"tokenized {self.done - self.skipped} of {self.units} units{skipped}: {self.tokens:,} tokens in "
                 f"{elapsed:.1f}s, {rate:,.0f} tokens/s, {rate / self.workers:,.0f} tokens/s per worker "
-                f"({self.workers} workers)")
+                f"({self.workers} worker processes)")

@@ -259,4 +259,4 @@ def test_progress_lines_are_spaced_and_report_rate_and_eta():
     progress.update(UnitResult(index=3, tokens=4000, documents=4, size=100, skipped=False))
     assert len(lines) == 1  # the last unit prints no progress line, only the summary
     assert progress.summary() == ("tokenized 3 of 4 units (1 done by an earlier run): 10,000 tokens in 10.0s, "
-                                  "1,000 tokens/s, 500 tokens/s per worker (2 workers)")
+                                  "1,000 tokens/s, 500 tokens/s per worker (2 worker processes)")
