@@ -165,34 +165,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> None:
+    """What the flags ask for: the merge, the tokenizer only, one part, or everything."""
+    if args.merge:
+        has_inputs = bool(args.input or args.python_stdlib)
+        files = collect_inputs(args.input, args.python_stdlib) if has_inputs else None
+        merge(args.output, plan=plan_units(files, options.unit_bytes, options.text_field) if files else None, log=log)
+        return
+    part = Part.parse(args.part) if args.part is not None else None
+    files = collect_inputs(args.input, args.python_stdlib)
+    if part is None and not args.tokenizer_only:
+        prepare(files, args.output, log, **vars(options))
+        return
+    plan = plan_units(files, options.unit_bytes, options.text_field)
+    start_writing(args.output)
+    tok = obtain_tokenizer(plan, args.output, options, log, may_train=args.tokenizer_only)
+    if part is None:
+        log(f"wrote {args.output / TOKENIZER} ({tok.get_vocab_size()} tokens)")
+    else:
+        run_part(plan, args.output, options, tok, part, log)
+
+
 def main(argv: list[str] | None = None) -> int:
-    log = partial(print, flush=True)
+    args = parse_args(argv)
     try:
-        args = parse_args(argv)
         options = PrepareOptions(
             vocab_size=args.vocab_size, tokenizer_path=args.tokenizer, val_fraction=args.val_fraction,
             shard_tokens=args.shard_tokens, tokenizer_train_bytes=args.tokenizer_train_bytes,
             text_field=args.text_field, unit_bytes=round(args.unit_mb * (1 << 20)), workers=args.workers,
             progress_every=args.progress_every)
-        has_inputs = bool(args.input or args.python_stdlib)
-        if args.merge:
-            plan = plan_units(collect_inputs(args.input, args.python_stdlib), options.unit_bytes,
-                              options.text_field) if has_inputs else None
-            merge(args.output, plan=plan, log=log)
-            return 0
-        part = Part.parse(args.part) if args.part is not None else None
-        files = collect_inputs(args.input, args.python_stdlib)
-        if part is None and not args.tokenizer_only:
-            prepare(files, args.output, log, **vars(options))
-            return 0
-        plan = plan_units(files, options.unit_bytes, options.text_field)
-        start_writing(args.output)
-        tok = obtain_tokenizer(plan, args.output, options, log, may_train=args.tokenizer_only)
-        if args.tokenizer_only:
-            log(f"wrote {args.output / TOKENIZER} ({tok.get_vocab_size()} tokens)")
-        else:
-            run_part(plan, args.output, options, tok, part, log)
-    except DataError as exc:
+        run_step(args, options, partial(print, flush=True))
+    except (DataError, OSError) as exc:  # OSError: an output folder that cannot be written, a full disk
         print(f"prepare_data: error: {exc}", file=sys.stderr)
         return 2
     return 0
