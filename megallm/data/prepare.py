@@ -52,7 +52,7 @@ class PrepareOptions:
     text_field: str = "text"  # JSON-lines field / Parquet column holding the documents
     unit_bytes: int = 16 << 20  # input per work unit: bounds each worker's memory, names the shards
     workers: int = field(default_factory=available_cpus)  # tokenizing processes
-    progress_every: float = 10.0  # seconds between progress lines
+    progress_every: float = 5.0  # seconds between progress lines
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:

@@ -15,7 +15,7 @@ from megallm.metrics.sinks import format_duration
 
 class Progress:
     def __init__(self, units: int, size: int, workers: int, log: Callable[[str], None],
-                 every: float = 10.0, clock: Callable[[], float] = time.perf_counter):
+                 every: float = 5.0, clock: Callable[[], float] = time.perf_counter):
         self.units, self.size, self.workers, self.log, self.every, self.clock = units, size, workers, log, every, clock
         self.start = self.last_line = clock()
         self.done = self.skipped = self.tokens = self.bytes_done = self.bytes_tokenized = 0
