@@ -15,7 +15,7 @@ CORPUS_PACKAGES = ("json", "email", "http", "logging")
 
 
 def stdlib_subset() -> list[Path]:
-    from megallm.data.prepare import python_stdlib_files
+    from megallm.data.plan import python_stdlib_files
 
     return [p for p in python_stdlib_files() if any(f"/{pkg}/" in str(p) for pkg in CORPUS_PACKAGES)]
 

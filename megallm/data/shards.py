@@ -1,9 +1,12 @@
 """Token shards and their manifest: the on-disk corpus format.
 
 A prepared corpus is a folder with `manifest.json`, `tokenizer.json` and WebDataset tar
-shards `<split>-NNNNN.tar`. Each tar sample is one document, key `DDDDDDDDD`, holding
-`tokens.npy` (its token ids, ending with the end-of-document token). The manifest is
-written last and atomically: a folder without one is not a corpus.
+shards (`<split>-uUUUUUU-NNNNN.tar`: shard N of work unit U; readers take the paths from
+the manifest, never from the names). Each tar sample is one document, key `DDDDDDDDD`
+(unique within its shard), holding `tokens.npy` (its token ids in the manifest's dtype,
+ending with the end-of-document token). The manifest lists each split's shards in order
+and is written last and atomically: a folder without one is not a corpus. Fields may be
+added to the manifest, never renamed or removed; readers ignore fields they do not know.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,12 @@ class Manifest:
     splits: dict[str, list[ShardInfo]] = field(default_factory=dict)
     tokenizer_file: str = "tokenizer.json"
     format: str = FORMAT
+    # How the corpus was prepared (None in corpora from before these fields existed).
+    text_field: str | None = None  # JSON-lines key / Parquet column the documents came from
+    val_fraction: float | None = None  # share of documents hashed into the "val" split
+    shard_tokens: int | None = None  # target tokens per shard
+    unit_bytes: int | None = None  # input bytes per work unit
+    units: int | None = None  # work units the inputs were cut into
 
     def tokens(self, split: str) -> int:
         return sum(s.tokens for s in self.splits.get(split, []))
@@ -61,6 +70,8 @@ class Manifest:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT:
             raise DataError(f"{path} has format {raw.get('format')!r}, expected {FORMAT!r}; re-run tools/prepare_data.py")
+        known = {f.name for f in fields(cls)}
+        raw = {k: v for k, v in raw.items() if k in known}  # fields added by newer writers
         raw["splits"] = {k: [ShardInfo(**s) for s in v] for k, v in raw["splits"].items()}
         return cls(**raw)
 
@@ -69,8 +80,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
+def temporary_path(path: Path) -> Path:
+    """Where to write `path` before renaming it: unique per process, so concurrent writers never collide."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -88,7 +104,7 @@ def file_sha256(path: Path) -> str:
 
 def write_shard(path: Path, documents: list[np.ndarray], first_index: int) -> ShardInfo:
     """Write documents to a tar at `path` atomically (temporary name, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for i, doc in enumerate(documents):
             buf = io.BytesIO()

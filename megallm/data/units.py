@@ -1,0 +1,187 @@
+"""One work unit, as a worker process runs it: tokenize, split, write its shards, then its record.
+
+A unit's documents are read in order and tokenized in batches. Each gets the
+end-of-document token and goes to "train" or "val" by a hash of its identity. Each
+split's documents fill shards `<split>-uUUUUUU-NNNNN.tar` of about `shard_tokens`
+tokens (the last one shorter), each written atomically. Then `records/unit-UUUUUU.json`
+lists the shards with their sizes and checksums. That record, written last, is what
+makes a unit count as done. A re-run skips a unit when its record matches the unit and
+the settings and every shard is there with the recorded size and checksum. It redoes
+any other unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from megallm.data.plan import Unit
+from megallm.data.shards import DataError, atomic_write_bytes, file_sha256, token_dtype, write_shard
+from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
+
+RECORDS = "records"  # folder of the corpus holding unit and part records
+SPLITS = ("train", "val")
+ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer per call
+SHARD_NAME = re.compile(r"^(train|val)-u\d{6,}-\d{5,}\.tar$")
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """Everything besides the unit's inputs that its shards depend on."""
+
+    tokenizer_sha256: str
+    text_field: str
+    val_fraction: float
+    shard_tokens: int
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    index: int
+    tokens: int
+    documents: int
+    size: int  # input bytes
+    skipped: bool  # done by an earlier run
+
+
+def shard_name(split: str, unit_index: int, shard_index: int) -> str:
+    return f"{split}-u{unit_index:06d}-{shard_index:05d}.tar"
+
+
+def record_path(output: Path, unit_index: int) -> Path:
+    return output / RECORDS / f"unit-{unit_index:06d}.json"
+
+
+def hash_bucket(identity: str) -> float:
+    """A document's place in [0, 1), from its identity alone."""
+    return int.from_bytes(hashlib.sha1(identity.encode()).digest()[:4], "big") / 2**32
+
+
+def forced_validation_identity(unit: Unit, settings: UnitSettings) -> str | None:
+    """The document unit 0 holds out when hashing holds out none of its own.
+
+    So even a tiny corpus gets a validation document, by a rule that needs no other unit.
+    """
+    if unit.index != 0 or settings.val_fraction <= 0:
+        return None
+    buckets = {identity: hash_bucket(identity) for identity, _ in unit.documents(settings.text_field)}
+    if not buckets or min(buckets.values()) < settings.val_fraction:
+        return None
+    return min(buckets, key=buckets.get)
+
+
+class SplitShards:
+    """One split's documents of one unit, cut into shards of about `shard_tokens` tokens."""
+
+    def __init__(self, output: Path, split: str, unit_index: int, shard_tokens: int):
+        self.output, self.split, self.unit_index, self.shard_tokens = output, split, unit_index, shard_tokens
+        self.pending: list[np.ndarray] = []
+        self.pending_tokens = 0
+        self.documents_written = 0
+        self.written: list[dict] = []  # ShardInfo fields plus the file's size in bytes
+
+    def add(self, document: np.ndarray) -> None:
+        self.pending.append(document)
+        self.pending_tokens += len(document)
+        if self.pending_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        path = self.output / shard_name(self.split, self.unit_index, len(self.written))
+        info = write_shard(path, self.pending, first_index=self.documents_written)
+        self.written.append({**asdict(info), "bytes": path.stat().st_size})
+        self.documents_written += len(self.pending)
+        self.pending, self.pending_tokens = [], 0
+
+
+@lru_cache(maxsize=1)
+def worker_tokenizer(path: Path, expected_sha256: str):
+    tok = load_tokenizer(path)
+    if tokenizer_hash(tok) != expected_sha256:
+        raise DataError(f"{path} changed while preparing (another prepare wrote it?); run one prepare per --output")
+    return tok
+
+
+def init_worker() -> None:
+    """Pool initializer: one tokenizer thread per worker, since the workers are the parallelism."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def batches(docs: Iterable[tuple[str, str]], max_chars: int) -> Iterator[list[tuple[str, str]]]:
+    batch, chars = [], 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc[1])
+        if chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def run_unit(unit: Unit, output: Path, settings: UnitSettings) -> UnitResult:
+    """Tokenize one unit into its shards and record, unless an earlier run finished it."""
+    record = finished_record(output, unit, settings)
+    skipped = record is not None
+    if not skipped:
+        record = tokenize_unit(unit, output, settings)
+    shards = [s for split in SPLITS for s in record["shards"][split]]
+    return UnitResult(unit.index, sum(s["tokens"] for s in shards), sum(s["documents"] for s in shards),
+                      unit.size, skipped)
+
+
+def tokenize_unit(unit: Unit, output: Path, settings: UnitSettings) -> dict:
+    tok = worker_tokenizer(output / "tokenizer.json", settings.tokenizer_sha256)
+    eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
+    remove_unit_output(output, unit.index)
+    forced = forced_validation_identity(unit, settings)
+    writers = {split: SplitShards(output, split, unit.index, settings.shard_tokens) for split in SPLITS}
+    for batch in batches(unit.documents(settings.text_field), ENCODE_BATCH_CHARS):
+        for (identity, _), encoding in zip(batch, tok.encode_batch_fast([text for _, text in batch])):
+            ids = encoding.ids
+            ids.append(eos)
+            held_out = identity == forced or hash_bucket(identity) < settings.val_fraction
+            writers["val" if held_out else "train"].add(np.array(ids, dtype=dtype))
+    for writer in writers.values():
+        writer.flush()
+    record = {"unit": unit.describe(), "settings": asdict(settings),
+              "shards": {split: writer.written for split, writer in writers.items()}}
+    path = record_path(output, unit.index)
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    return record
+
+
+def finished_record(output: Path, unit: Unit, settings: UnitSettings) -> dict | None:
+    """The unit's record if an earlier run finished it with these inputs and settings and its shards are intact."""
+    try:
+        record = json.loads(record_path(output, unit.index).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if record.get("unit") != unit.describe() or record.get("settings") != asdict(settings):
+        return None
+    for shard in (s for split in SPLITS for s in record["shards"][split]):
+        path = output / shard["path"]
+        if not path.is_file() or path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
+            return None
+    return record
+
+
+def remove_unit_output(output: Path, unit_index: int) -> None:
+    """Delete what an earlier, unfinished or outdated run of the unit left: its record, then its shards."""
+    record_path(output, unit_index).unlink(missing_ok=True)
+    for split in SPLITS:
+        shard_index = 0
+        while (path := output / shard_name(split, unit_index, shard_index)).exists():
+            path.unlink()
+            shard_index += 1

@@ -1,0 +1,142 @@
+"""Checking a prepared corpus end to end: `python tools/validate_data.py CORPUS`.
+
+Every shard the manifest lists is read in full with Python's tar reader. The checks:
+- the shard exists and its sha256 matches the manifest;
+- it is a readable tar of `<digits>.tokens.npy` samples, each key once;
+- each document is a 1-D array of the manifest's dtype, every id < vocab_size, ending
+  with eos_id;
+- the documents and tokens per shard match the manifest;
+- the tokenizer file matches the manifest's hash, vocabulary and end-of-document id.
+
+Each problem becomes one line naming the shard (or file). Statistics per split: shards,
+documents, tokens, document length (mean, median, max) and bytes on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from megallm.data.shards import DataError, Manifest, ShardInfo, file_sha256
+from megallm.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_hash
+
+SAMPLE_NAME = re.compile(r"^(\d+)\.tokens\.npy$")
+
+
+@dataclass
+class SplitStats:
+    shards: int = 0
+    bytes: int = 0
+    lengths: list[np.ndarray] = field(default_factory=list)  # document lengths in tokens, per shard
+
+    def describe(self, split: str) -> str:
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        if not lengths.size:
+            return f"{split}: {self.shards} shards, no readable documents, {self.bytes / 1e6:,.1f} MB on disk"
+        return (f"{split}: {self.shards} shards, {lengths.size:,} documents, {int(lengths.sum()):,} tokens, "
+                f"document length mean {lengths.mean():,.0f} / median {np.median(lengths):,.0f} / "
+                f"max {int(lengths.max()):,} tokens, {self.bytes / 1e6:,.1f} MB on disk")
+
+
+def document_lengths(path: Path, shard: ShardInfo, manifest: Manifest) -> tuple[np.ndarray, list[str]]:
+    """Lengths of a shard's readable documents, and its problems (one line each)."""
+    lengths, problems, keys = [], [], set()
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                match = SAMPLE_NAME.match(member.name)
+                if not match or not member.isfile():
+                    problems.append(f"shard {shard.path}: unexpected tar member {member.name!r} (want KEY.tokens.npy)")
+                    continue
+                if match[1] in keys:
+                    problems.append(f"shard {shard.path}: key {match[1]} appears twice")
+                keys.add(match[1])
+                tokens = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+                problems.extend(document_problems(shard.path, match[1], tokens, manifest))
+                lengths.append(tokens.size)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        problems.append(f"shard {shard.path} is unreadable after {len(lengths)} documents (truncated or not a tar: "
+                        f"{type(exc).__name__}: {exc}); re-run tools/prepare_data.py")
+        return np.asarray(lengths, dtype=np.int64), problems
+    counted = (len(lengths), sum(lengths))
+    if counted != (shard.documents, shard.tokens):
+        problems.append(f"shard {shard.path} holds {counted[0]} documents / {counted[1]} tokens, the manifest says "
+                        f"{shard.documents} / {shard.tokens}")
+    return np.asarray(lengths, dtype=np.int64), problems
+
+
+def document_problems(shard_path: str, key: str, tokens: np.ndarray, manifest: Manifest) -> list[str]:
+    where = f"shard {shard_path} document {key}"
+    if tokens.ndim != 1 or tokens.dtype != np.dtype(manifest.dtype):
+        return [f"{where} is a {tokens.dtype} array of shape {tokens.shape}, not 1-D {manifest.dtype}"]
+    problems = []
+    if tokens.size and int(tokens.max()) >= manifest.vocab_size:
+        problems.append(f"{where} holds token id {int(tokens.max())} >= vocab size {manifest.vocab_size}")
+    if not tokens.size or tokens[-1] != manifest.eos_id:
+        problems.append(f"{where} does not end with the end-of-document token {manifest.eos_id}")
+    return problems
+
+
+def tokenizer_problems(folder: Path, manifest: Manifest) -> list[str]:
+    path = folder / manifest.tokenizer_file
+    try:
+        tok = load_tokenizer(path)
+    except Exception as exc:  # DataError when missing; tokenizers raises a bare Exception for a damaged file
+        return [f"tokenizer {path} is unreadable: {exc}"]
+    problems = []
+    if tokenizer_hash(tok) != manifest.tokenizer_sha256:
+        problems.append(f"tokenizer {path} has sha256 {tokenizer_hash(tok)[:12]}, the manifest says "
+                        f"{manifest.tokenizer_sha256[:12]}")
+    if (tok.get_vocab_size(), tok.token_to_id(EOS_TOKEN)) != (manifest.vocab_size, manifest.eos_id):
+        problems.append(f"tokenizer {path} has vocab {tok.get_vocab_size()} and eos {tok.token_to_id(EOS_TOKEN)}, "
+                        f"the manifest says {manifest.vocab_size} and {manifest.eos_id}")
+    return problems
+
+
+def validate(folder: Path) -> tuple[dict[str, SplitStats], list[str]]:
+    """Statistics per split and every problem found (an empty list: the corpus is sound)."""
+    try:
+        manifest = Manifest.load(folder)
+    except (DataError, ValueError, KeyError, TypeError) as exc:
+        return {}, [f"manifest: {exc}"]
+    problems = tokenizer_problems(folder, manifest)
+    stats: dict[str, SplitStats] = {}
+    for split, shards in manifest.splits.items():
+        stats[split] = split_stats = SplitStats(shards=len(shards))
+        for shard in shards:
+            path = folder / shard.path
+            if not path.is_file():
+                problems.append(f"shard {shard.path} is missing")
+                continue
+            split_stats.bytes += path.stat().st_size
+            sha256 = file_sha256(path)
+            if sha256 != shard.sha256:
+                problems.append(f"shard {shard.path} has sha256 {sha256[:12]}, the manifest says {shard.sha256[:12]}")
+            lengths, shard_problems = document_lengths(path, shard, manifest)
+            split_stats.lengths.append(lengths)
+            problems.extend(shard_problems)
+    return stats, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/validate_data.py",
+                                     description="Check every shard of a prepared corpus and print its statistics.")
+    parser.add_argument("corpus", type=Path, help="folder written by tools/prepare_data.py")
+    args = parser.parse_args(argv)
+    stats, problems = validate(args.corpus)
+    for split, split_stats in stats.items():
+        print(split_stats.describe(split))
+    for problem in problems:
+        print(f"validate_data: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.corpus}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.corpus}: OK")
+    return 0

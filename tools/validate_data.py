@@ -1,0 +1,8 @@
+"""Check a prepared corpus shard by shard and print its statistics: `python tools/validate_data.py CORPUS`."""
+
+import sys
+
+from megallm.data.validate import main
+
+if __name__ == "__main__":
+    sys.exit(main())
