@@ -21,8 +21,6 @@ exact; the skipped shards are counted.
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections import OrderedDict
 from typing import Iterator
 
@@ -32,20 +30,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megallm.data.corpus import Corpus
 from megallm.data.order import Address, SampleOrder
-from megallm.data.shards import DataError, ShardInfo
+from megallm.data.shards import DataError, ShardInfo, read_documents
 
 
 def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int) -> np.ndarray:
     """One shard's documents, concatenated in order, checked against the manifest and the vocabulary."""
-    from webdataset.tariterators import tarfile_samples
-
-    docs = []
-    try:
-        for sample in tarfile_samples([{"url": url}]):
-            docs.append(np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False))
-    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise DataError(f"shard {url} is unreadable ({type(exc).__name__}: {exc.args[0] if exc.args else exc}); "
-                        "re-create it with tools/prepare_data.py, or set data.skip_bad_shards=true") from exc
+    docs = list(read_documents(url))
     tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint16)
     if len(tokens) != info.tokens:
         raise DataError(f"shard {url} holds {len(tokens)} tokens but the manifest lists {info.tokens}: it is "

@@ -117,28 +117,18 @@ def write_shard(path: Path, documents: list[np.ndarray], first_index: int) -> Sh
     return ShardInfo(path.name, int(sum(len(d) for d in documents)), len(documents), file_sha256(path))
 
 
-def _all_shards(urls):
-    return urls
+def read_documents(url: str):
+    """Yield the token arrays of one shard in order, through WebDataset's tar reader.
 
+    `url` is a local path or any URL WebDataset opens (`https://`, `pipe:`, `gs://`).
+    A damaged shard raises `DataError` naming it.
+    """
+    from webdataset.tariterators import tarfile_samples
 
-def read_documents(folder: str | Path, shard: ShardInfo, vocab_size: int):
-    """Yield the token arrays of one shard, in order, through WebDataset's tar reader."""
-    import webdataset as wds
-
-    path = Path(folder) / shard.path
-    if not path.is_file():
-        raise DataError(f"shard {path} listed in the manifest is missing; re-run tools/prepare_data.py")
     try:
-        # Every rank reads every shard here (the in-memory reader), hence the identity splitter.
-        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=_all_shards):
-            tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
-            if tokens.size and int(tokens.max()) >= vocab_size:
-                raise DataError(
-                    f"shard {path} holds token id {int(tokens.max())} >= vocab size {vocab_size}; "
-                    "it was written with another tokenizer: re-run tools/prepare_data.py"
-                )
-            yield tokens
-    except DataError:
-        raise
-    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:  # a damaged file
-        raise DataError(f"shard {path} is unreadable ({type(exc).__name__}: {exc}); re-run tools/prepare_data.py") from exc
+        for sample in tarfile_samples([{"url": url}]):
+            yield np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:
+        reason = str(exc.args[0]).split(" @ ")[0] if exc.args else ""  # WebDataset appends the file object
+        raise DataError(f"shard {url} is unreadable ({type(exc).__name__}: {reason}); re-create it with "
+                        "tools/prepare_data.py, or set data.skip_bad_shards=true") from exc

@@ -75,7 +75,7 @@ def decoded_documents(folder: Path) -> dict[str, list[str]]:
     tok = load_tokenizer(folder / "tokenizer.json")
     decoded = {}
     for split, shards in manifest.splits.items():
-        docs = [d for shard in shards for d in read_documents(folder, shard, manifest.vocab_size)]
+        docs = [d for shard in shards for d in read_documents(str(folder / shard.path))]
         assert all(d[-1] == manifest.eos_id for d in docs)
         decoded[split] = [tok.decode(d[:-1].tolist()) for d in docs]
     return decoded
@@ -94,13 +94,13 @@ def test_manifest_describes_the_shards(small_corpus):
     assert (manifest.text_field, manifest.val_fraction, manifest.shard_tokens) == ("text", 0.05, 50_000)
     for split, shards in manifest.splits.items():
         for shard in shards:
-            docs = list(read_documents(small_corpus, shard, manifest.vocab_size))
+            docs = list(read_documents(str(small_corpus / shard.path)))
             assert len(docs) == shard.documents
             assert sum(len(d) for d in docs) == shard.tokens
             assert all(d[-1] == manifest.eos_id and d.dtype == np.dtype(manifest.dtype) for d in docs)
             assert file_sha256(small_corpus / shard.path) == shard.sha256
     # Decoding a document gives back source text.
-    doc = next(read_documents(small_corpus, manifest.splits["train"][0], manifest.vocab_size))
+    doc = next(read_documents(str(small_corpus / manifest.splits["train"][0].path)))
     assert "import" in tok.decode(doc[:-1].tolist())
 
 

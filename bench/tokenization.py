@@ -8,7 +8,7 @@ workers, tokenizing, writing and hashing the shards, and the merge. tokens/s is 
 written / that time; per core, that divided by the workers. Each worker count is
 run `--repeats` times, interleaved, and the fastest run is reported (the machine is shared).
 
-    python bench/tokenize.py [--workers 1 2] [--repeats 3]
+    python bench/tokenization.py [--workers 1 2] [--repeats 3]
 
 Results go to bench/README.md by hand.
 """
