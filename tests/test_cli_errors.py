@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -96,3 +97,21 @@ def test_sequence_parallel_is_refused_on_cpu(small_corpus, tmp_path):
     assert result.returncode != 0  # torchrun adds its own report of the failed ranks
     errors = [line for line in result.stderr.splitlines() if line.startswith("megallm: error:")]
     assert len(errors) == 1 and "sequence_parallel=true needs GPUs with NCCL" in errors[0], result.stderr[-2000:]
+
+
+def test_truncated_shard_stops_every_rank_with_its_name(small_corpus, tmp_path):
+    """Over 2 ranks with loader workers: one line naming the shard, and no rank left hanging."""
+    broken = tmp_path / "broken"
+    shutil.copytree(small_corpus, broken)
+    names = [s["path"] for s in json.loads((broken / "manifest.json").read_text())["splits"]["train"]]
+    for name in names:
+        data = (broken / name).read_bytes()
+        (broken / name).write_bytes(data[: len(data) // 3])
+    args = ["+model=tiny", "model.num_layers=1", "train.seq_len=64", "train.micro_batch_size=2",
+            "train.global_batch_tokens=256", "train.steps=2", f"data.path={broken}", f"run_dir={tmp_path}/run"]
+    result = run_pretrain(args, nproc=2, timeout=300)  # a hang would time out
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if re.match(r"megallm: error: (\[rank \d\] )?shard ", line)]
+    assert errors and all(any(name in line for name in names) for line in errors), result.stderr[-2000:]
+    assert "data.skip_bad_shards=true" in errors[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
