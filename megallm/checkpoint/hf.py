@@ -1,0 +1,206 @@
+"""megallm weights <-> Hugging Face Llama (`LlamaForCausalLM`) tensors, config and folder.
+
+Both directions work on the canonical single-process weights (megallm.model.llama's
+names, vocabulary rows trimmed to `model.vocab_size`), which any layout consolidates to
+(megallm.checkpoint.consolidate). What needs care, and is done here only:
+- QKV: megallm keeps one matrix whose rows are grouped per key/value head,
+  `[q heads of group g | k_g | v_g]` for each group g (so TP splits whole groups);
+  Hugging Face keeps `q_proj`, `k_proj`, `v_proj` with heads in order.
+- gate/up: megallm's `gate_up` is `[gate; up]`; Hugging Face has `gate_proj`, `up_proj`.
+- Rotary: both use the "rotate half" convention, so no permutation of q/k rows.
+- Tied embeddings: `tie_word_embeddings` and no `lm_head.weight`.
+- Vocabulary padding (megallm pads rows for TP): trimmed on export, restored by the
+  model builder on import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from megallm.model.config import ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+
+
+class ConversionError(ValueError):
+    """A conversion that cannot be done as asked; its message is one line saying why."""
+
+
+def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, groups, per_group = cfg.head_dim, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    grouped = qkv.view(groups, per_group + 2, d, cfg.hidden_size)
+    q = grouped[:, :per_group].reshape(cfg.num_heads * d, cfg.hidden_size)
+    k = grouped[:, per_group].reshape(groups * d, cfg.hidden_size)
+    v = grouped[:, per_group + 1].reshape(groups * d, cfg.hidden_size)
+    return q, k, v
+
+
+def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    d, groups, per_group = cfg.head_dim, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    h = cfg.hidden_size
+    grouped = torch.cat([q.reshape(groups, per_group, d, h), k.reshape(groups, 1, d, h),
+                         v.reshape(groups, 1, d, h)], dim=1)
+    return grouped.reshape(groups * (per_group + 2) * d, h)
+
+
+def to_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Canonical megallm weights -> `LlamaForCausalLM` state dict (new tensors, contiguous)."""
+    out = {"model.embed_tokens.weight": weights["embedding.weight"][: cfg.vocab_size],
+           "model.norm.weight": weights["final_norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = weights["output.weight"][: cfg.vocab_size]
+    for i in range(cfg.num_layers):
+        src, dst = f"blocks.{i}", f"model.layers.{i}"
+        q, k, v = _split_qkv(weights[f"{src}.attn.qkv.weight"], cfg)
+        gate, up = weights[f"{src}.mlp.gate_up.weight"].chunk(2, dim=0)
+        out.update({
+            f"{dst}.input_layernorm.weight": weights[f"{src}.attn_norm.weight"],
+            f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.k_proj.weight": k,
+            f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.o_proj.weight": weights[f"{src}.attn.out.weight"],
+            f"{dst}.post_attention_layernorm.weight": weights[f"{src}.mlp_norm.weight"],
+            f"{dst}.mlp.gate_proj.weight": gate, f"{dst}.mlp.up_proj.weight": up,
+            f"{dst}.mlp.down_proj.weight": weights[f"{src}.mlp.down.weight"],
+        })
+    return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
+
+
+def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """`LlamaForCausalLM` state dict -> canonical megallm weights (inverse of `to_hf_state_dict`)."""
+    out = {"embedding.weight": hf["model.embed_tokens.weight"], "final_norm.weight": hf["model.norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = hf["lm_head.weight"]
+    for i in range(cfg.num_layers):
+        src, dst = f"model.layers.{i}", f"blocks.{i}"
+        attn = f"{src}.self_attn"
+        out.update({
+            f"{dst}.attn_norm.weight": hf[f"{src}.input_layernorm.weight"],
+            f"{dst}.attn.qkv.weight": _join_qkv(hf[f"{attn}.q_proj.weight"], hf[f"{attn}.k_proj.weight"],
+                                                hf[f"{attn}.v_proj.weight"], cfg),
+            f"{dst}.attn.out.weight": hf[f"{attn}.o_proj.weight"],
+            f"{dst}.mlp_norm.weight": hf[f"{src}.post_attention_layernorm.weight"],
+            f"{dst}.mlp.gate_up.weight": torch.cat([hf[f"{src}.mlp.gate_proj.weight"],
+                                                    hf[f"{src}.mlp.up_proj.weight"]]),
+            f"{dst}.mlp.down.weight": hf[f"{src}.mlp.down_proj.weight"],
+        })
+    return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
+
+
+def hf_config(cfg: ModelConfig, eos_id: int | None, max_positions: int, dtype: str = "float32") -> dict:
+    """The `config.json` of a `LlamaForCausalLM` with megallm's shape."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_hidden_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "max_position_embeddings": max_positions,
+        "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "initializer_range": cfg.init_std, "torch_dtype": dtype,
+        "bos_token_id": eos_id, "eos_token_id": eos_id,
+    }
+
+
+def model_config_from_hf(config: dict, name: str = "hf") -> ModelConfig:
+    """megallm's ModelConfig for a Hugging Face Llama `config.json`; refuses other architectures."""
+    arch = config.get("architectures") or [config.get("model_type")]
+    if arch[0] not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(f"architecture {arch[0]!r} is not supported; megallm converts "
+                              f"{', '.join(SUPPORTED_ARCHITECTURES)} only")
+    heads = config["num_attention_heads"]
+    if config.get("head_dim", config["hidden_size"] // heads) * heads != config["hidden_size"]:
+        raise ConversionError("head_dim x num_attention_heads != hidden_size is not supported by megallm's Llama")
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise ConversionError(f"{key}=true is not supported by megallm's Llama")
+    if config.get("rope_scaling"):
+        raise ConversionError(f"rope_scaling {config['rope_scaling']} is not supported by megallm's Llama")
+    return ModelConfig(
+        name=name, hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"], num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads", heads), ffn_hidden_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"], tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_theta=float(config.get("rope_theta", 10000.0)), norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+    )
+
+
+def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, *, tokenizer_file: Path,
+                    eos_id: int | None, max_positions: int, max_shard_bytes: int = 2 << 30) -> Path:
+    """Write a `from_pretrained`-loadable folder: config, generation config, sharded safetensors with
+    an index, tokenizer. Written to `<out>.partial` and renamed: no half-written output."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists():
+        raise ConversionError(f"{out} exists already; choose a new output folder or remove it")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    tensors = to_hf_state_dict(weights, cfg)
+    shards, current, size = [], {}, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    shards.append(current)
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": {}}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(partial / file), metadata={"format": "pt"})
+        index["weight_map"].update({name: file for name in shard})
+    (partial / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    (partial / "config.json").write_text(json.dumps(hf_config(cfg, eos_id, max_positions, dtype), indent=1))
+    (partial / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}, indent=1))
+    shutil.copyfile(tokenizer_file, partial / "tokenizer.json")
+    (partial / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer_file, eos_id), indent=1))
+    with open(partial / "config.json", "rb") as f:
+        os.fsync(f.fileno())
+    partial.rename(out)
+    return out
+
+
+def _tokenizer_config(tokenizer_file: Path, eos_id: int | None) -> dict:
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30, "clean_up_tokenization_spaces": False}
+    if eos_id is not None:
+        vocab = json.loads(Path(tokenizer_file).read_text()).get("added_tokens", [])
+        eos = next((t["content"] for t in vocab if t["id"] == eos_id), None)
+        if eos is not None:
+            config.update(eos_token=eos, bos_token=eos)
+    return config
+
+
+def read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """A Hugging Face Llama folder -> (canonical megallm weights, ModelConfig)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ConversionError(f"{folder} is not a Hugging Face model folder (config.json missing)")
+    cfg = model_config_from_hf(json.loads((folder / "config.json").read_text()))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")
+    hf = {}
+    for file in files:
+        hf.update(load_file(str(file)))
+    missing = [n for n in to_hf_names(cfg) if n not in hf]
+    if missing:
+        raise ConversionError(f"{folder} lacks {len(missing)} tensor(s) a Llama of this config has, e.g. {missing[0]}")
+    return from_hf_state_dict(hf, cfg), cfg
+
+
+def to_hf_names(cfg: ModelConfig) -> list[str]:
+    names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
+    for i in range(cfg.num_layers):
+        names += [f"model.layers.{i}.{n}.weight" for n in (
+            "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    return names
