@@ -9,8 +9,6 @@ All checks here are cheap reads done before any process group starts, so a wrong
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -37,23 +35,21 @@ class Corpus:
         return str(Path(self.location) / name)
 
 
-def _fetch(location: str, name: str, into: Path) -> None:
+def read_remote(location: str, name: str) -> bytes:
+    """The corpus file `name` from a URL location, through WebDataset's opener."""
     from webdataset.gopen import gopen
 
     url = Corpus(location, None).url(name)  # type: ignore[arg-type]
     try:
-        with gopen(url, "rb") as src, open(into / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        with gopen(url, "rb") as src:
+            return src.read()
     except Exception as exc:  # any transport: curl, gsutil, a pipe's command
         raise DataError(f"cannot read {url} ({type(exc).__name__}: {exc}); check data.path") from exc
 
 
 def open_corpus(path: str, tokenizer: str | None, splits: tuple[str, ...]) -> Corpus:
-    if is_url(path):  # remote: read the manifest (and tokenizer) once, shards stream later
-        local = Path(tempfile.mkdtemp(prefix="megallm-corpus-"))
-        _fetch(path, MANIFEST, local)
-        manifest = Manifest.load(local)
-        shutil.rmtree(local, ignore_errors=True)
+    if is_url(path):  # remote: read the manifest once, shards stream later
+        manifest = Manifest.parse(read_remote(path, MANIFEST).decode(), where=f"{path} {MANIFEST}")
     else:
         manifest = Manifest.load(path)
     corpus = Corpus(path, manifest)

@@ -75,7 +75,7 @@ class ShardWindows:
         return windows
 
     def window(self, order: SampleOrder, address: Address) -> np.ndarray:
-        target = address
+        target = order.substitute(address, self.bad) if address.shard in self.bad else address
         while True:
             try:
                 return self._windows(target.shard)[target.window]
@@ -174,13 +174,18 @@ class TrainBatches:
     def next_micro_batch(self) -> torch.Tensor:
         rows = [self._next() for _ in range(self.mbs)]
         self.last_samples = [sample for sample, _ in rows]
-        batch = torch.from_numpy(np.stack([tokens for _, tokens in rows]).astype(np.int64))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+        return token_batch([tokens for _, tokens in rows], self.device)
 
     def epoch(self, consumed_samples: int) -> float:
         return consumed_samples / self.order.epoch_samples
+
+
+def token_batch(rows: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Windows -> one int64 batch [len(rows), seq_len + 1] on `device` (pinned for a CUDA copy)."""
+    batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def _identity(item):
@@ -205,4 +210,4 @@ class EvalBatches:
     def micro_batch(self, index: int) -> torch.Tensor:
         first = (index * self.dp + self.dp_rank) * self.mbs
         rows = [self.windows.window(self.order, self.order.address(first + i)) for i in range(self.mbs)]
-        return torch.from_numpy(np.stack(rows).astype(np.int64)).to(self.device)
+        return token_batch(rows, self.device)

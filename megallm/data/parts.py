@@ -19,7 +19,7 @@ from typing import Callable
 from megallm.data.plan import Plan
 from megallm.data.shards import MANIFEST, DataError, Manifest, ShardInfo, atomic_write_bytes, token_dtype
 from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
-from megallm.data.units import RECORDS, SHARD_NAME, SPLITS, UnitSettings, record_path
+from megallm.data.units import RECORDS, SHARD_NAME, SPLITS, UnitSettings, record_path, recorded_shards
 
 PART_RECORD = re.compile(r"^part-(\d+)-of-(\d+)\.json$")
 
@@ -119,7 +119,7 @@ def unit_shards(output: Path, unit_index: int, count: int, settings: UnitSetting
     record = json.loads(path.read_text())
     if record["settings"] != asdict(settings):
         raise DataError(f"unit {unit_index} of {output} was prepared with other options than its part; {redo}")
-    for shard in (s for split in SPLITS for s in record["shards"][split]):
+    for shard in recorded_shards(record):
         shard_path = output / shard["path"]
         if not shard_path.is_file() or shard_path.stat().st_size != shard["bytes"]:
             raise DataError(f"shard {shard_path} of unit {unit_index} is missing or damaged; {redo}")

@@ -67,9 +67,14 @@ class Manifest:
                 f"no corpus at {folder}: {MANIFEST} is missing; prepare one with "
                 f"`python tools/prepare_data.py --output {folder} ...` or set data.path"
             )
-        raw = json.loads(path.read_text())
+        return cls.parse(path.read_text(), where=str(path))
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "Manifest":
+        """A manifest from its JSON text (`where` names it in errors)."""
+        raw = json.loads(text)
         if raw.get("format") != FORMAT:
-            raise DataError(f"{path} has format {raw.get('format')!r}, expected {FORMAT!r}; re-run tools/prepare_data.py")
+            raise DataError(f"{where} has format {raw.get('format')!r}, expected {FORMAT!r}; re-run tools/prepare_data.py")
         known = {f.name for f in fields(cls)}
         raw = {k: v for k, v in raw.items() if k in known}  # fields added by newer writers
         raw["splits"] = {k: [ShardInfo(**s) for s in v] for k, v in raw["splits"].items()}

@@ -60,6 +60,11 @@ def record_path(output: Path, unit_index: int) -> Path:
     return output / RECORDS / f"unit-{unit_index:06d}.json"
 
 
+def recorded_shards(record: dict) -> list[dict]:
+    """A unit record's shards, every split."""
+    return [shard for split in SPLITS for shard in record["shards"][split]]
+
+
 def hash_bucket(identity: str) -> float:
     """A document's place in [0, 1), from its identity alone."""
     return int.from_bytes(hashlib.sha1(identity.encode()).digest()[:4], "big") / 2**32
@@ -135,7 +140,7 @@ def run_unit(unit: Unit, output: Path, settings: UnitSettings) -> UnitResult:
     skipped = record is not None
     if not skipped:
         record = tokenize_unit(unit, output, settings)
-    shards = [s for split in SPLITS for s in record["shards"][split]]
+    shards = recorded_shards(record)
     return UnitResult(unit.index, sum(s["tokens"] for s in shards), sum(s["documents"] for s in shards),
                       unit.size, skipped)
 
@@ -170,7 +175,7 @@ def finished_record(output: Path, unit: Unit, settings: UnitSettings) -> dict | 
         return None
     if record.get("unit") != unit.describe() or record.get("settings") != asdict(settings):
         return None
-    for shard in (s for split in SPLITS for s in record["shards"][split]):
+    for shard in recorded_shards(record):
         path = output / shard["path"]
         if not path.is_file() or path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
             return None
