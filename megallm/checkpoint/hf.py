@@ -48,46 +48,57 @@ def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfi
     return grouped.reshape(groups * (per_group + 2) * d, h)
 
 
+# Tensors that only change name: canonical megallm name <-> Hugging Face name.
+_RENAMED = {"embedding.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}
+_RENAMED_IN_BLOCK = {"attn_norm": "input_layernorm", "attn.out": "self_attn.o_proj",
+                     "mlp_norm": "post_attention_layernorm", "mlp.down": "mlp.down_proj"}
+
+
+def _renamed(cfg: ModelConfig) -> dict[str, str]:
+    """{megallm name: Hugging Face name} of every tensor that is only renamed."""
+    names = {ours: theirs for ours, theirs in _RENAMED.items() if ours != "output.weight" or not cfg.tie_embeddings}
+    for i in range(cfg.num_layers):
+        names.update({f"blocks.{i}.{ours}.weight": f"model.layers.{i}.{theirs}.weight"
+                      for ours, theirs in _RENAMED_IN_BLOCK.items()})
+    return names
+
+
 def to_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Canonical megallm weights -> `LlamaForCausalLM` state dict (new tensors, contiguous)."""
-    out = {"model.embed_tokens.weight": weights["embedding.weight"][: cfg.vocab_size],
-           "model.norm.weight": weights["final_norm.weight"]}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = weights["output.weight"][: cfg.vocab_size]
+    out = {theirs: weights[ours] for ours, theirs in _renamed(cfg).items()}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in out:
+            out[name] = out[name][: cfg.vocab_size]
     for i in range(cfg.num_layers):
         src, dst = f"blocks.{i}", f"model.layers.{i}"
         q, k, v = _split_qkv(weights[f"{src}.attn.qkv.weight"], cfg)
         gate, up = weights[f"{src}.mlp.gate_up.weight"].chunk(2, dim=0)
-        out.update({
-            f"{dst}.input_layernorm.weight": weights[f"{src}.attn_norm.weight"],
-            f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.k_proj.weight": k,
-            f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.o_proj.weight": weights[f"{src}.attn.out.weight"],
-            f"{dst}.post_attention_layernorm.weight": weights[f"{src}.mlp_norm.weight"],
-            f"{dst}.mlp.gate_proj.weight": gate, f"{dst}.mlp.up_proj.weight": up,
-            f"{dst}.mlp.down_proj.weight": weights[f"{src}.mlp.down.weight"],
-        })
+        out.update({f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.k_proj.weight": k,
+                    f"{dst}.self_attn.v_proj.weight": v, f"{dst}.mlp.gate_proj.weight": gate,
+                    f"{dst}.mlp.up_proj.weight": up})
     return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
 
 
 def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """`LlamaForCausalLM` state dict -> canonical megallm weights (inverse of `to_hf_state_dict`)."""
-    out = {"embedding.weight": hf["model.embed_tokens.weight"], "final_norm.weight": hf["model.norm.weight"]}
-    if not cfg.tie_embeddings:
-        out["output.weight"] = hf["lm_head.weight"]
+    out = {ours: hf[theirs] for ours, theirs in _renamed(cfg).items()}
     for i in range(cfg.num_layers):
         src, dst = f"model.layers.{i}", f"blocks.{i}"
-        attn = f"{src}.self_attn"
-        out.update({
-            f"{dst}.attn_norm.weight": hf[f"{src}.input_layernorm.weight"],
-            f"{dst}.attn.qkv.weight": _join_qkv(hf[f"{attn}.q_proj.weight"], hf[f"{attn}.k_proj.weight"],
-                                                hf[f"{attn}.v_proj.weight"], cfg),
-            f"{dst}.attn.out.weight": hf[f"{attn}.o_proj.weight"],
-            f"{dst}.mlp_norm.weight": hf[f"{src}.post_attention_layernorm.weight"],
-            f"{dst}.mlp.gate_up.weight": torch.cat([hf[f"{src}.mlp.gate_proj.weight"],
-                                                    hf[f"{src}.mlp.up_proj.weight"]]),
-            f"{dst}.mlp.down.weight": hf[f"{src}.mlp.down_proj.weight"],
-        })
+        attn, mlp = f"{src}.self_attn", f"{src}.mlp"
+        out[f"{dst}.attn.qkv.weight"] = _join_qkv(hf[f"{attn}.q_proj.weight"], hf[f"{attn}.k_proj.weight"],
+                                                 hf[f"{attn}.v_proj.weight"], cfg)
+        out[f"{dst}.mlp.gate_up.weight"] = torch.cat([hf[f"{mlp}.gate_proj.weight"], hf[f"{mlp}.up_proj.weight"]])
     return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
+
+
+def to_hf_names(cfg: ModelConfig) -> list[str]:
+    """Every tensor name of a `LlamaForCausalLM` of this shape."""
+    names = list(_renamed(cfg).values())
+    for i in range(cfg.num_layers):
+        names += [f"model.layers.{i}.{n}.weight"
+                  for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")]
+    return names
 
 
 def hf_config(cfg: ModelConfig, eos_id: int | None, max_positions: int, dtype: str = "float32") -> dict:
@@ -161,8 +172,9 @@ def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Pat
         {"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}, indent=1))
     shutil.copyfile(tokenizer_file, partial / "tokenizer.json")
     (partial / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer_file, eos_id), indent=1))
-    with open(partial / "config.json", "rb") as f:
-        os.fsync(f.fileno())
+    for path in partial.iterdir():  # on disk before the folder appears under its final name
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
     partial.rename(out)
     return out
 
@@ -196,11 +208,3 @@ def read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
         raise ConversionError(f"{folder} lacks {len(missing)} tensor(s) a Llama of this config has, e.g. {missing[0]}")
     return from_hf_state_dict(hf, cfg), cfg
 
-
-def to_hf_names(cfg: ModelConfig) -> list[str]:
-    names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
-    for i in range(cfg.num_layers):
-        names += [f"model.layers.{i}.{n}.weight" for n in (
-            "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-    return names

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
-from megallm.model.packing import segment_starts
-
-T = TypeVar("T")
+from megallm.model.packing import once_per_doc_ids, segment_starts
 
 
 @functools.cache
@@ -86,20 +83,7 @@ def _sdpa_attention(q, k, v, doc_ids):
     return out.permute(2, 0, 1, 3).reshape(s, b, nh * d)  # [b, nh, s, d] -> [s, b, nh*d]
 
 
-def _once_per_doc_ids(build: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
-    """Memoise `build(doc_ids)` on the doc-ids tensor object; an entry goes with its tensor."""
-    memo = WeakIdKeyDictionary()
-
-    @functools.wraps(build)
-    def once(doc_ids: torch.Tensor) -> T:
-        if doc_ids not in memo:
-            memo[doc_ids] = build(doc_ids)
-        return memo[doc_ids]
-
-    return once
-
-
-@_once_per_doc_ids
+@once_per_doc_ids
 def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     """[b, 1, s, s] bool, True where query i may attend key j: j <= i within the same segment."""
     s = doc_ids.shape[1]
@@ -116,7 +100,7 @@ class VarlenSegments:
     max_seqlen: int  # tokens in the longest segment
 
 
-@_once_per_doc_ids
+@once_per_doc_ids
 def varlen_segments(doc_ids: torch.Tensor) -> VarlenSegments:
     """Segment boundaries: every row start and every change of doc id (one host sync)."""
     starts = segment_starts(doc_ids).flatten().nonzero().flatten()  # [segments], ascending

@@ -22,9 +22,13 @@ parallelism: attention sees the whole sequence.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import functools
+from typing import Callable, Optional, TypeVar, Union
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+T = TypeVar("T")
 
 # What flows between the layers of the flat model: hidden states (or token ids into the
 # embedding), with the document ids [b, s] int64 alongside when masking is on.
@@ -37,6 +41,25 @@ def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return torch.cumsum(tokens == eos_id, dim=1)
 
 
+def once_per_doc_ids(build: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
+    """Memoise `build(doc_ids)` on the doc-ids tensor object; an entry goes with its tensor.
+
+    Every layer of a forward pass (and its recompute in backward) receives the same doc-ids
+    object, so what is derived from it is computed once per pass. Doc ids are never
+    changed in place.
+    """
+    memo = WeakIdKeyDictionary()
+
+    @functools.wraps(build)
+    def once(doc_ids: torch.Tensor) -> T:
+        if doc_ids not in memo:
+            memo[doc_ids] = build(doc_ids)
+        return memo[doc_ids]
+
+    return once
+
+
+@once_per_doc_ids
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     """Position of every token within its segment: doc_ids [b, s] -> [b, s] int64."""
     s = doc_ids.shape[1]
