@@ -2,7 +2,7 @@
 
 Both directions work on the canonical single-process weights (megallm.model.llama's
 names, vocabulary rows trimmed to `model.vocab_size`), which any layout consolidates to
-(megallm.checkpoint.consolidate). What needs care, and is done here only:
+(megallm.checkpoint.portable). What needs care, and is done here only:
 - QKV: megallm keeps one matrix whose rows are grouped per key/value head,
   `[q heads of group g | k_g | v_g]` for each group g (so TP splits whole groups);
   Hugging Face keeps `q_proj`, `k_proj`, `v_proj` with heads in order.

@@ -6,12 +6,21 @@ A checkpoint is the folder `<dir>/step_NNNNNNNN/` holding
 - `megallm_state.json`: step, tokens seen, data position (consumed samples), parallel
   layout, the resolved model shape and tokenizer identity,
 - `config.yaml`: the run's resolved config,
+- `tokenizer.json`: the tokenizer the run's corpus was prepared with (export and
+  generation need no corpus),
 - `consolidated.pt` (with checkpoint.consolidated=true): the full model in canonical
-  names, for any layout (megallm.checkpoint.consolidate).
-Every rank writes into `step_NNNNNNNN.partial/`; after a barrier rank 0 renames it to the
-final name. A folder without `.partial` is therefore complete, a crash mid-save leaves
-only a `.partial` (ignored and replaced next time), and an existing checkpoint is never
-written over.
+  names, for any layout (megallm.checkpoint.portable).
+`megallm_state.json` also lists every file the ranks wrote with its size, so a shard
+lost in a copy is named before anything loads (`check_complete`).
+
+A weights-only checkpoint (`weights_only`, written by `tools/convert_ckpt.py import
+--weights-only`) holds `consolidated.pt`, the state and config files and no DeepSpeed
+files: any layout starts from it with a fresh optimizer.
+
+Every rank writes into `<name>.partial/`; after a barrier rank 0 renames it to the final
+name. A folder without `.partial` is therefore complete, a crash mid-save leaves only a
+`.partial` (ignored and replaced next time), and an existing checkpoint is never written
+over.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import numpy as np
 import torch
 
 STATE_FILE = "megallm_state.json"
+WEIGHTS_FILE = "consolidated.pt"
+TOKENIZER_FILE = "tokenizer.json"
 _TAG = re.compile(r"^step_(\d{8})$")
 
 
@@ -45,6 +56,8 @@ class RunState:
     tokenizer_sha256: str = ""
     seq_len: int = 0
     data_streams: int = 0  # data.streams: the sample order consumed_samples counts in
+    weights_only: bool = False  # consolidated.pt only: no optimizer state, no layout
+    files: dict = field(default_factory=dict)  # every file the ranks wrote (relative path -> bytes)
 
 
 def tag_for(step: int) -> str:
@@ -76,6 +89,16 @@ def read_state(path: Path) -> RunState:
     return RunState(**json.loads((path / STATE_FILE).read_text()))
 
 
+def check_complete(path: Path, state: RunState) -> None:
+    """Raise if a file the ranks wrote is missing or has another size (e.g. a partial copy)."""
+    damaged = [name for name, size in state.files.items()
+               if not (path / name).is_file() or (path / name).stat().st_size != size]
+    if damaged:
+        raise CheckpointError(
+            f"checkpoint {path} is missing {len(damaged)} of the {len(state.files)} files its ranks wrote, "
+            f"e.g. {damaged[0]} (missing or truncated); copy the whole folder again or use another checkpoint")
+
+
 def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
     """Refuse to resume into a different model, tokenizer, layout or sequence length."""
     saved_model = {k: v for k, v in saved.model.items() if k != "name"}
@@ -86,11 +109,13 @@ def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
                          if saved_model.get(k) != current_model.get(k))
         raise CheckpointError(f"checkpoint {path} holds a different model ({diff}); use the saved model config "
                               "or start fresh with train.resume=none and a new run_dir")
-    if saved.tokenizer_sha256 != current.tokenizer_sha256:
+    if saved.tokenizer_sha256 and saved.tokenizer_sha256 != current.tokenizer_sha256:
         raise CheckpointError(
             f"checkpoint {path} was trained with tokenizer {saved.tokenizer_sha256[:12]} but data.path uses "
             f"{current.tokenizer_sha256[:12]}; point data.path at a corpus prepared with the checkpoint's tokenizer"
         )
+    if saved.weights_only:
+        return  # weights in canonical names: any layout, a fresh optimizer and data position
     if saved.layout != current.layout and not _replicas_only_differ(saved.layout, current.layout):
         raise CheckpointError(
             f"checkpoint {path} was written with layout {describe_layout(saved.layout)} but this run uses "
@@ -102,7 +127,7 @@ def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} read its data with data.streams={saved.data_streams}, this run "
                               f"with {current.data_streams}; the data position counts samples in that order: "
                               f"set data.streams={saved.data_streams}")
-    if saved.seq_len != current.seq_len:
+    if saved.seq_len and saved.seq_len != current.seq_len:
         raise CheckpointError(f"checkpoint {path} used train.seq_len={saved.seq_len}, this run {current.seq_len}; "
                               "the data position would not carry over: keep train.seq_len")
 
@@ -141,48 +166,81 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(engine, root: Path, state: RunState, config_yaml: str, rank: int, keep_last: int,
-                    consolidated: Optional[dict] = None) -> Optional[Path]:
-    """Collective: every rank calls it. Returns the published folder (None if it already existed).
-
-    `consolidated` (rank 0's full model from megallm.checkpoint.consolidate) is written as
-    consolidated.pt inside the checkpoint before it is published.
-    """
-    import torch.distributed as dist
-
-    tag = tag_for(state.step)
-    final, partial = root / tag, root / f"{tag}.partial"
+                    consolidated: Optional[dict] = None, tokenizer_json: Optional[str] = None) -> Optional[Path]:
+    """Collective: every rank calls it. Returns the published folder (None if it already existed)."""
+    final = root / tag_for(state.step)
     if final.exists():  # never overwrite a written checkpoint (e.g. resuming from an older one)
         if rank == 0:
             print(f"checkpoint {final} exists already; keeping it and not saving step {state.step}", flush=True)
         return None
+    write_checkpoint(engine, final, state, config_yaml, rank, consolidated=consolidated,
+                     tokenizer_json=tokenizer_json)
+    if rank == 0 and keep_last > 0:
+        for old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_checkpoint(engine, final: Path, state: RunState, config_yaml: str, rank: int,
+                     consolidated: Optional[dict] = None, tokenizer_json: Optional[str] = None) -> Path:
+    """Collective: write the checkpoint folder `final` through `<final>.partial` and a rename.
+
+    `engine`: the DeepSpeed engine, or None for a weights-only checkpoint (rank 0 alone then).
+    `consolidated` (rank 0's full model from megallm.checkpoint.portable) is written as
+    consolidated.pt inside the checkpoint before it is published.
+    """
+    import torch.distributed as dist
+
+    partial = final.with_name(final.name + ".partial")
+    collective = engine is not None
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
-    dist.barrier()
-    engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)
-    (partial / "rng").mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(), partial / "rng" / f"rank_{rank:05d}.pt")
-    dist.barrier()
+        partial.mkdir()
+    if collective:
+        dist.barrier()
+        engine.save_checkpoint(str(partial.parent), tag=partial.name, save_latest=False)
+        (partial / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), partial / "rng" / f"rank_{rank:05d}.pt")
+        dist.barrier()
     if rank == 0:
         (partial / "config.yaml").write_text(config_yaml)
+        if tokenizer_json is not None:
+            (partial / TOKENIZER_FILE).write_text(tokenizer_json)
         if consolidated is not None:
-            torch.save({"model": consolidated, "model_config": state.model}, partial / "consolidated.pt")
+            torch.save({"model": consolidated, "model_config": state.model}, partial / WEIGHTS_FILE)
+        state.files = {str(f.relative_to(partial)): f.stat().st_size for f in sorted(partial.rglob("*"))
+                       if f.is_file()}
         (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         partial.rename(final)
-        if keep_last > 0:
-            for old in complete_checkpoints(root)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+    if collective:
+        dist.barrier()
     return final
 
 
 def load_checkpoint(engine, path: Path, rank: int) -> RunState:
-    """Collective: restore engine (weights, optimizer, LR schedule), this rank's RNG, and the run state."""
-    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+    """Collective: restore engine (weights, optimizer, LR schedule), this rank's RNG, and the run state.
+
+    `engine` is megallm's ParallelEngine; a weights-only checkpoint sets the weights alone.
+    """
+    state = read_state(path)
+    check_complete(path, state)
+    if state.weights_only:
+        from megallm.checkpoint.portable import PortableState, apply_state
+        from megallm.model.config import ModelConfig
+
+        apply_state(engine, PortableState(weights=read_weights(path)), ModelConfig(**state.model))
+        return state
+    loaded, _ = engine.engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
                                        load_lr_scheduler_states=True)
     if loaded is None:
         raise CheckpointError(f"DeepSpeed could not load {path}: a rank's shard is missing or unreadable")
     rng_file = path / "rng" / f"rank_{rank:05d}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    return read_state(path)
+    return state
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The canonical full model of a checkpoint that has consolidated.pt."""
+    return torch.load(path / WEIGHTS_FILE, map_location="cpu", mmap=True, weights_only=False)["model"]

@@ -34,6 +34,12 @@ class Corpus:
             return self.location.rstrip("/") + "/" + name
         return str(Path(self.location) / name)
 
+    def tokenizer_json(self) -> str:
+        """The text of the corpus's tokenizer file (read from the folder or the URL)."""
+        if is_url(self.location):
+            return read_remote(self.location, self.manifest.tokenizer_file).decode()
+        return Path(self.url(self.manifest.tokenizer_file)).read_text()
+
 
 def read_remote(location: str, name: str) -> bytes:
     """The corpus file `name` from a URL location, through WebDataset's opener."""

@@ -68,6 +68,7 @@ class EmbeddingLayer(VocabParallelEmbedding):
         super().__init__(vocab, cfg.hidden_size, init_method=normal_init(cfg.init_std), config=mp_config,
                          tp_group=tp_group)
         self.sequence_parallel = mp_config.sequence_parallel
+        self.true_vocab_size = cfg.vocab_size
         self.tied_output = ColumnParallelLinear(
             cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std), bias=False,
             gather_output=False, skip_weight_param_allocation=True, tp_group=tp_group,
@@ -81,9 +82,9 @@ class EmbeddingLayer(VocabParallelEmbedding):
         return with_doc_ids(x, doc_ids)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Tied output projection: [s, b, h] -> [s, b, vocab / tp]."""
+        """Tied output projection: [s, b, h] -> [s, b, vocab / tp]; padded rows' logits are -inf."""
         out, _ = self.tied_output(x, weight=self.weight)
-        return out
+        return mask_padded_vocab(out, self.vocab_start_index, self.true_vocab_size)
 
 
 def tied_logits(embedding: EmbeddingLayer, x: torch.Tensor) -> torch.Tensor:
@@ -92,15 +93,30 @@ def tied_logits(embedding: EmbeddingLayer, x: torch.Tensor) -> torch.Tensor:
 
 
 class OutputLayer(ColumnParallelLinear):
-    """Untied output projection [s, b, h] -> logits [s, b, vocab / tp], vocabulary split over TP."""
+    """Untied output projection [s, b, h] -> logits [s, b, vocab / tp], vocabulary split over TP;
+    padded rows' logits are -inf."""
 
     def __init__(self, cfg: ModelConfig, vocab: int, mp_config: ModelParallelConfig, tp_group):
         super().__init__(cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std),
                          bias=False, gather_output=False, tp_group=tp_group)
+        self.true_vocab_size = cfg.vocab_size
+        self.vocab_start_index = tp_group.rank() * self.output_size_per_partition
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, _ = super().forward(x)
+        return mask_padded_vocab(logits, self.vocab_start_index, self.true_vocab_size)
+
+
+def mask_padded_vocab(logits: torch.Tensor, first_id: int, vocab_size: int) -> torch.Tensor:
+    """Logits of this rank's vocabulary slice [..., n] starting at token `first_id`, with the
+    padding rows (ids >= `vocab_size`) set to -inf: they take no probability, so the model
+    is the same whatever the padding (a TP degree, an export that trims it) and padded rows
+    get no gradient."""
+    valid = vocab_size - first_id
+    if valid >= logits.shape[-1]:
         return logits
+    padded = torch.arange(logits.shape[-1], device=logits.device) >= valid
+    return logits.masked_fill(padded, float("-inf"))
 
 
 class FinalNorm(RMSNorm):

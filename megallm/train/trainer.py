@@ -104,7 +104,7 @@ class Trainer:
     def fit(self) -> RunState:
         cfg, train = self.cfg, self.cfg.train
         if self.resume_from is not None:
-            saved = load_checkpoint(self.engine.engine, self.resume_from, self.ctx.rank)
+            saved = load_checkpoint(self.engine, self.resume_from, self.ctx.rank)
             self.state.step, self.state.consumed_samples = saved.step, saved.consumed_samples
             self.state.tokens_seen = saved.tokens_seen
             self.say(f"resumed from {self.resume_from} at step {saved.step} "
@@ -143,11 +143,13 @@ class Trainer:
     def _save(self):
         consolidated = None
         if self.cfg.checkpoint.consolidated:
-            from megallm.checkpoint.consolidate import gather_full_weights
+            from megallm.checkpoint.portable import gather_state
 
-            consolidated = gather_full_weights(self.engine, self.cfg.model)
+            portable = gather_state(self.engine, self.cfg.model, with_optimizer=False)
+            consolidated = portable.weights if portable is not None else None
         return save_checkpoint(self.engine.engine, self.ckpt_root, self.state, self.config_yaml, self.ctx.rank,
-                               self.cfg.checkpoint.keep_last, consolidated=consolidated)
+                               self.cfg.checkpoint.keep_last, consolidated=consolidated,
+                               tokenizer_json=self.corpus.tokenizer_json() if self.ctx.is_main else None)
 
     def _train_step(self) -> torch.Tensor:
         """One optimizer step over `grad_accum` micro-batches; returns this replica's mean loss (no sync)."""

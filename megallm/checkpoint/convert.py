@@ -1,0 +1,329 @@
+"""Checkpoint conversions behind `tools/convert_ckpt.py`: export, import, reshard, verify.
+
+Every conversion goes through the layout-free `PortableState` (megallm.checkpoint.portable):
+- a megallm checkpoint is read by starting the processes of the layout that wrote it
+  (DeepSpeed loads its shards only there; megallm.parallel.local_world spawns them on
+  this machine's CPU) and gathering the state onto rank 0, which saves it to a temporary
+  file; a checkpoint with `consolidated.pt` needs no processes for its weights;
+- a megallm checkpoint is written by starting the processes of the target layout, each
+  setting its part from that file, and saving with DeepSpeed;
+- a Hugging Face folder is read and written by megallm.checkpoint.hf.
+Outputs appear under their final name only when complete (`<out>.partial`, then a rename).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megallm.checkpoint.hf import ConversionError, read_hf_folder, write_hf_folder
+from megallm.checkpoint.portable import PortableState
+from megallm.checkpoint.state import (
+    STATE_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    RunState,
+    check_complete,
+    complete_checkpoints,
+    read_state,
+    read_weights,
+    write_checkpoint,
+)
+from megallm.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    zero_stage: int = 0
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+# ---- sources ----------------------------------------------------------------------------------
+def is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / STATE_FILE).is_file()
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, or the newest complete one under a run or checkpoints folder."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = complete_checkpoints(root)
+        if found:
+            return found[-1]
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist")
+    raise ConversionError(f"{path} is not a megallm checkpoint ({STATE_FILE} missing) and holds no step_NNNNNNNN "
+                          "checkpoints; pass a checkpoint folder such as runs/NAME/checkpoints/step_00000300")
+
+
+def _run_config(config_yaml: str, overrides: dict):
+    """The RunConfig saved with a checkpoint, with `overrides` ({dotted key: value}) applied."""
+    from omegaconf import OmegaConf
+
+    from megallm.config import RunConfig
+
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(config_yaml))
+    for key, value in overrides.items():
+        OmegaConf.update(merged, key, value)
+    return OmegaConf.to_object(merged), OmegaConf.to_yaml(merged)
+
+
+def _engine_for(cfg, layout: Layout):
+    """Start this rank's process group and build the engine of `layout` (no data, no training)."""
+    from megallm.config import ConfigError, batch_layout
+    from megallm.parallel.distributed import init_distributed
+    from megallm.parallel.ds_config import resolve_precision
+    from megallm.parallel.engine import ParallelEngine
+
+    try:
+        batch_layout(cfg.train, layout.dp)
+    except ConfigError:  # the saved batch does not split over this DP: any valid batch builds the engine
+        cfg.train.micro_batch_size, cfg.train.global_batch_tokens = 1, cfg.train.seq_len * layout.dp
+    ctx = init_distributed(layout.tp, layout.pp)
+    precision = resolve_precision(cfg.train.precision, on_gpu=False)
+    return ParallelEngine(cfg, ctx, precision), ctx
+
+
+def _gather_worker(checkpoint: Path, out_file: Path, with_optimizer: bool) -> None:
+    from megallm.checkpoint.portable import gather_state
+    from megallm.checkpoint.state import load_checkpoint
+
+    state = read_state(checkpoint)
+    layout = Layout(**state.layout)
+    cfg, _ = _run_config((checkpoint / "config.yaml").read_text(), {"model": state.model})
+    engine, ctx = _engine_for(cfg, layout)
+    load_checkpoint(engine, checkpoint, ctx.rank)
+    portable = gather_state(engine, cfg.model, with_optimizer=with_optimizer)
+    if portable is not None:
+        portable.save(out_file)
+
+
+def read_checkpoint_state(checkpoint: Path, with_optimizer: bool, workdir: Path) -> PortableState:
+    """The layout-free state of a megallm checkpoint (spawns its layout's ranks if needed)."""
+    from megallm.parallel.local_world import WorldError, run_local_world
+
+    state = read_state(checkpoint)
+    check_complete(checkpoint, state)
+    if state.weights_only or (not with_optimizer and (checkpoint / WEIGHTS_FILE).is_file()):
+        return PortableState(weights=read_weights(checkpoint))
+    out_file = workdir / "gathered.pt"
+    try:
+        run_local_world(Layout(**state.layout).world_size, _gather_worker, checkpoint, out_file, with_optimizer)
+    except WorldError as exc:
+        raise ConversionError(f"reading {checkpoint} failed: {exc}") from None
+    return PortableState.load(out_file)
+
+
+def read_model(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Optional[Path]]:
+    """(canonical weights, model config, tokenizer file or None) of a Hugging Face Llama folder
+    or a megallm checkpoint of any layout."""
+    path = Path(path)
+    if is_hf_folder(path):
+        weights, cfg = read_hf_folder(path)
+        tokenizer = path / TOKENIZER_FILE
+        return weights, cfg, tokenizer if tokenizer.is_file() else None
+    checkpoint = resolve_checkpoint(path)
+    with tempfile.TemporaryDirectory(prefix="megallm-read-") as workdir:
+        portable = read_checkpoint_state(checkpoint, with_optimizer=False, workdir=Path(workdir))
+        weights = {name: tensor.clone() for name, tensor in portable.weights.items()}  # off the mmap'd file
+    return weights, ModelConfig(**read_state(checkpoint).model), checkpoint_tokenizer(checkpoint)
+
+
+def checkpoint_tokenizer(checkpoint: Path) -> Optional[Path]:
+    """The checkpoint's own tokenizer.json, else its corpus's (older checkpoints), else None."""
+    own = checkpoint / TOKENIZER_FILE
+    if own.is_file():
+        return own
+    config = checkpoint / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        data = (yaml.safe_load(config.read_text()) or {}).get("data", {})
+        for candidate in (data.get("tokenizer"), Path(data.get("path") or "") / TOKENIZER_FILE):
+            if candidate and Path(candidate).is_file():
+                return Path(candidate)
+    return None
+
+
+# ---- megallm checkpoints under a chosen layout --------------------------------------------------
+def check_layout(model: ModelConfig, layout: Layout, config_yaml: str) -> None:
+    """Refuse a layout the model cannot be split into, with the option names of the tool."""
+    from megallm.config import ConfigError, check_config
+
+    cfg, _ = _run_config(config_yaml, {"model": asdict(model), "parallel.tp": layout.tp, "parallel.pp": layout.pp,
+                                       "parallel.zero_stage": layout.zero_stage})
+    cfg.train.micro_batch_size, cfg.train.global_batch_tokens = 1, cfg.train.seq_len * layout.dp
+    if min(layout.tp, layout.pp, layout.dp) < 1:
+        raise ConversionError(f"--tp, --pp and --dp must be >= 1, got {layout.tp}, {layout.pp}, {layout.dp}")
+    try:
+        check_config(cfg, layout.world_size)
+    except ConfigError as exc:
+        message = str(exc)
+        for key, option in (("parallel.zero_stage", "--zero-stage"), ("parallel.tp", "--tp"), ("parallel.pp", "--pp")):
+            message = message.replace(key, option)
+        raise ConversionError(f"layout TP={layout.tp} x PP={layout.pp} x DP={layout.dp} "
+                              f"ZeRO-{layout.zero_stage} does not fit: {message}") from None
+
+
+def _write_worker(state_file: Path, out: Path, layout: Layout, config_yaml: str, run_state: dict,
+                  tokenizer_json: Optional[str]) -> None:
+    from megallm.checkpoint.portable import apply_state
+
+    state = PortableState.load(state_file)
+    cfg, config_yaml = _run_config(config_yaml, {"model": run_state["model"], "parallel.tp": layout.tp,
+                                                 "parallel.pp": layout.pp, "parallel.zero_stage": layout.zero_stage})
+    engine, ctx = _engine_for(cfg, layout)
+    apply_state(engine, state, cfg.model)
+    saved = RunState(**{**run_state, "layout": asdict(layout), "files": {}})
+    write_checkpoint(engine.engine, out, saved, config_yaml, ctx.rank,
+                     tokenizer_json=tokenizer_json if ctx.is_main else None)
+
+
+def write_megallm_checkpoint(state: PortableState, out: Path, layout: Layout, config_yaml: str, run_state: RunState,
+                             tokenizer_json: Optional[str], workdir: Path) -> Path:
+    """Spawn `layout`'s ranks and save `state` as a checkpoint of that layout at `out`."""
+    from megallm.parallel.local_world import WorldError, run_local_world
+
+    state_file = workdir / "state.pt"
+    state.save(state_file)
+    try:
+        run_local_world(layout.world_size, _write_worker, state_file, out, layout, config_yaml, asdict(run_state),
+                        tokenizer_json)
+    except WorldError as exc:
+        raise ConversionError(f"writing {out} failed: {exc}") from None
+    return out
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists():
+        raise ConversionError(f"{out} exists already; choose a new output folder or remove it")
+
+
+def reshard(source: Path, out: Path, layout: Layout) -> Path:
+    """megallm checkpoint -> the same training state (weights, Adam, schedule, data position) under `layout`."""
+    out = Path(out)
+    _refuse_existing(out)
+    checkpoint = resolve_checkpoint(source)
+    saved = read_state(checkpoint)
+    config_yaml = (checkpoint / "config.yaml").read_text()
+    model = ModelConfig(**saved.model)
+    check_layout(model, layout, config_yaml)
+    tokenizer = checkpoint_tokenizer(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="megallm-reshard-", dir=out.parent) as workdir:
+        state = read_checkpoint_state(checkpoint, with_optimizer=True, workdir=Path(workdir))
+        return write_megallm_checkpoint(state, out, layout, config_yaml, saved,
+                                        tokenizer.read_text() if tokenizer else None, Path(workdir))
+
+
+# ---- Hugging Face -----------------------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Optional[Path] = None,
+              max_shard_bytes: int = 2 << 30, verify: bool = True) -> tuple[Path, Optional[float]]:
+    """megallm checkpoint (any layout) -> Hugging Face Llama folder; returns it and the verified max |logit diff|."""
+    out = Path(out)
+    _refuse_existing(out)
+    checkpoint = resolve_checkpoint(source)
+    tokenizer = Path(tokenizer) if tokenizer else checkpoint_tokenizer(checkpoint)
+    if tokenizer is None or not tokenizer.is_file():
+        raise ConversionError(f"no tokenizer found for {checkpoint} (no {TOKENIZER_FILE} in it or in its corpus); "
+                              "pass --tokenizer PATH/tokenizer.json")
+    weights, cfg, _ = read_model(checkpoint)
+    weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in weights.items()}
+    from megallm.data.tokenizer import eos_id, load_tokenizer
+
+    seq_len = read_state(checkpoint).seq_len or 2048
+    folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, eos_id=eos_id(load_tokenizer(tokenizer)),
+                             max_positions=seq_len, max_shard_bytes=max_shard_bytes)
+    return folder, (verify_hf(folder, weights, cfg) if verify else None)
+
+
+def import_hf(folder: Path, out: Path, layout: Optional[Layout], overrides: list[str]) -> Path:
+    """Hugging Face Llama folder -> megallm checkpoint: weights-only (layout None) or, under
+    `layout`, a full checkpoint with a fresh optimizer built from `overrides` (optim.*, train.*)."""
+    out = Path(out)
+    _refuse_existing(out)
+    if not Path(folder, "config.json").is_file():
+        raise ConversionError(f"{folder} is not a Hugging Face model folder (config.json missing)")
+    weights, model, tokenizer = read_model(Path(folder))
+    from megallm.compose import compose_config
+    from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
+
+    cfg, _ = compose_config(["+model=tiny", *overrides])
+    cfg.model = model
+    from omegaconf import OmegaConf
+
+    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    run_state = RunState(model=model.to_dict(), weights_only=layout is None,
+                         tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer)) if tokenizer else "")
+    tokenizer_json = tokenizer.read_text() if tokenizer else None
+    if layout is None:
+        return write_checkpoint(None, out, run_state, config_yaml, rank=0, consolidated=weights,
+                                tokenizer_json=tokenizer_json)
+    check_layout(model, layout, config_yaml)
+    with tempfile.TemporaryDirectory(prefix="megallm-import-", dir=out.parent) as workdir:
+        return write_megallm_checkpoint(PortableState(weights=weights), out, layout, config_yaml, run_state,
+                                        tokenizer_json, Path(workdir))
+
+
+def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, cfg: Optional[ModelConfig] = None,
+              sequences: int = 4, length: int = 64, tolerance: Optional[float] = None) -> float:
+    """Logits of `transformers`' LlamaForCausalLM on `folder` vs megallm's on the same weights
+    (`weights`, else the folder's own); raises ConversionError above `tolerance`
+    (default 1e-4 for float32 weights, 2e-2 otherwise). Returns the max |difference|."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise ConversionError("verifying needs transformers: pip install -e .[hf]") from None
+    from megallm.inference import model_from_weights
+    from megallm.parallel.distributed import init_distributed
+
+    if weights is None:
+        weights, cfg = read_hf_folder(folder)
+    low_precision = next(iter(weights.values())).dtype != torch.float32
+    tolerance = tolerance if tolerance is not None else (2e-2 if low_precision else 1e-4)
+    init_distributed(deepspeed=False)
+    ours = model_from_weights({k: v.float() for k, v in weights.items()}, cfg, device="cpu").eval()
+    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (sequences, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours(tokens).transpose(0, 1)[..., : cfg.vocab_size]  # [s, b, v] -> [b, s, v]
+        got = theirs(tokens).logits
+    worst = (expected - got).abs().max().item()
+    if not worst <= tolerance:
+        raise ConversionError(f"{folder} does not reproduce megallm's logits in transformers: max |difference| "
+                              f"{worst:.3g} > {tolerance:g}; the conversion is wrong for this model, please report it")
+    return worst
+
+
+def describe(path: Path) -> str:
+    """One line on what a checkpoint or folder holds."""
+    if is_hf_folder(path):
+        config = json.loads((path / "config.json").read_text())
+        return f"Hugging Face {config.get('architectures', ['?'])[0]} at {path}"
+    checkpoint = resolve_checkpoint(path)
+    state = read_state(checkpoint)
+    if state.weights_only:
+        return f"megallm weights-only checkpoint {checkpoint}"
+    layout = state.layout
+    return (f"megallm checkpoint {checkpoint}: step {state.step}, TP={layout.get('tp')} x PP={layout.get('pp')} x "
+            f"DP={layout.get('dp')} ZeRO-{layout.get('zero_stage')}")
+
+
+__all__ = ["ConversionError", "CheckpointError", "Layout", "export_hf", "import_hf", "read_model", "reshard",
+           "verify_hf", "describe"]
