@@ -12,11 +12,11 @@ import torch
 from tests.conftest import run_pretrain
 
 
-def assert_one_line_error(result, *phrases: str) -> str:
+def assert_one_line_error(result, *phrases: str, prefix: str = "megallm: error: ") -> str:
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("megallm: error: ")
+    assert lines[0].startswith(prefix), lines[0]
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
     return lines[0]

@@ -1,0 +1,173 @@
+"""tools/convert_ckpt.py on real checkpoints: reshard with optimizer state, export, import, bad input.
+
+A TP=2 x PP=2 run (4 gloo ranks, ZeRO-1, vocabulary 300 padded to 512 rows for TP=2 and
+to 384 for TP=1) saves a checkpoint at step 4 and goes on to step 8. Its step-4
+checkpoint, resharded to TP=1 (one process) and to DP=2 ZeRO-3, resumes to step 8 with
+the original run's losses: steps 6-8 depend on Adam's moments and step count, so the
+optimizer state travelled, not only the weights. The same checkpoint exports to a
+Hugging Face folder that transformers loads and that reproduces megallm's logits, and
+a Hugging Face folder imported under TP=2 reads back bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_pretrain
+from tests.integration.test_train_resume import records
+from tests.test_cli_errors import assert_one_line_error
+
+transformers = pytest.importorskip("transformers")
+
+MODEL = ["+model=tiny", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=2",
+         "model.ffn_hidden_size=128"]
+SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=2", "train.global_batch_tokens=256",
+            "train.steps=8", "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1", "train.eval_every=0",
+            "checkpoint.every=4", "checkpoint.keep_last=0"]
+RESUMED_STEPS = (5, 6, 7, 8)
+
+
+def convert(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "convert_ckpt.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def padded_corpus(tmp_path_factory) -> Path:
+    """Short standard-library modules, a 300-token vocabulary (padded for TP)."""
+    from megallm.data.plan import python_stdlib_files
+    from megallm.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("padded_corpus")
+    files = [p for p in python_stdlib_files() if 0 < p.stat().st_size < 400]
+    prepare(files, out, vocab_size=300, tokenizer_path=None, val_fraction=0.1, shard_tokens=5000,
+            tokenizer_train_bytes=1 << 20, workers=1, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(padded_corpus, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tp2pp2") / "run"
+    result = run_pretrain([*MODEL, *SCHEDULE, f"data.path={padded_corpus}", "+parallel=tp2pp2",
+                           f"run_dir={run_dir}"], nproc=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def step4(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "step_00000004"
+
+
+@pytest.mark.parametrize("target,nproc,parallel", [
+    (("--tp", 1, "--pp", 1, "--dp", 1, "--zero-stage", 0), 1, []),
+    (("--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 3), 2, ["+parallel=zero3"]),
+], ids=["tp1", "dp2_zero3"])
+def test_resharded_checkpoint_resumes_with_the_original_losses(pipeline_run, padded_corpus, tmp_path, target, nproc,
+                                                               parallel):
+    out = tmp_path / "resharded"
+    result = convert("reshard", step4(pipeline_run), out, *target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not out.with_name("resharded.partial").exists()
+    state = json.loads((out / "megallm_state.json").read_text())
+    assert state["step"] == 4 and state["layout"]["dp"] == nproc and state["consumed_samples"] == 32
+
+    resumed = tmp_path / "resumed"
+    result = run_pretrain([*MODEL, *SCHEDULE, f"data.path={padded_corpus}", *parallel, f"run_dir={resumed}",
+                           f"train.resume={out}"], nproc=nproc)
+    assert result.returncode == 0, result.stderr[-3000:]
+    original, after = records(pipeline_run, "train"), records(resumed, "train")
+    assert sorted(after) == list(RESUMED_STEPS)
+    for step in RESUMED_STEPS:
+        assert after[step]["loss"] == pytest.approx(original[step]["loss"], rel=1e-5), step
+        assert after[step]["lr"] == pytest.approx(original[step]["lr"], rel=1e-9), step
+
+
+def test_export_from_pipeline_checkpoint_loads_in_transformers(pipeline_run, tmp_path):
+    from megallm.checkpoint.hf import read_hf_folder
+
+    out = tmp_path / "hf"
+    result = convert("export", pipeline_run, out, "--max-shard-size", "0.0002")  # newest checkpoint, several shards
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reproduces megallm's logits" in result.stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json"} <= names
+    assert len([n for n in names if n.endswith(".safetensors")]) > 1
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == 300 and model.get_input_embeddings().weight.shape == (300, 64)
+    ids = tokenizer("def main():\n    return 0\n")["input_ids"]
+    assert 0 < len(ids) and max(ids) < 300
+
+    # The folder verifies against the checkpoint it came from (the CLI's verify --against).
+    result = convert("verify", out, "--against", step4(pipeline_run).with_name("step_00000008"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # A scrambled folder fails verification.
+    weights, _ = read_hf_folder(out)
+    from safetensors.torch import load_file, save_file
+
+    shard = sorted(out.glob("*.safetensors"))[0]
+    tensors = load_file(str(shard))
+    name = next(n for n in tensors if n.endswith("q_proj.weight") or n.endswith("k_proj.weight"))
+    tensors[name] = tensors[name].flip(0).contiguous()
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    result = convert("verify", out, "--against", step4(pipeline_run).with_name("step_00000008"))
+    assert result.returncode == 1 and "does not reproduce megallm's logits" in result.stderr
+
+
+def test_hugging_face_import_under_tp2_reads_back_bit_for_bit(pipeline_run, tmp_path):
+    from megallm.checkpoint.convert import read_model
+    from megallm.checkpoint.hf import read_hf_folder
+
+    hf = tmp_path / "hf"
+    assert convert("export", step4(pipeline_run), hf, "--no-verify").returncode == 0
+    imported = tmp_path / "imported_tp2"
+    result = convert("import", hf, imported, "--tp", 2, "--pp", 1, "--dp", 1, "--zero-stage", 1, "optim.lr=1e-4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((imported / "megallm_state.json").read_text())
+    assert state["layout"] == {"tp": 2, "pp": 1, "dp": 1, "zero_stage": 1} and state["step"] == 0
+
+    original, _ = read_hf_folder(hf)
+    back, cfg, tokenizer = read_model(imported)  # spawns the TP=2 ranks and gathers
+    assert cfg.vocab_size == 300 and tokenizer is not None
+    assert sorted(back) == sorted(original)
+    for name in original:
+        assert torch.equal(back[name], original[name]), name
+
+    weights_only = tmp_path / "weights_only"
+    assert convert("import", hf, weights_only, "--weights-only").returncode == 0
+    again, _, _ = read_model(weights_only)
+    assert all(torch.equal(again[name], original[name]) for name in original)
+
+
+def test_bad_input_is_one_line(pipeline_run, tmp_path):
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    assert_one_line_error(convert("export", not_a_checkpoint, tmp_path / "o1"), "is not a megallm checkpoint",
+                          prefix="convert_ckpt: error: ")
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(step4(pipeline_run), damaged)
+    lost = sorted(damaged.glob("layer_*-model_01-model_states.pt"))[-1]
+    lost.unlink()
+    assert_one_line_error(convert("reshard", damaged, tmp_path / "o2", "--tp", 1, "--pp", 1, "--dp", 1,
+                                  "--zero-stage", 0), "missing 1 of the", lost.name, prefix="convert_ckpt: error: ")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o2.partial").exists()
+
+    assert_one_line_error(convert("reshard", step4(pipeline_run), tmp_path / "o3", "--tp", 3, "--pp", 1, "--dp", 1,
+                                  "--zero-stage", 0), "--tp=3 does not divide model.num_kv_heads=2",
+                          prefix="convert_ckpt: error: ")
+
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    assert_one_line_error(convert("import", gpt2, tmp_path / "o4", "--weights-only"),
+                          "architecture 'GPT2LMHeadModel' is not supported", prefix="convert_ckpt: error: ")
+
