@@ -60,10 +60,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (0: all)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="sample among the most likely tokens that hold this much probability (1.0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0; the batch from prompt i on uses seed + i)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampling generator (default 0; the batch from prompt i on uses seed + i)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when available, else cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations (default fp32)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: all cores; 1 is often faster on a machine shared with other jobs)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
     p.add_argument("--tokenizer", type=Path,
                    help="tokenizer.json to use (default: the one with SOURCE)")
@@ -97,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         Sampling(args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
         raise UsageError(str(exc).replace("top_", "--top-").replace("temperature", "--temperature")) from None
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise UsageError("--max-new-tokens and --batch-size must be >= 1")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--max-new-tokens, --batch-size and --threads must be >= 1")
     device = torch.device(pick_device(args.device))
 
     start = time.perf_counter()
@@ -112,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the tokenizer has no {EOS_TOKEN} token to put before the prompts; pass --no-bos")
 
     init_distributed(deepspeed=False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         model = model_from_weights(weights, cfg, device, DTYPES[args.dtype])
         del weights
