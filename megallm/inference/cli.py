@@ -11,7 +11,9 @@ stderr. A problem the user can fix is one line `generate: error: ...`, exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -105,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(pick_device(args.device))
 
     start = time.perf_counter()
-    weights, cfg, tokenizer_file = read_source(args.source)  # before the process group: it may start ranks
+    with stdout_to_stderr():  # stdout holds completions only (DeepSpeed prints there reading a checkpoint)
+        weights, cfg, tokenizer_file = read_source(args.source)  # before the process group: it may start ranks
     tokenizer_file = args.tokenizer or tokenizer_file
     if tokenizer_file is None:
         raise UsageError(f"no {TOKENIZER_FILE} found with {args.source}; pass --tokenizer FILE")
@@ -175,6 +178,20 @@ def pick_device(choice: str) -> str:
     if choice == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (this torch build or machine has none)")
     return choice
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """File descriptor 1 goes to stderr meanwhile, for this process and the ones it starts."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def read_source(source: Path):
