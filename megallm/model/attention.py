@@ -15,6 +15,10 @@ each token's own segment (block-diagonal causal), as each kernel best takes it:
 The mask and the offsets are built once per forward pass, not once per layer: they are
 memoised on the doc-ids tensor, the one object every layer of a forward pass (and its
 recompute in backward) receives. Doc ids are never changed in place.
+
+Generation with a KV cache (`masked_attention`) goes to SDPA on every device, with the
+caller's boolean mask: new queries against cached keys are not square-causal, and left
+padding masks keys per row.
 """
 
 from __future__ import annotations
@@ -81,6 +85,19 @@ def _sdpa_attention(q, k, v, doc_ids):
     out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=mask is None,
                                          enable_gqa=k.shape[2] != nh)
     return out.permute(2, 0, 1, 3).reshape(s, b, nh * d)  # [b, nh, s, d] -> [s, b, nh*d]
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) where `mask`, else -inf) v, for generation with a KV cache.
+
+    q: [s, b, nh, d], the new tokens; k, v: [b, nkv, t, d], the cached slots up to and
+    including the new tokens; mask: [b, 1, s, t] bool, True where a query may attend a
+    slot (every query must have one). Returns [s, b, nh * d].
+    """
+    s, b, nh, d = q.shape
+    out = F.scaled_dot_product_attention(q.permute(1, 2, 0, 3), k, v, attn_mask=mask,
+                                         enable_gqa=k.shape[1] != nh)  # [b, nh, s, d]
+    return out.permute(2, 0, 1, 3).reshape(s, b, nh * d)
 
 
 @once_per_doc_ids

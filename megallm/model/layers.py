@@ -16,6 +16,11 @@ Layout conventions (Megatron's): activations are `[s, b, h]`; a parallel linear 
 are per tensor-parallel rank, `tp` ranks in all: `nh`/`nkv` below are the rank's own
 query / key-value heads.
 
+Generation (megallm.inference) runs the same blocks through `forward_cached`: the same
+projections, rotary embedding and MLP over the new tokens only, whose keys and values
+go into a preallocated per-layer `KVCache`; positions and the attention mask (left
+padding, causality) come from the caller.
+
 Weight layouts are chosen so that the same seed gives the same model for every
 tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
 keeps its slice):
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -40,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
-from megallm.model.attention import causal_attention
+from megallm.model.attention import causal_attention, masked_attention
 from megallm.model.config import RECOMPUTE_MODES
 from megallm.model.packing import Activations, document_positions, split_doc_ids, with_doc_ids
 
@@ -81,8 +87,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rotary_frequencies(head_dim, theta), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin in fp32, [s, b, 1, d], for positions [b, s] ([s, 1, 1, d] for [1, s])."""
@@ -91,11 +96,28 @@ class RotaryEmbedding(nn.Module):
         return emb.cos(), emb.sin()
 
 
+def rotary_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """theta^(-2i/d) for i < d/2, fp32 [d/2]: the angle per position of each rotated pair."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [s, b, n, d]; cos/sin: [s, b, 1, d] or [s, 1, 1, d]."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """One layer's keys and values during generation, each [b, nkv, slots, d] (SDPA's layout).
+
+    Slot i of a row holds the token at slot i of that row's (left-padded) sequence; which
+    slots are filled and which may be attended is the caller's (megallm.inference).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
 
 
 class GroupedQueryAttention(nn.Module):
@@ -122,6 +144,44 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: [s, b, h] ([s / tp, b, h] under SP); doc_ids: [b, s] (full length even under SP) or None."""
+        positions = None if doc_ids is None else document_positions(doc_ids)
+        q, k, v = self._project(x, positions)
+        if self.recompute_core and torch.is_grad_enabled():
+            ctx = checkpoint(causal_attention, q, k, v, doc_ids, use_reentrant=False)
+        else:
+            ctx = causal_attention(q, k, v, doc_ids)  # [s, b, nh * d]
+        out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp (reduce-scattered to [s / tp, b, h] under SP)
+        return out
+
+    def forward_cached(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """Generation: attend from the new tokens to everything cached before them and to themselves.
+
+        x: [q, b, h], the new tokens, which fill cache slots start .. start + q - 1 of every
+        row; positions: [b, q], their rotary positions; mask: [b, 1, q, start + q] bool,
+        True where a new token may attend a slot. Writes their keys and values into `cache`.
+        No sequence parallelism (the cache holds whole rows).
+        """
+        q, k, v = self._project(x, positions)  # [q, b, nh, d], [q, b, nkv, d] x 2
+        end = start + x.shape[0]
+        cache.k[:, :, start:end] = k.permute(1, 2, 0, 3)  # [b, nkv, q, d]
+        cache.v[:, :, start:end] = v.permute(1, 2, 0, 3)
+        ctx = masked_attention(q, cache.k[:, :, :end], cache.v[:, :, :end], mask)  # [q, b, nh * d]
+        out, _ = self.out(ctx)  # [q, b, h], all-reduced over tp
+        return out
+
+    def empty_cache(self, batch: int, slots: int) -> KVCache:
+        """An unfilled cache of `slots` positions per row, on this layer's device, in its dtype."""
+        weight = self.qkv.weight
+        shape = (batch, self.kv_heads_local, slots, self.head_dim)
+        return KVCache(torch.zeros(shape, device=weight.device, dtype=weight.dtype),
+                       torch.zeros(shape, device=weight.device, dtype=weight.dtype))
+
+    def _project(self, x: torch.Tensor, positions: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values of x [s, b, h], rotated: positions [b, s], or None for 0 .. s-1.
+
+        Returns q [s, b, nh, d], k and v [s, b, nkv, d] (s the full sequence under SP).
+        """
         qkv, _ = self.qkv(x)  # [s, b, nkv * (q_per_kv + 2) * d]; all-gathered from [s / tp, ...] under SP
         s, b, _ = qkv.shape
         qkv = qkv.view(s, b, self.kv_heads_local, self.q_per_kv + 2, self.head_dim)
@@ -129,15 +189,10 @@ class GroupedQueryAttention(nn.Module):
         q = q.reshape(s, b, self.kv_heads_local * self.q_per_kv, self.head_dim)  # [s, b, nh, d]
         k = k.squeeze(3)  # [s, b, nkv, d]
         v = v.squeeze(3)  # [s, b, nkv, d]
-        positions = torch.arange(s, device=x.device)[None] if doc_ids is None else document_positions(doc_ids)
+        if positions is None:
+            positions = torch.arange(s, device=x.device)[None]
         cos, sin = self.rotary(positions)  # [s, b or 1, 1, d]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.recompute_core and torch.is_grad_enabled():
-            ctx = checkpoint(causal_attention, q, k, v, doc_ids, use_reentrant=False)
-        else:
-            ctx = causal_attention(q, k, v, doc_ids)  # [s, b, nh * d]
-        out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp (reduce-scattered to [s / tp, b, h] under SP)
-        return out
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 
 class SwiGLU(nn.Module):
@@ -187,6 +242,13 @@ class TransformerBlock(nn.Module):
         else:
             x = self._forward(x, doc_ids)
         return with_doc_ids(x, doc_ids)
+
+    def forward_cached(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """Generation: the new tokens x [q, b, h] at cache slots start .. start + q - 1
+        (see GroupedQueryAttention.forward_cached)."""
+        x = x + self.attn.forward_cached(self.attn_norm(x), positions, cache, start, mask)
+        return x + self.mlp(self.mlp_norm(x))
 
     def _forward(self, x: torch.Tensor, doc_ids: Optional[torch.Tensor]) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), doc_ids)

@@ -12,6 +12,9 @@ index), so a layer gets the same numbers whichever stage builds it and whatever 
 tensor-parallel degree (megatron-core initialises the full matrix on CPU and each rank
 keeps its slice): every layout starts from the same model.
 
+`LlamaModel.forward_cached` runs the same layers over new tokens only, with a KV cache
+per block, for generation (megallm.inference).
+
 Parameter names of `LlamaModel` are the canonical names (checkpoint consolidation and
 Hugging Face conversion speak them): `embedding.weight`, `blocks.{i}.*`,
 `final_norm.weight`, and `output.weight` unless the output is tied to the embedding.
@@ -38,7 +41,7 @@ from megatron.core.tensor_parallel import (
 )
 
 from megallm.model.config import ModelConfig, padded_vocab_size
-from megallm.model.layers import RMSNorm, TransformerBlock, normal_init
+from megallm.model.layers import KVCache, RMSNorm, TransformerBlock, normal_init
 from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
 
 
@@ -205,9 +208,25 @@ class LlamaModel(nn.Module):
         x = self.embedding(with_doc_ids(tokens, doc_ids))
         for block in self.blocks:
             x = block(x)
-        x = self.final_norm(x)
-        logits = self.embedding.logits(x) if self.output is None else self.output(x)
+        logits = self._logits(self.final_norm(x))
         return logits if labels is None else lm_loss(logits, labels)
+
+    def forward_cached(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[KVCache], start: int,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """Generation: logits [q, b, vocab / tp] of new tokens [b, q] that fill slots start .. start + q - 1
+        of the per-block `caches`; positions [b, q] and mask [b, 1, q, start + q] as
+        megallm.model.layers.GroupedQueryAttention.forward_cached takes them."""
+        x = self.embedding(tokens)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.forward_cached(x, positions, cache, start, mask)
+        return self._logits(self.final_norm(x))
+
+    def empty_caches(self, batch: int, slots: int) -> list[KVCache]:
+        """One unfilled KV cache per block, `slots` positions per row (see forward_cached)."""
+        return [block.attn.empty_cache(batch, slots) for block in self.blocks]
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding.logits(x) if self.output is None else self.output(x)
 
 
 def build_model(

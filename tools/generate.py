@@ -1,0 +1,8 @@
+"""Complete prompts with a trained or imported model: `python tools/generate.py SOURCE --prompt TEXT`."""
+
+import sys
+
+from megallm.inference.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
