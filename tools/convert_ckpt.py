@@ -110,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)  # import's key=value overrides may follow the options
+    if args.command == "import":
+        args.overrides += [a for a in unknown if "=" in a and not a.startswith("-")]
+        unknown = [a for a in unknown if a not in args.overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     warnings.filterwarnings("ignore")
     from megallm.checkpoint import convert
 

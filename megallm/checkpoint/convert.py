@@ -290,7 +290,7 @@ def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, c
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise ConversionError("verifying needs transformers: pip install -e .[hf]") from None
-    from megallm.inference import model_from_weights
+    from megallm.inference.weights import model_from_weights
     from megallm.parallel.distributed import init_distributed
 
     if weights is None:
