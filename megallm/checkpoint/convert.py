@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -48,6 +49,10 @@ class Layout:
     @property
     def world_size(self) -> int:
         return self.tp * self.pp * self.dp
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # ---- sources ----------------------------------------------------------------------------------
@@ -121,8 +126,11 @@ def read_checkpoint_state(checkpoint: Path, with_optimizer: bool, workdir: Path)
     if state.weights_only or (not with_optimizer and (checkpoint / WEIGHTS_FILE).is_file()):
         return PortableState(weights=read_weights(checkpoint))
     out_file = workdir / "gathered.pt"
+    layout = Layout(**state.layout)
+    progress(f"reading {checkpoint} (TP={layout.tp} x PP={layout.pp} x DP={layout.dp} ZeRO-{layout.zero_stage}) "
+             f"with {layout.world_size} CPU process(es)")
     try:
-        run_local_world(Layout(**state.layout).world_size, _gather_worker, checkpoint, out_file, with_optimizer)
+        run_local_world(layout.world_size, _gather_worker, checkpoint, out_file, with_optimizer)
     except WorldError as exc:
         raise ConversionError(f"reading {checkpoint} failed: {exc}") from None
     return PortableState.load(out_file)
@@ -200,6 +208,8 @@ def write_megallm_checkpoint(state: PortableState, out: Path, layout: Layout, co
 
     state_file = workdir / "state.pt"
     state.save(state_file)
+    progress(f"writing {out} (TP={layout.tp} x PP={layout.pp} x DP={layout.dp} ZeRO-{layout.zero_stage}) "
+             f"with {layout.world_size} CPU process(es)")
     try:
         run_local_world(layout.world_size, _write_worker, state_file, out, layout, config_yaml, asdict(run_state),
                         tokenizer_json)

@@ -34,8 +34,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megallm.model.config import ModelConfig
+from megallm.model.llama import VOCAB_PARAMETERS
 
-VOCAB_PARAMETERS = ("embedding.weight", "output.weight")
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 

@@ -14,9 +14,8 @@ import torch
 from megallm.checkpoint.hf import ConversionError
 from megallm.model.config import ModelConfig
 from megallm.model.layers import RotaryEmbedding, rotary_frequencies
-from megallm.model.llama import LlamaModel, build_model
+from megallm.model.llama import VOCAB_PARAMETERS, LlamaModel, build_model
 
-VOCAB_PARAMETERS = ("embedding.weight", "output.weight")
 
 
 def model_from_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, device: str | torch.device = "cpu",

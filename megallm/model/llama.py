@@ -45,6 +45,11 @@ from megallm.model.layers import KVCache, RMSNorm, TransformerBlock, normal_init
 from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
 
 
+# Canonical parameters with one row per vocabulary entry (padded for TP inside the model;
+# trimmed to model.vocab_size in layout-free states and exports).
+VOCAB_PARAMETERS = ("embedding.weight", "output.weight")
+
+
 def megatron_config(tp: int, params_dtype: torch.dtype, initialize: bool,
                     sequence_parallel: bool = False) -> ModelParallelConfig:
     """megatron-core layer settings: weights built on CPU so every TP degree draws the same numbers."""

@@ -5,7 +5,8 @@ checkpoint only into the layout that wrote it) but are started as one plain `pyt
 command. `run_local_world` spawns the ranks on this machine's CPU, sets the variables
 torchrun would set, and turns a failure on any rank into one exception in the caller:
 `WorldError` with the first failing rank's one-line message (a `ValueError` raised there,
-such as CheckpointError or ConversionError) or the tail of its traceback.
+such as CheckpointError or ConversionError) or the last line of its traceback. The ranks'
+stdout and stderr are discarded; MEGALLM_DEBUG=1 keeps them and reports whole tracebacks.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def _rank_main(rank: int, world_size: int, port: int, errors: str, fn: Callable,
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
-    import logging
-
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if not os.environ.get("MEGALLM_DEBUG"):  # the ranks' own chatter (DeepSpeed's banners); failures are reported
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
     try:
         fn(*args)
     except ValueError as exc:  # a user-fixable problem: its message is the report
