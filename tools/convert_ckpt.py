@@ -75,16 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser(
         "import", help="Hugging Face Llama folder -> megallm checkpoint",
-        description="Read a Hugging Face LlamaForCausalLM folder (safetensors) into a megallm checkpoint. "
-                    "--weights-only: the full model in canonical names, which any layout resumes with a fresh "
-                    "optimizer and the run's own optim.* settings. Otherwise a checkpoint of the given layout "
-                    "with a fresh (empty) optimizer, whose settings come from OVERRIDES such as optim.lr=1e-4 "
-                    "train.steps=5000. Padded vocabulary rows are restored for the layout.")
+        description="Read a Hugging Face LlamaForCausalLM folder (safetensors) into a megallm checkpoint at step 0. "
+                    "--weights-only: the full model in canonical names, which any layout resumes. Otherwise a "
+                    "DeepSpeed checkpoint of the given layout with a fresh (empty) optimizer. Either way the run "
+                    "that resumes it (train.resume=OUT_DIR) trains with its own optim.* settings and LR schedule. "
+                    "Padded vocabulary rows are restored for the layout.")
     imp.add_argument("hf_dir", type=Path, metavar="HF_DIR")
     imp.add_argument("out", type=Path, metavar="OUT_DIR")
     imp.add_argument("--weights-only", action="store_true", help="layout-free weights, no optimizer state")
     _layout_options(imp, required=False)
-    imp.add_argument("overrides", nargs="*", metavar="OVERRIDES", help="config overrides (key=value)")
 
     reshard = commands.add_parser(
         "reshard", help="megallm checkpoint -> megallm checkpoint of another layout",
@@ -110,13 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)  # import's key=value overrides may follow the options
-    if args.command == "import":
-        args.overrides += [a for a in unknown if "=" in a and not a.startswith("-")]
-        unknown = [a for a in unknown if a not in args.overrides]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore")
     from megallm.checkpoint import convert
 
@@ -130,7 +123,7 @@ def main(argv: list[str]) -> int:
                                           if worst is not None else ""))
         elif args.command == "import":
             layout = None if args.weights_only else convert.Layout(args.tp, args.pp, args.dp, args.zero_stage)
-            out = convert.import_hf(args.hf_dir, args.out, layout, args.overrides)
+            out = convert.import_hf(args.hf_dir, args.out, layout)
             print(f"wrote {convert.describe(out)}")
         elif args.command == "reshard":
             out = convert.reshard(args.checkpoint, args.out, convert.Layout(args.tp, args.pp, args.dp, args.zero_stage))

@@ -196,7 +196,7 @@ def _write_worker(state_file: Path, out: Path, layout: Layout, config_yaml: str,
                                                  "parallel.pp": layout.pp, "parallel.zero_stage": layout.zero_stage})
     engine, ctx = _engine_for(cfg, layout)
     apply_state(engine, state, cfg.model)
-    saved = RunState(**{**run_state, "layout": asdict(layout), "files": {}})
+    saved = RunState(**{**run_state, "layout": asdict(layout), "files": {}, "weights_only": False})
     write_checkpoint(engine.engine, out, saved, config_yaml, ctx.rank,
                      tokenizer_json=tokenizer_json if ctx.is_main else None)
 
@@ -263,9 +263,10 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
     return folder, (verify_hf(folder, weights, cfg) if verify else None)
 
 
-def import_hf(folder: Path, out: Path, layout: Optional[Layout], overrides: list[str]) -> Path:
-    """Hugging Face Llama folder -> megallm checkpoint: weights-only (layout None) or, under
-    `layout`, a full checkpoint with a fresh optimizer built from `overrides` (optim.*, train.*)."""
+def import_hf(folder: Path, out: Path, layout: Optional[Layout]) -> Path:
+    """Hugging Face Llama folder -> megallm checkpoint at step 0: weights-only (layout None) or,
+    under `layout`, a DeepSpeed checkpoint with a fresh optimizer. A run resuming either
+    trains with its own optimizer settings and LR schedule (megallm.checkpoint.state)."""
     out = Path(out)
     _refuse_existing(out)
     if not Path(folder, "config.json").is_file():
@@ -274,7 +275,7 @@ def import_hf(folder: Path, out: Path, layout: Optional[Layout], overrides: list
     from megallm.compose import compose_config
     from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
 
-    cfg, _ = compose_config(["+model=tiny", *overrides])
+    cfg, _ = compose_config(["+model=tiny"])
     cfg.model = model
     from omegaconf import OmegaConf
 
@@ -298,8 +299,10 @@ def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, c
     (default 1e-4 for float32 weights, 2e-2 otherwise). Returns the max |difference|."""
     try:
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as transformers_logging
     except ImportError:
         raise ConversionError("verifying needs transformers: pip install -e .[hf]") from None
+    transformers_logging.disable_progress_bar()
     from megallm.inference.weights import model_from_weights
     from megallm.parallel.distributed import init_distributed
 

@@ -100,7 +100,7 @@ def _managed_by_deepspeed(param: torch.nn.Parameter) -> bool:
     return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
 
 
-def _torch_optimizer(engine) -> torch.optim.Optimizer:
+def torch_optimizer(engine) -> torch.optim.Optimizer:
     """The torch AdamW underneath DeepSpeed's ZeRO or bf16 wrapper (or the optimizer itself)."""
     optimizer = engine.optimizer
     return getattr(optimizer, "optimizer", optimizer)
@@ -113,7 +113,7 @@ def _read(engine, param: torch.nn.Parameter, key: Optional[str]) -> torch.Tensor
 
         value = safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
     else:
-        value = param.data if key is None else _torch_optimizer(engine).state[param][key]
+        value = param.data if key is None else torch_optimizer(engine).state[param][key]
     return value.detach().float().reshape(_full_shape(param))
 
 
@@ -126,7 +126,7 @@ def _write(engine, param: torch.nn.Parameter, key: Optional[str], value: torch.T
 
             safe_set_full_optimizer_state(param, value, key)
         else:
-            _torch_optimizer(engine).state[param][key].copy_(value)
+            torch_optimizer(engine).state[param][key].copy_(value)
         return
     if _managed_by_deepspeed(param):
         from deepspeed.utils import safe_set_full_fp32_param
@@ -167,14 +167,14 @@ def _parameters(engine) -> Iterator[tuple[str, torch.nn.Parameter]]:
 
 def has_adam_state(engine) -> bool:
     """Whether the optimizer has taken a step (Adam's state exists) on every rank (collective)."""
-    state = _torch_optimizer(engine).state
+    state = torch_optimizer(engine).state
     flag = torch.tensor([1.0 if state and all(ADAM_KEYS[0] in s for s in state.values()) else 0.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
 
 def _optimizer_step(engine) -> int:
-    for entry in _torch_optimizer(engine).state.values():
+    for entry in torch_optimizer(engine).state.values():
         if "step" in entry:
             return int(entry["step"])
     return 0
@@ -214,7 +214,7 @@ def gather_state(engine, model_cfg: ModelConfig, with_optimizer: bool = True) ->
         weights=dict(sorted(merged[None].items())),
         adam={key: dict(sorted(merged[key].items())) for key in ADAM_KEYS if key in merged},
         optimizer_step=_optimizer_step(ds) if with_optimizer else 0,
-        lr=_torch_optimizer(ds).param_groups[0]["lr"],
+        lr=torch_optimizer(ds).param_groups[0]["lr"],
         scheduler=engine.scheduler.state_dict(),
         counters={"global_steps": ds.global_steps, "global_samples": ds.global_samples,
                   "skipped_steps": ds.skipped_steps},
@@ -231,13 +231,13 @@ def _optimized_tensors(ds_engine) -> list[torch.Tensor]:
         groups = getattr(ds_engine.optimizer, attribute, None)
         if groups:
             return list(groups)
-    return [p for group in _torch_optimizer(ds_engine).param_groups for p in group["params"]]
+    return [p for group in torch_optimizer(ds_engine).param_groups for p in group["params"]]
 
 
 def _materialise_adam_state(ds_engine, step: int) -> None:
     """Create Adam's state (zeros, `step` taken) for every tensor the torch optimizer updates,
     as its first step would, so that it can be overwritten piece by piece."""
-    optimizer = _torch_optimizer(ds_engine)
+    optimizer = torch_optimizer(ds_engine)
     for p in _optimized_tensors(ds_engine):
         optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(p),
                               "exp_avg_sq": torch.zeros_like(p)}
@@ -262,7 +262,7 @@ def apply_state(engine, state: PortableState, model_cfg: ModelConfig) -> None:
             full = _pad_vocab(name, tensors[name], rows)
             _write(ds, param, key, tensor_parallel_slice(full, param))
     if state.lr is not None:
-        for group in _torch_optimizer(ds).param_groups:
+        for group in torch_optimizer(ds).param_groups:
             group["lr"] = state.lr
     if state.scheduler is not None:
         engine.scheduler.load_state_dict(_fit_scheduler_state(state.scheduler, len(engine.scheduler.base_lrs)))

@@ -222,6 +222,8 @@ def load_checkpoint(engine, path: Path, rank: int) -> RunState:
     """Collective: restore engine (weights, optimizer, LR schedule), this rank's RNG, and the run state.
 
     `engine` is megallm's ParallelEngine; a weights-only checkpoint sets the weights alone.
+    A checkpoint of step 0 (imported, nothing trained yet) keeps this run's optimizer
+    settings and LR schedule: only its weights (and empty optimizer) are taken.
     """
     state = read_state(path)
     check_complete(path, state)
@@ -231,10 +233,19 @@ def load_checkpoint(engine, path: Path, rank: int) -> RunState:
 
         apply_state(engine, PortableState(weights=read_weights(path)), ModelConfig(**state.model))
         return state
+    from megallm.checkpoint.portable import torch_optimizer
+
+    run_settings = [{k: v for k, v in group.items() if k != "params"}
+                    for group in torch_optimizer(engine.engine).param_groups]
+    run_schedule = engine.scheduler.state_dict()
     loaded, _ = engine.engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
-                                       load_lr_scheduler_states=True)
+                                              load_lr_scheduler_states=True)
     if loaded is None:
         raise CheckpointError(f"DeepSpeed could not load {path}: a rank's shard is missing or unreadable")
+    if state.step == 0:
+        for group, settings in zip(torch_optimizer(engine.engine).param_groups, run_settings):  # loading made new ones
+            group.update(settings)
+        engine.scheduler.load_state_dict(run_schedule)
     rng_file = path / "rng" / f"rank_{rank:05d}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=False))

@@ -120,14 +120,14 @@ def test_export_from_pipeline_checkpoint_loads_in_transformers(pipeline_run, tmp
     assert result.returncode == 1 and "does not reproduce megallm's logits" in result.stderr
 
 
-def test_hugging_face_import_under_tp2_reads_back_bit_for_bit(pipeline_run, tmp_path):
+def test_hugging_face_import_reads_back_bit_for_bit_and_continues_pretraining(pipeline_run, padded_corpus, tmp_path):
     from megallm.checkpoint.convert import read_model
     from megallm.checkpoint.hf import read_hf_folder
 
     hf = tmp_path / "hf"
     assert convert("export", step4(pipeline_run), hf, "--no-verify").returncode == 0
     imported = tmp_path / "imported_tp2"
-    result = convert("import", hf, imported, "--tp", 2, "--pp", 1, "--dp", 1, "--zero-stage", 1, "optim.lr=1e-4")
+    result = convert("import", hf, imported, "--tp", 2, "--pp", 1, "--dp", 1, "--zero-stage", 1)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((imported / "megallm_state.json").read_text())
     assert state["layout"] == {"tp": 2, "pp": 1, "dp": 1, "zero_stage": 1} and state["step"] == 0
@@ -143,6 +143,22 @@ def test_hugging_face_import_under_tp2_reads_back_bit_for_bit(pipeline_run, tmp_
     assert convert("import", hf, weights_only, "--weights-only").returncode == 0
     again, _, _ = read_model(weights_only)
     assert all(torch.equal(again[name], original[name]) for name in original)
+
+    # Both continue pretraining from the imported weights, with the resuming run's own LR schedule.
+    continued = {}
+    for name, checkpoint, nproc, parallel in (("weights_only", weights_only, 1, []),
+                                              ("tp2", imported, 2, ["parallel.tp=2", "parallel.zero_stage=1"])):
+        run_dir = tmp_path / f"continued_{name}"
+        two_steps = [a for a in SCHEDULE if not a.startswith("train.steps=")] + ["train.steps=2"]
+        result = run_pretrain([*MODEL, *two_steps, f"data.path={padded_corpus}", *parallel,
+                               f"train.resume={checkpoint}", f"run_dir={run_dir}"], nproc=nproc)
+        assert result.returncode == 0, result.stderr[-3000:]
+        continued[name] = records(run_dir, "train")
+    fresh_start = records(pipeline_run, "train")  # the same first batches, from random weights
+    for step in (1, 2):
+        assert continued["tp2"][step]["loss"] == pytest.approx(continued["weights_only"][step]["loss"], rel=1e-5)
+        assert continued["tp2"][step]["lr"] == pytest.approx(fresh_start[step]["lr"], rel=1e-9)
+    assert continued["weights_only"][1]["loss"] < fresh_start[1]["loss"] - 0.3  # trained weights, not random
 
 
 def test_bad_input_is_one_line(pipeline_run, tmp_path):
