@@ -36,9 +36,10 @@ examples:
   # resume a TP=2 x PP=2 run on 2 GPUs with ZeRO-3 (weights, Adam state, LR schedule, data position)
   python tools/convert_ckpt.py reshard runs/big/checkpoints/step_00001000 ckpt/dp2 --tp 1 --pp 1 --dp 2 --zero-stage 3
   torchrun --nproc_per_node 2 launch/pretrain.py +model=NAME parallel.zero_stage=3 train.resume=ckpt/dp2 ...
-  # continue pretraining a Hugging Face Llama (prepare the corpus with its tokenizer)
-  python tools/convert_ckpt.py import hf/llama ckpt/llama --weights-only
-  torchrun --nproc_per_node 8 launch/pretrain.py train.resume=ckpt/llama parallel.tp=2 data.path=...
+  # continue pretraining a Hugging Face Llama 2 7B (prepare the corpus with its tokenizer.json;
+  # +model must give the same shape, which conf/model/7b.yaml does)
+  python tools/convert_ckpt.py import hf/llama-2-7b ckpt/llama --weights-only
+  torchrun --nproc_per_node 8 launch/pretrain.py +model=7b train.resume=ckpt/llama parallel.tp=2 data.path=...
 """
 
 
