@@ -87,17 +87,24 @@ def _run_config(config_yaml: str, overrides: dict):
     return OmegaConf.to_object(merged), OmegaConf.to_yaml(merged)
 
 
+def _fit_batch(cfg, dp: int) -> None:
+    """Keep the saved batch if it splits over `dp` data-parallel ranks, else use one that does:
+    a conversion trains nothing, and the resuming run sets its own batch."""
+    from megallm.config import ConfigError, batch_layout
+
+    try:
+        batch_layout(cfg.train, dp)
+    except ConfigError:
+        cfg.train.micro_batch_size, cfg.train.global_batch_tokens = 1, cfg.train.seq_len * dp
+
+
 def _engine_for(cfg, layout: Layout):
     """Start this rank's process group and build the engine of `layout` (no data, no training)."""
-    from megallm.config import ConfigError, batch_layout
     from megallm.parallel.distributed import init_distributed
     from megallm.parallel.ds_config import resolve_precision
     from megallm.parallel.engine import ParallelEngine
 
-    try:
-        batch_layout(cfg.train, layout.dp)
-    except ConfigError:  # the saved batch does not split over this DP: any valid batch builds the engine
-        cfg.train.micro_batch_size, cfg.train.global_batch_tokens = 1, cfg.train.seq_len * layout.dp
+    _fit_batch(cfg, layout.dp)
     ctx = init_distributed(layout.tp, layout.pp)
     precision = resolve_precision(cfg.train.precision, on_gpu=False)
     return ParallelEngine(cfg, ctx, precision), ctx
@@ -174,9 +181,9 @@ def check_layout(model: ModelConfig, layout: Layout, config_yaml: str) -> None:
 
     cfg, _ = _run_config(config_yaml, {"model": asdict(model), "parallel.tp": layout.tp, "parallel.pp": layout.pp,
                                        "parallel.zero_stage": layout.zero_stage})
-    cfg.train.micro_batch_size, cfg.train.global_batch_tokens = 1, cfg.train.seq_len * layout.dp
     if min(layout.tp, layout.pp, layout.dp) < 1:
         raise ConversionError(f"--tp, --pp and --dp must be >= 1, got {layout.tp}, {layout.pp}, {layout.dp}")
+    _fit_batch(cfg, layout.dp)
     try:
         check_config(cfg, layout.world_size)
     except ConfigError as exc:

@@ -1,7 +1,7 @@
 """`tools/generate.py`: complete prompts with a megallm checkpoint or a Hugging Face Llama folder.
 
-Reads the model (megallm.checkpoint.convert.read_model where that module exists, else a
-Hugging Face folder through megallm.checkpoint.hf), encodes each prompt with the
+Reads the model (megallm.checkpoint.convert.read_model: a Hugging Face folder, or a
+megallm checkpoint of any layout), encodes each prompt with the
 model's tokenizer, puts the end-of-document token in front of it (megallm's
 documents start after one; --no-bos to skip), generates with the KV cache
 (megallm.inference.generate) and prints prompt + completion on stdout, tokens/s on
@@ -22,11 +22,10 @@ from typing import Optional
 import torch
 
 from megallm.checkpoint.hf import ConversionError
-from megallm.checkpoint.state import CheckpointError
+from megallm.checkpoint.state import TOKENIZER_FILE, CheckpointError
 from megallm.data.shards import DataError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class UsageError(ValueError):
@@ -196,21 +195,8 @@ def stdout_to_stderr():
 
 def read_source(source: Path):
     """(canonical weights, ModelConfig, tokenizer file or None) of a checkpoint or Hugging Face folder."""
+    from megallm.checkpoint.convert import read_model
+
     if not source.exists():
         raise UsageError(f"{source} does not exist")
-    try:
-        from megallm.checkpoint.convert import read_model
-    except ModuleNotFoundError as exc:
-        if exc.name != "megallm.checkpoint.convert":
-            raise
-    else:
-        return read_model(source)
-    from megallm.checkpoint.hf import read_hf_folder
-
-    if (source / "config.json").is_file():
-        weights, cfg = read_hf_folder(source)
-        tokenizer = source / TOKENIZER_FILE
-        return weights, cfg, tokenizer if tokenizer.is_file() else None
-    raise UsageError(f"{source} is neither a Hugging Face Llama folder (no config.json) nor a megallm checkpoint "
-                     f"this version can read (megallm.checkpoint.convert is missing)")
-
+    return read_model(source)

@@ -21,13 +21,12 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_pretrain
+from tests.integration.test_parallel_equality import MODEL
 from tests.integration.test_train_resume import records
 from tests.test_cli_errors import assert_one_line_error
 
 transformers = pytest.importorskip("transformers")
 
-MODEL = ["+model=tiny", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=2",
-         "model.ffn_hidden_size=128"]
 SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=2", "train.global_batch_tokens=256",
             "train.steps=8", "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1", "train.eval_every=0",
             "checkpoint.every=4", "checkpoint.keep_last=0"]

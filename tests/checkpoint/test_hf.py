@@ -21,12 +21,29 @@ CONFIGS = {  # vocab 300 is padded to 384 rows by megallm
 }
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory):
+def tiny_tokenizer(path):
+    """A 300-token BPE (with <|endoftext|>) trained on a line of code, saved at `path`."""
     from megallm.data.tokenizer import train_bpe
 
+    tok = train_bpe(["def export(model):\n    return model.weights  # a tiny corpus\n" * 30], vocab_size=300)
+    tok.save(str(path))
+    return tok
+
+
+def random_model(cfg: ModelConfig, seed: int):
+    """A randomly initialised model whose norm weights are not all ones (untrained ones would hide mistakes)."""
+    model = build_model(cfg, seed=seed).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_bpe(["def export(model):\n    return model.weights  # a tiny corpus\n" * 30], vocab_size=300).save(str(path))
+    tiny_tokenizer(path)
     return path
 
 
@@ -44,11 +61,7 @@ def test_exported_folder_gives_megallm_logits_in_transformers(world_of_one, toke
 
     cfg = ModelConfig(name=shape, hidden_size=64, num_layers=2, ffn_hidden_size=96, vocab_size=300,
                       rope_theta=500.0, norm_eps=1e-6, **CONFIGS[shape])
-    model = build_model(cfg, seed=11).eval()
-    with torch.no_grad():  # untrained norms are all ones: make them matter
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
+    model = random_model(cfg, seed=11)
     eos = load_tokenizer(tokenizer_file).token_to_id("<|endoftext|>")
     folder = write_hf_folder(canonical_weights(model, cfg), cfg, tmp_path / "hf", tokenizer_file=tokenizer_file,
                              eos_id=eos, max_positions=128, max_shard_bytes=100_000)  # several shards

@@ -17,8 +17,7 @@ from megallm.inference.generate import CachedBatch, generate
 from megallm.inference.sampling import Sampling, next_tokens
 from megallm.inference.weights import model_from_weights
 from megallm.model.config import ModelConfig
-from megallm.model.llama import build_model
-from tests.checkpoint.test_hf import canonical_weights
+from tests.checkpoint.test_hf import canonical_weights, random_model, tiny_tokenizer
 from tests.conftest import REPO
 
 transformers = pytest.importorskip("transformers")
@@ -33,16 +32,11 @@ NEW = 12
 @pytest.fixture(scope="module")
 def exported(world_of_one, tmp_path_factory):
     """(Hugging Face folder, eos id) of a small random model whose norms are not all ones."""
-    from megallm.data.tokenizer import eos_id, train_bpe
+    from megallm.data.tokenizer import eos_id
 
     tmp = tmp_path_factory.mktemp("gen")
-    tok = train_bpe(["def export(model):\n    return model.weights  # a tiny corpus\n" * 30], vocab_size=300)
-    tok.save(str(tmp / "tokenizer.json"))
-    model = build_model(CFG, seed=5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
+    tok = tiny_tokenizer(tmp / "tokenizer.json")
+    model = random_model(CFG, seed=5)
     folder = write_hf_folder(canonical_weights(model, CFG), CFG, tmp / "hf", tokenizer_file=tmp / "tokenizer.json",
                              eos_id=eos_id(tok), max_positions=256)
     return folder, eos_id(tok)
