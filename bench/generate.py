@@ -28,12 +28,11 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from megallm.inference.generate import GenerationStats, generate  # noqa: E402
-from megallm.model.config import ModelConfig  # noqa: E402
-from megallm.model.llama import LlamaModel, build_model  # noqa: E402
-from megallm.parallel.distributed import init_distributed, shutdown  # noqa: E402
+from megallm.inference.generate import GenerationStats, generate
+from megallm.model.config import ModelConfig
+from megallm.model.llama import LlamaModel, build_model
+from megallm.parallel.distributed import init_distributed, shutdown
 
 
 def parse_case(case: str) -> tuple[int, int, int]:

@@ -16,7 +16,6 @@ from megallm.model.flops), so the loader never starves a GPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +24,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from megallm.compose import compose_config  # noqa: E402
-from megallm.data.corpus import open_corpus  # noqa: E402
-from megallm.data.loader import TrainBatches, read_shard_tokens  # noqa: E402
-from megallm.metrics.throughput import PEAK_TFLOPS  # noqa: E402
-from megallm.model.flops import flops_per_token  # noqa: E402
+from megallm.config import compose_config
+from megallm.data.corpus import open_corpus
+from megallm.data.loader import TrainBatches, read_shard_tokens
+from megallm.metrics.throughput import PEAK_TFLOPS
+from megallm.model.flops import flops_per_token
 
 
 def h100_consumption(seq_len: int, mfu: float = 0.5) -> float:

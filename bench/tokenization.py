@@ -15,21 +15,16 @@ Results go to bench/README.md by hand.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import platform
+import tempfile
+import time
+from pathlib import Path
 
-# This file's name hides the standard library's `tokenize` (which `inspect` imports) while bench/
-# leads sys.path: put the repository root there instead, which also picks this checkout's megallm.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from megallm.data.plan import python_stdlib_files  # noqa: E402
-from megallm.data.prepare import main as prepare_main, prepare  # noqa: E402
+from megallm.cli.prepare_data import main as prepare_main
+from megallm.data.plan import python_stdlib_files
+from megallm.data.prepare import prepare
 
 
 def timed_prepare(files: list[Path], tokenizer: Path, output: Path, workers: int) -> tuple[float, int]:

@@ -1,4 +1,10 @@
-"""Bad input to launch/pretrain.py: one line on stderr, exit code 2, nothing written."""
+"""Bad input to launch/pretrain.py: one line on stderr, exit code 2, nothing written.
+
+The config, data and dry-run checks finish before any process group starts, so they run
+here through the entry point's `main`, in this process. The real script is launched
+twice: over torchrun, where only rank 0 reports a mistake, and as a 2-rank run whose
+shards are truncated, where every rank names its shard and none hangs.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,12 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import run_pretrain
+from megallm.cli.pretrain import main
+from tests.helpers import assert_one_line_error, run_main, run_pretrain, train
 
 
-def assert_one_line_error(result, *phrases: str, prefix: str = "megallm: error: ") -> str:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(prefix), lines[0]
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
-    return lines[0]
+def pretrain(args: list[str], capsys):
+    return run_main(main, args, capsys)
 
 
 @pytest.mark.parametrize(
@@ -43,55 +44,57 @@ def assert_one_line_error(result, *phrases: str, prefix: str = "megallm: error: 
         (["+model=tiny", "train.activation_checkpointing=partial"], ["none, full or selective"]),
     ],
 )
-def test_config_mistakes(args, phrases, tmp_path):
-    result = run_pretrain([*args, f"run_dir={tmp_path}/run"])
+def test_config_mistakes(args, phrases, tmp_path, capsys):
+    result = pretrain([*args, f"run_dir={tmp_path}/run"], capsys)
     assert_one_line_error(result, *phrases)
     assert not (tmp_path / "run").exists()
 
 
-def test_data_path_without_shards(tmp_path):
+def test_data_path_without_shards(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(run_pretrain(["+model=tiny", f"data.path={empty}"]), "manifest.json is missing")
+    assert_one_line_error(pretrain(["+model=tiny", f"data.path={empty}"], capsys), "manifest.json is missing")
 
 
-def test_manifest_listing_missing_shard(small_corpus, tmp_path):
+def test_manifest_listing_missing_shard(small_corpus, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(small_corpus, broken)
     first = json.loads((broken / "manifest.json").read_text())["splits"]["train"][0]["path"]
     (broken / first).unlink()
-    assert_one_line_error(run_pretrain(["+model=tiny", f"data.path={broken}"]), "lacks 1 shard", first)
+    assert_one_line_error(pretrain(["+model=tiny", f"data.path={broken}"], capsys), "lacks 1 shard", first)
 
 
-def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path):
+def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path, capsys):
     from megallm.data.tokenizer import train_bpe
 
     other = tmp_path / "other-tokenizer.json"
     train_bpe(["a completely different little corpus " * 50], vocab_size=300).save(str(other))
     line = assert_one_line_error(
-        run_pretrain(["+model=tiny", f"data.path={small_corpus}", f"data.tokenizer={other}"]),
+        pretrain(["+model=tiny", f"data.path={small_corpus}", f"data.tokenizer={other}"], capsys),
         "does not match corpus", "vocab 512",
     )
     assert str(other) in line
 
 
-def test_model_vocab_smaller_than_tokenizer(small_corpus):
+def test_model_vocab_smaller_than_tokenizer(small_corpus, capsys):
     assert_one_line_error(
-        run_pretrain(["+model=tiny", f"data.path={small_corpus}", "model.vocab_size=100"]),
+        pretrain(["+model=tiny", f"data.path={small_corpus}", "model.vocab_size=100"], capsys),
         "model.vocab_size=100 is smaller",
     )
 
 
-def test_dry_run_70b_on_a_laptop():
-    result = run_pretrain(["+model=70b", "train.dry_run=true", "train.dry_run_world_size=64",
-                           "parallel.zero_stage=3", "train.micro_batch_size=1"])
+def test_dry_run_70b_on_a_laptop(capsys):
+    result = pretrain(["+model=70b", "train.dry_run=true", "train.dry_run_world_size=64",
+                       "parallel.zero_stage=3", "train.micro_batch_size=1"], capsys)
     assert result.returncode == 0, result.stderr
     assert "68.977B parameters" in result.stdout
     assert "GFLOP" in result.stdout and "ZeRO-3" in result.stdout and "64 rank(s)" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on GPUs sequence parallelism runs")
 def test_sequence_parallel_is_refused_on_cpu(small_corpus, tmp_path):
+    """The real script over torchrun: rank 0 alone reports, and the launch fails."""
     result = run_pretrain(["+model=tiny", "parallel.tp=2", "parallel.sequence_parallel=true",
                            f"data.path={small_corpus}", f"run_dir={tmp_path}/run"], nproc=2)
     assert result.returncode != 0  # torchrun adds its own report of the failed ranks
@@ -99,6 +102,7 @@ def test_sequence_parallel_is_refused_on_cpu(small_corpus, tmp_path):
     assert len(errors) == 1 and "sequence_parallel=true needs GPUs with NCCL" in errors[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_truncated_shard_stops_every_rank_with_its_name(small_corpus, tmp_path):
     """Over 2 ranks with loader workers: one line naming the shard, and no rank left hanging."""
     broken = tmp_path / "broken"
@@ -109,9 +113,16 @@ def test_truncated_shard_stops_every_rank_with_its_name(small_corpus, tmp_path):
         (broken / name).write_bytes(data[: len(data) // 3])
     args = ["+model=tiny", "model.num_layers=1", "train.seq_len=64", "train.micro_batch_size=2",
             "train.global_batch_tokens=256", "train.steps=2", f"data.path={broken}", f"run_dir={tmp_path}/run"]
-    result = run_pretrain(args, nproc=2, timeout=300)  # a hang would time out
+    result = train(args, nproc=2, timeout=300)  # a hang would time out
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if re.match(r"megallm: error: (\[rank \d\] )?shard ", line)]
     assert errors and all(any(name in line for name in names) for line in errors), result.stderr[-2000:]
     assert "data.skip_bad_shards=true" in errors[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_script_reports_a_typo_in_one_line():
+    """The entry point as users start it: a config mistake is one line, before any heavy import."""
+    result = run_pretrain(["+model=tiny", "train.stpes=3"])
+    assert_one_line_error(result, "unknown config key 'train.stpes'", "did you mean train.steps")

@@ -2,7 +2,7 @@
 
 import sys
 
-from megallm.inference.cli import main
+from megallm.cli.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from megallm.data.prepare import main
+from megallm.cli.prepare_data import main
 
 if __name__ == "__main__":
     sys.exit(main())

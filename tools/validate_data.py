@@ -2,7 +2,7 @@
 
 import sys
 
-from megallm.data.validate import main
+from megallm.cli.validate_data import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,1 +1,8 @@
-"""Checkpoints: DeepSpeed's sharded engine state plus the run's own state, published atomically."""
+"""Checkpoints: what one holds, saving and resuming, layout-free state, conversions.
+
+- state.py     the folder layout, RunState, which checkpoint to resume and whether it fits
+- saving.py    write a checkpoint from an engine (published atomically), resume an engine
+- portable.py  the full model and Adam state without a layout: gather from / apply to any layout
+- hf.py        megallm weights <-> Hugging Face Llama tensors, config and folder
+- convert.py   export, import, reshard, verify (tools/convert_ckpt.py)
+"""

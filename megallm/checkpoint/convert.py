@@ -2,7 +2,7 @@
 
 Every conversion goes through the layout-free `PortableState` (megallm.checkpoint.portable):
 - a megallm checkpoint is read by starting the processes of the layout that wrote it
-  (DeepSpeed loads its shards only there; megallm.parallel.local_world spawns them on
+  (DeepSpeed loads its shards only there; megallm.parallel.local_world starts them on
   this machine's CPU) and gathering the state onto rank 0, which saves it to a temporary
   file; a checkpoint with `consolidated.pt` needs no processes for its weights;
 - a megallm checkpoint is written by starting the processes of the target layout, each
@@ -14,41 +14,46 @@ Outputs appear under their final name only when complete (`<out>.partial`, then 
 from __future__ import annotations
 
 import json
-import tempfile
 import sys
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
+from omegaconf import OmegaConf
 
-from megallm.checkpoint.hf import ConversionError, read_hf_folder, write_hf_folder
-from megallm.checkpoint.portable import PortableState
+from megallm.checkpoint.hf import read_hf_folder, write_hf_folder
+from megallm.checkpoint.portable import PortableState, apply_state, gather_state
+from megallm.checkpoint.saving import load_checkpoint, write_checkpoint
 from megallm.checkpoint.state import (
+    CHECKPOINTS_DIR,
     STATE_FILE,
-    TOKENIZER_FILE,
     WEIGHTS_FILE,
-    CheckpointError,
     RunState,
     check_complete,
     complete_checkpoints,
     read_state,
     read_weights,
-    write_checkpoint,
 )
+from megallm.config import (
+    RunConfig,
+    batch_layout,
+    check_config,
+    compose_config,
+    config_from_yaml,
+    resolved_precision,
+)
+from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
+from megallm.engine.engine import ParallelEngine
+from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError
+from megallm.files import HF_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE
 from megallm.model.config import ModelConfig
-
-
-@dataclass(frozen=True)
-class Layout:
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
-    zero_stage: int = 0
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+from megallm.model.weights import model_from_weights
+from megallm.parallel.dims import CLI_OPTIONS, ParallelDims
+from megallm.parallel.distributed import distributed, init_distributed
+from megallm.parallel.local_world import run_local_world
 
 
 def progress(message: str) -> None:
@@ -57,7 +62,7 @@ def progress(message: str) -> None:
 
 # ---- sources ----------------------------------------------------------------------------------
 def is_hf_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / STATE_FILE).is_file()
+    return (path / HF_CONFIG_FILE).is_file() and not (path / STATE_FILE).is_file()
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -65,7 +70,7 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
-    for root in (path, path / "checkpoints"):
+    for root in (path, path / CHECKPOINTS_DIR):
         found = complete_checkpoints(root)
         if found:
             return found[-1]
@@ -75,69 +80,47 @@ def resolve_checkpoint(path: Path) -> Path:
                           "checkpoints; pass a checkpoint folder such as runs/NAME/checkpoints/step_00000300")
 
 
-def _run_config(config_yaml: str, overrides: dict):
-    """The RunConfig saved with a checkpoint, with `overrides` ({dotted key: value}) applied."""
-    from omegaconf import OmegaConf
-
-    from megallm.config import RunConfig
-
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(config_yaml))
-    for key, value in overrides.items():
-        OmegaConf.update(merged, key, value)
-    return OmegaConf.to_object(merged), OmegaConf.to_yaml(merged)
-
-
-def _fit_batch(cfg, dp: int) -> None:
+def _fit_batch(cfg: RunConfig, dp: int) -> None:
     """Keep the saved batch if it splits over `dp` data-parallel ranks, else use one that does:
     a conversion trains nothing, and the resuming run sets its own batch."""
-    from megallm.config import ConfigError, batch_layout
-
     try:
         batch_layout(cfg.train, dp)
     except ConfigError:
         cfg.train.micro_batch_size, cfg.train.global_batch_tokens = 1, cfg.train.seq_len * dp
 
 
-def _engine_for(cfg, layout: Layout):
-    """Start this rank's process group and build the engine of `layout` (no data, no training)."""
-    from megallm.parallel.distributed import init_distributed
-    from megallm.parallel.ds_config import resolve_precision
-    from megallm.parallel.engine import ParallelEngine
+def _layout_overrides(model: dict, layout: ParallelDims) -> dict:
+    return {"model": model, "parallel.tp": layout.tp, "parallel.pp": layout.pp,
+            "parallel.zero_stage": layout.zero_stage}
 
+
+def _engine_for(cfg: RunConfig, layout: ParallelDims) -> ParallelEngine:
+    """Start this rank's process group and build the engine of `layout` (no data, no training)."""
     _fit_batch(cfg, layout.dp)
-    ctx = init_distributed(layout.tp, layout.pp)
-    precision = resolve_precision(cfg.train.precision, on_gpu=False)
-    return ParallelEngine(cfg, ctx, precision), ctx
+    ctx = init_distributed(layout.tp, layout.pp, layout.zero_stage)
+    return ParallelEngine(cfg, ctx, resolved_precision(cfg.train.precision, on_gpu=False))
 
 
 def _gather_worker(checkpoint: Path, out_file: Path, with_optimizer: bool) -> None:
-    from megallm.checkpoint.portable import gather_state
-    from megallm.checkpoint.state import load_checkpoint
-
     state = read_state(checkpoint)
-    layout = Layout(**state.layout)
-    cfg, _ = _run_config((checkpoint / "config.yaml").read_text(), {"model": state.model})
-    engine, ctx = _engine_for(cfg, layout)
-    load_checkpoint(engine, checkpoint, ctx.rank)
+    cfg, _ = config_from_yaml((checkpoint / RUN_CONFIG_FILE).read_text(), {"model": state.model})
+    engine = _engine_for(cfg, state.layout)
+    load_checkpoint(engine, checkpoint)
     portable = gather_state(engine, cfg.model, with_optimizer=with_optimizer)
     if portable is not None:
         portable.save(out_file)
 
 
 def read_checkpoint_state(checkpoint: Path, with_optimizer: bool, workdir: Path) -> PortableState:
-    """The layout-free state of a megallm checkpoint (spawns its layout's ranks if needed)."""
-    from megallm.parallel.local_world import WorldError, run_local_world
-
+    """The layout-free state of a megallm checkpoint (starts its layout's ranks if needed)."""
     state = read_state(checkpoint)
     check_complete(checkpoint, state)
     if state.weights_only or (not with_optimizer and (checkpoint / WEIGHTS_FILE).is_file()):
         return PortableState(weights=read_weights(checkpoint))
     out_file = workdir / "gathered.pt"
-    layout = Layout(**state.layout)
-    progress(f"reading {checkpoint} (TP={layout.tp} x PP={layout.pp} x DP={layout.dp} ZeRO-{layout.zero_stage}) "
-             f"with {layout.world_size} CPU process(es)")
+    progress(f"reading {checkpoint} ({state.layout}) with {state.layout.world_size} CPU process(es)")
     try:
-        run_local_world(layout.world_size, _gather_worker, checkpoint, out_file, with_optimizer)
+        run_local_world(state.layout.world_size, _gather_worker, checkpoint, out_file, with_optimizer)
     except WorldError as exc:
         raise ConversionError(f"reading {checkpoint} failed: {exc}") from None
     return PortableState.load(out_file)
@@ -163,10 +146,8 @@ def checkpoint_tokenizer(checkpoint: Path) -> Optional[Path]:
     own = checkpoint / TOKENIZER_FILE
     if own.is_file():
         return own
-    config = checkpoint / "config.yaml"
+    config = checkpoint / RUN_CONFIG_FILE
     if config.is_file():
-        import yaml
-
         data = (yaml.safe_load(config.read_text()) or {}).get("data", {})
         for candidate in (data.get("tokenizer"), Path(data.get("path") or "") / TOKENIZER_FILE):
             if candidate and Path(candidate).is_file():
@@ -175,50 +156,41 @@ def checkpoint_tokenizer(checkpoint: Path) -> Optional[Path]:
 
 
 # ---- megallm checkpoints under a chosen layout --------------------------------------------------
-def check_layout(model: ModelConfig, layout: Layout, config_yaml: str) -> None:
-    """Refuse a layout the model cannot be split into, with the option names of the tool."""
-    from megallm.config import ConfigError, check_config
-
-    cfg, _ = _run_config(config_yaml, {"model": asdict(model), "parallel.tp": layout.tp, "parallel.pp": layout.pp,
-                                       "parallel.zero_stage": layout.zero_stage})
+def check_layout(model: ModelConfig, layout: ParallelDims, config_yaml: str) -> None:
+    """Refuse a layout the model cannot be split into, naming the tool's options."""
     if min(layout.tp, layout.pp, layout.dp) < 1:
         raise ConversionError(f"--tp, --pp and --dp must be >= 1, got {layout.tp}, {layout.pp}, {layout.dp}")
-    _fit_batch(cfg, layout.dp)
-    try:
-        check_config(cfg, layout.world_size)
-    except ConfigError as exc:
-        message = str(exc)
-        for key, option in (("parallel.zero_stage", "--zero-stage"), ("parallel.tp", "--tp"), ("parallel.pp", "--pp")):
-            message = message.replace(key, option)
-        raise ConversionError(f"layout TP={layout.tp} x PP={layout.pp} x DP={layout.dp} "
-                              f"ZeRO-{layout.zero_stage} does not fit: {message}") from None
+    problems = ParallelDims.problems(model, layout.tp, layout.pp, layout.zero_stage, layout.world_size, CLI_OPTIONS)
+    if not problems:
+        cfg, _ = config_from_yaml(config_yaml, _layout_overrides(asdict(model), layout))
+        _fit_batch(cfg, layout.dp)
+        try:
+            check_config(cfg, layout.world_size)
+        except ConfigError as exc:
+            problems = [str(exc)]
+    if problems:
+        raise ConversionError(f"layout {layout} does not fit: {problems[0]}")
 
 
-def _write_worker(state_file: Path, out: Path, layout: Layout, config_yaml: str, run_state: dict,
+def _write_worker(state_file: Path, out: Path, layout: ParallelDims, config_yaml: str, run_state: RunState,
                   tokenizer_json: Optional[str]) -> None:
-    from megallm.checkpoint.portable import apply_state
-
     state = PortableState.load(state_file)
-    cfg, config_yaml = _run_config(config_yaml, {"model": run_state["model"], "parallel.tp": layout.tp,
-                                                 "parallel.pp": layout.pp, "parallel.zero_stage": layout.zero_stage})
-    engine, ctx = _engine_for(cfg, layout)
+    cfg, config_yaml = config_from_yaml(config_yaml, _layout_overrides(run_state.model, layout))
+    engine = _engine_for(cfg, layout)
     apply_state(engine, state, cfg.model)
-    saved = RunState(**{**run_state, "layout": asdict(layout), "files": {}, "weights_only": False})
-    write_checkpoint(engine.engine, out, saved, config_yaml, ctx.rank,
-                     tokenizer_json=tokenizer_json if ctx.is_main else None)
+    saved = RunState(**{**asdict(run_state), "layout": layout, "files": {}, "weights_only": False})
+    write_checkpoint(engine, out, saved, config_yaml, engine.ctx.rank,
+                     tokenizer_json=tokenizer_json if engine.ctx.is_main else None)
 
 
-def write_megallm_checkpoint(state: PortableState, out: Path, layout: Layout, config_yaml: str, run_state: RunState,
-                             tokenizer_json: Optional[str], workdir: Path) -> Path:
-    """Spawn `layout`'s ranks and save `state` as a checkpoint of that layout at `out`."""
-    from megallm.parallel.local_world import WorldError, run_local_world
-
+def write_megallm_checkpoint(state: PortableState, out: Path, layout: ParallelDims, config_yaml: str,
+                             run_state: RunState, tokenizer_json: Optional[str], workdir: Path) -> Path:
+    """Start `layout`'s ranks and save `state` as a checkpoint of that layout at `out`."""
     state_file = workdir / "state.pt"
     state.save(state_file)
-    progress(f"writing {out} (TP={layout.tp} x PP={layout.pp} x DP={layout.dp} ZeRO-{layout.zero_stage}) "
-             f"with {layout.world_size} CPU process(es)")
+    progress(f"writing {out} ({layout}) with {layout.world_size} CPU process(es)")
     try:
-        run_local_world(layout.world_size, _write_worker, state_file, out, layout, config_yaml, asdict(run_state),
+        run_local_world(layout.world_size, _write_worker, state_file, out, layout, config_yaml, run_state,
                         tokenizer_json)
     except WorldError as exc:
         raise ConversionError(f"writing {out} failed: {exc}") from None
@@ -230,15 +202,14 @@ def _refuse_existing(out: Path) -> None:
         raise ConversionError(f"{out} exists already; choose a new output folder or remove it")
 
 
-def reshard(source: Path, out: Path, layout: Layout) -> Path:
+def reshard(source: Path, out: Path, layout: ParallelDims) -> Path:
     """megallm checkpoint -> the same training state (weights, Adam, schedule, data position) under `layout`."""
     out = Path(out)
     _refuse_existing(out)
     checkpoint = resolve_checkpoint(source)
     saved = read_state(checkpoint)
-    config_yaml = (checkpoint / "config.yaml").read_text()
-    model = ModelConfig(**saved.model)
-    check_layout(model, layout, config_yaml)
+    config_yaml = (checkpoint / RUN_CONFIG_FILE).read_text()
+    check_layout(ModelConfig(**saved.model), layout, config_yaml)
     tokenizer = checkpoint_tokenizer(checkpoint)
     with tempfile.TemporaryDirectory(prefix="megallm-reshard-", dir=out.parent) as workdir:
         state = read_checkpoint_state(checkpoint, with_optimizer=True, workdir=Path(workdir))
@@ -262,30 +233,23 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
                               "pass --tokenizer PATH/tokenizer.json")
     weights, cfg, _ = read_model(checkpoint)
     weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in weights.items()}
-    from megallm.data.tokenizer import eos_id, load_tokenizer
-
     seq_len = read_state(checkpoint).seq_len or 2048
     folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, eos_id=eos_id(load_tokenizer(tokenizer)),
                              max_positions=seq_len, max_shard_bytes=max_shard_bytes)
     return folder, (verify_hf(folder, weights, cfg) if verify else None)
 
 
-def import_hf(folder: Path, out: Path, layout: Optional[Layout]) -> Path:
+def import_hf(folder: Path, out: Path, layout: Optional[ParallelDims]) -> Path:
     """Hugging Face Llama folder -> megallm checkpoint at step 0: weights-only (layout None) or,
     under `layout`, a DeepSpeed checkpoint with a fresh optimizer. A run resuming either
-    trains with its own optimizer settings and LR schedule (megallm.checkpoint.state)."""
+    trains with its own optimizer settings and LR schedule (megallm.checkpoint.saving)."""
     out = Path(out)
     _refuse_existing(out)
-    if not Path(folder, "config.json").is_file():
-        raise ConversionError(f"{folder} is not a Hugging Face model folder (config.json missing)")
+    if not Path(folder, HF_CONFIG_FILE).is_file():
+        raise ConversionError(f"{folder} is not a Hugging Face model folder ({HF_CONFIG_FILE} missing)")
     weights, model, tokenizer = read_model(Path(folder))
-    from megallm.compose import compose_config
-    from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
-
     cfg, _ = compose_config(["+model=tiny"])
     cfg.model = model
-    from omegaconf import OmegaConf
-
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     run_state = RunState(model=model.to_dict(), weights_only=layout is None,
                          tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer)) if tokenizer else "")
@@ -302,48 +266,40 @@ def import_hf(folder: Path, out: Path, layout: Optional[Layout]) -> Path:
 def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, cfg: Optional[ModelConfig] = None,
               sequences: int = 4, length: int = 64, tolerance: Optional[float] = None) -> float:
     """Logits of `transformers`' LlamaForCausalLM on `folder` vs megallm's on the same weights
-    (`weights`, else the folder's own); raises ConversionError above `tolerance`
+    (`weights`, else the folder's own); raises VerificationError above `tolerance`
     (default 1e-4 for float32 weights, 2e-2 otherwise). Returns the max |difference|."""
-    try:
+    try:  # optional: transformers is the hf extra
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as transformers_logging
     except ImportError:
         raise ConversionError("verifying needs transformers: pip install -e .[hf]") from None
     transformers_logging.disable_progress_bar()
-    from megallm.inference.weights import model_from_weights
-    from megallm.parallel.distributed import init_distributed
-
     if weights is None:
         weights, cfg = read_hf_folder(folder)
     low_precision = next(iter(weights.values())).dtype != torch.float32
     tolerance = tolerance if tolerance is not None else (2e-2 if low_precision else 1e-4)
-    init_distributed(deepspeed=False)
-    ours = model_from_weights({k: v.float() for k, v in weights.items()}, cfg, device="cpu").eval()
-    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tokens = torch.randint(0, cfg.vocab_size, (sequences, length), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = ours(tokens).transpose(0, 1)[..., : cfg.vocab_size]  # [s, b, v] -> [b, s, v]
-        got = theirs(tokens).logits
+    with distributed(deepspeed=False):
+        ours = model_from_weights({k: v.float() for k, v in weights.items()}, cfg, device="cpu").eval()
+        theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        tokens = torch.randint(0, cfg.vocab_size, (sequences, length), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = ours(tokens).transpose(0, 1)[..., : cfg.vocab_size]  # [s, b, v] -> [b, s, v]
+            got = theirs(tokens).logits
     worst = (expected - got).abs().max().item()
     if not worst <= tolerance:
-        raise ConversionError(f"{folder} does not reproduce megallm's logits in transformers: max |difference| "
-                              f"{worst:.3g} > {tolerance:g}; the conversion is wrong for this model, please report it")
+        raise VerificationError(f"{folder} does not reproduce megallm's logits in transformers: max |difference| "
+                                f"{worst:.3g} > {tolerance:g}; the conversion is wrong for this model, "
+                                "please report it")
     return worst
 
 
 def describe(path: Path) -> str:
     """One line on what a checkpoint or folder holds."""
     if is_hf_folder(path):
-        config = json.loads((path / "config.json").read_text())
+        config = json.loads((path / HF_CONFIG_FILE).read_text())
         return f"Hugging Face {config.get('architectures', ['?'])[0]} at {path}"
     checkpoint = resolve_checkpoint(path)
     state = read_state(checkpoint)
     if state.weights_only:
         return f"megallm weights-only checkpoint {checkpoint}"
-    layout = state.layout
-    return (f"megallm checkpoint {checkpoint}: step {state.step}, TP={layout.get('tp')} x PP={layout.get('pp')} x "
-            f"DP={layout.get('dp')} ZeRO-{layout.get('zero_stage')}")
-
-
-__all__ = ["ConversionError", "CheckpointError", "Layout", "export_hf", "import_hf", "read_model", "reshard",
-           "verify_hf", "describe"]
+    return f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}"

@@ -16,19 +16,18 @@ names, vocabulary rows trimmed to `model.vocab_size`), which any layout consolid
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from megallm.errors import ConversionError
+from megallm.files import HF_CONFIG_FILE, TOKENIZER_FILE, writing_folder
 from megallm.model.config import ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-
-
-class ConversionError(ValueError):
-    """A conversion that cannot be done as asked; its message is one line saying why."""
+HF_INDEX_FILE = "model.safetensors.index.json"
 
 
 def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,15 +139,10 @@ def model_config_from_hf(config: dict, name: str = "hf") -> ModelConfig:
 def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, *, tokenizer_file: Path,
                     eos_id: int | None, max_positions: int, max_shard_bytes: int = 2 << 30) -> Path:
     """Write a `from_pretrained`-loadable folder: config, generation config, sharded safetensors with
-    an index, tokenizer. Written to `<out>.partial` and renamed: no half-written output."""
-    from safetensors.torch import save_file
-
+    an index, tokenizer. Written to `<out>.partial` and published: no half-written output."""
     out = Path(out)
     if out.exists():
         raise ConversionError(f"{out} exists already; choose a new output folder or remove it")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     tensors = to_hf_state_dict(weights, cfg)
     shards, current, size = [], {}, 0
     for name, tensor in tensors.items():
@@ -161,21 +155,19 @@ def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Pat
     shards.append(current)
     index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
              "weight_map": {}}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(partial / file), metadata={"format": "pt"})
-        index["weight_map"].update({name: file for name in shard})
-    (partial / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    (partial / "config.json").write_text(json.dumps(hf_config(cfg, eos_id, max_positions, dtype), indent=1))
-    (partial / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}, indent=1))
-    shutil.copyfile(tokenizer_file, partial / "tokenizer.json")
-    (partial / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer_file, eos_id), indent=1))
-    for path in partial.iterdir():  # on disk before the folder appears under its final name
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    partial.rename(out)
+    with writing_folder(out) as partial:
+        for i, shard in enumerate(shards):
+            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(partial / file), metadata={"format": "pt"})
+            index["weight_map"].update({name: file for name in shard})
+        (partial / HF_INDEX_FILE).write_text(json.dumps(index, indent=1))
+        (partial / HF_CONFIG_FILE).write_text(json.dumps(hf_config(cfg, eos_id, max_positions, dtype), indent=1))
+        (partial / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}, indent=1))
+        shutil.copyfile(tokenizer_file, partial / TOKENIZER_FILE)
+        (partial / "tokenizer_config.json").write_text(
+            json.dumps(_tokenizer_config(tokenizer_file, eos_id), indent=1))
     return out
 
 
@@ -191,12 +183,10 @@ def _tokenizer_config(tokenizer_file: Path, eos_id: int | None) -> dict:
 
 def read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """A Hugging Face Llama folder -> (canonical megallm weights, ModelConfig)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ConversionError(f"{folder} is not a Hugging Face model folder (config.json missing)")
-    cfg = model_config_from_hf(json.loads((folder / "config.json").read_text()))
+    if not (folder / HF_CONFIG_FILE).is_file():
+        raise ConversionError(f"{folder} is not a Hugging Face model folder ({HF_CONFIG_FILE} missing)")
+    cfg = model_config_from_hf(json.loads((folder / HF_CONFIG_FILE).read_text()))
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ConversionError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from megallm.data.shards import MANIFEST, DataError, Manifest
+from megallm.data.shards import MANIFEST, Manifest
 from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
+from megallm.errors import DataError
 
 
 def is_url(location: str) -> bool:
@@ -43,7 +44,7 @@ class Corpus:
 
 def read_remote(location: str, name: str) -> bytes:
     """The corpus file `name` from a URL location, through WebDataset's opener."""
-    from webdataset.gopen import gopen
+    from webdataset.gopen import gopen  # deferred: webdataset imports torch (~5 s); local corpora need neither
 
     url = Corpus(location, None).url(name)  # type: ignore[arg-type]
     try:

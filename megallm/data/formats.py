@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from megallm.data.shards import DataError
+from megallm.errors import DataError
 
 FIELD_HINT = "pass --text-field NAME"
 
@@ -81,7 +81,7 @@ def pieces(path: Path, unit_bytes: int, text_field: str) -> list[Piece]:
 
 
 def parquet_file(path: str | Path):
-    try:
+    try:  # optional: pyarrow is the parquet extra
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"reading {path} needs pyarrow; install it with `pip install -e .[parquet]`") from None

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megallm.data.corpus import Corpus
 from megallm.data.order import Address, SampleOrder
-from megallm.data.shards import DataError, ShardInfo, read_documents
+from megallm.data.shards import ShardInfo, read_documents
+from megallm.errors import DataError
 
 
 def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from megallm.data.shards import DataError
+from megallm.errors import DataError
 
 
 class Address(NamedTuple):

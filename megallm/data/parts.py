@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 from megallm.data.plan import Plan
-from megallm.data.shards import MANIFEST, DataError, Manifest, ShardInfo, atomic_write_bytes, token_dtype
+from megallm.data.shards import MANIFEST, Manifest, ShardInfo, token_dtype
 from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
-from megallm.data.units import RECORDS, SHARD_NAME, SPLITS, UnitSettings, record_path, recorded_shards
+from megallm.data.units import (
+    RECORDS,
+    SHARD_NAME,
+    SPLITS,
+    UnitSettings,
+    record_path,
+    recorded_shards,
+)
+from megallm.errors import DataError
+from megallm.files import TOKENIZER_FILE, atomic_write_bytes
 
 PART_RECORD = re.compile(r"^part-(\d+)-of-(\d+)\.json$")
 
@@ -88,9 +97,9 @@ def merge(output: Path, count: int | None = None, plan: Plan | None = None,
     if plan is not None and plan.fingerprint() != part_record["plan"]:
         raise DataError(f"the inputs differ from those the parts of {output} tokenized; give --merge the same "
                         "--input and options (or none), or re-run the parts")
-    tok = load_tokenizer(output / "tokenizer.json")
+    tok = load_tokenizer(output / TOKENIZER_FILE)
     if tokenizer_hash(tok) != settings.tokenizer_sha256:
-        raise DataError(f"{output / 'tokenizer.json'} is not the tokenizer the parts used; re-run the parts with it")
+        raise DataError(f"{output / TOKENIZER_FILE} is not the tokenizer the parts used; re-run the parts with it")
     manifest = Manifest(vocab_size=tok.get_vocab_size(), tokenizer_sha256=settings.tokenizer_sha256,
                         eos_id=eos_id(tok), dtype=token_dtype(tok.get_vocab_size()).name,
                         splits={split: [] for split in SPLITS}, text_field=settings.text_field,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from megallm.data.formats import Piece, documents, pieces
-from megallm.data.shards import DataError
+from megallm.errors import DataError
 
 
 @dataclass(frozen=True)

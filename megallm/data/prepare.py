@@ -15,10 +15,8 @@ shards and manifest, whatever the number of workers or parts.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,13 +25,14 @@ from typing import Callable, Iterator
 from tokenizers import Tokenizer
 
 from megallm.data.parts import Part, merge, write_part_record
-from megallm.data.plan import Plan, collect_inputs, plan_units
+from megallm.data.plan import Plan, plan_units
 from megallm.data.progress import Progress
-from megallm.data.shards import MANIFEST, DataError, Manifest, atomic_write_bytes
+from megallm.data.shards import MANIFEST, Manifest
 from megallm.data.tokenizer import load_tokenizer, tokenizer_hash, train_bpe
 from megallm.data.units import UnitSettings, init_worker, run_unit
+from megallm.errors import DataError
+from megallm.files import TOKENIZER_FILE, atomic_write_bytes
 
-TOKENIZER = "tokenizer.json"
 Log = Callable[[str], None]
 
 
@@ -78,7 +77,7 @@ def training_texts(plan: Plan, text_field: str, budget: int) -> Iterator[str]:
 
 def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log, may_train: bool) -> Tokenizer:
     """--tokenizer, else a newly trained one (`may_train`), else OUTPUT/tokenizer.json; written to OUTPUT."""
-    installed = output / TOKENIZER
+    installed = output / TOKENIZER_FILE
     if options.tokenizer_path is not None:
         tok = load_tokenizer(options.tokenizer_path)
     elif may_train:
@@ -129,73 +128,3 @@ def prepare(files: list[Path], output: Path, log: Log = print, **options) -> Man
     tok = obtain_tokenizer(plan, output, opts, log, may_train=True)
     run_part(plan, output, opts, tok, Part(0, 1), log)
     return merge(output, count=1, log=log)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = PrepareOptions()
-    parser = argparse.ArgumentParser(
-        prog="tools/prepare_data.py",
-        description="Tokenize text, JSON lines or Parquet into WebDataset token shards with a manifest, for "
-                    "launch/pretrain.py. Re-running the same command resumes an interrupted prepare.",
-    )
-    parser.add_argument("--input", action="append", default=[],
-                        help="file or glob (** recurses), repeatable: .jsonl, .jsonl.gz, .parquet, else plain text "
-                             "(one file = one document)")
-    parser.add_argument("--python-stdlib", action="store_true", help="add this Python's standard-library sources")
-    parser.add_argument("--output", required=True, type=Path, help="corpus folder to write (data.path)")
-    parser.add_argument("--text-field", default=defaults.text_field, help="JSON-lines field / Parquet column of the text")
-    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="BPE vocabulary when training")
-    parser.add_argument("--tokenizer", type=Path, help="use this tokenizer.json instead of training one")
-    parser.add_argument("--tokenizer-train-bytes", type=int, default=defaults.tokenizer_train_bytes,
-                        help="text used to train the tokenizer (a prefix of the inputs)")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of documents held out")
-    parser.add_argument("--shard-tokens", type=int, default=defaults.shard_tokens, help="target tokens per shard")
-    parser.add_argument("--unit-mb", type=float, default=defaults.unit_bytes / (1 << 20),
-                        help="input MiB per work unit (the inputs are cut into units; each worker takes one at a time)")
-    parser.add_argument("--workers", type=int, default=defaults.workers,
-                        help="tokenizing processes (default: the CPUs this process may use)")
-    parser.add_argument("--progress-every", type=float, default=defaults.progress_every,
-                        help="seconds between progress lines")
-    step = parser.add_mutually_exclusive_group()
-    step.add_argument("--tokenizer-only", action="store_true", help="only write OUTPUT/tokenizer.json, then exit")
-    step.add_argument("--part", metavar="I/N",
-                      help="only the units with index %% N == I (a SLURM array task); needs --tokenizer or a "
-                           "tokenizer from --tokenizer-only")
-    step.add_argument("--merge", action="store_true", help="after all N parts: check them and write manifest.json")
-    return parser.parse_args(argv)
-
-
-def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> None:
-    """What the flags ask for: the merge, the tokenizer only, one part, or everything."""
-    if args.merge:
-        has_inputs = bool(args.input or args.python_stdlib)
-        files = collect_inputs(args.input, args.python_stdlib) if has_inputs else None
-        merge(args.output, plan=plan_units(files, options.unit_bytes, options.text_field) if files else None, log=log)
-        return
-    part = Part.parse(args.part) if args.part is not None else None
-    files = collect_inputs(args.input, args.python_stdlib)
-    if part is None and not args.tokenizer_only:
-        prepare(files, args.output, log, **vars(options))
-        return
-    plan = plan_units(files, options.unit_bytes, options.text_field)
-    start_writing(args.output)
-    tok = obtain_tokenizer(plan, args.output, options, log, may_train=args.tokenizer_only)
-    if part is None:
-        log(f"wrote {args.output / TOKENIZER} ({tok.get_vocab_size()} tokens)")
-    else:
-        run_part(plan, args.output, options, tok, part, log)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        options = PrepareOptions(
-            vocab_size=args.vocab_size, tokenizer_path=args.tokenizer, val_fraction=args.val_fraction,
-            shard_tokens=args.shard_tokens, tokenizer_train_bytes=args.tokenizer_train_bytes,
-            text_field=args.text_field, unit_bytes=round(args.unit_mb * (1 << 20)), workers=args.workers,
-            progress_every=args.progress_every)
-        run_step(args, options, partial(print, flush=True))
-    except (DataError, OSError) as exc:  # OSError: an output folder that cannot be written, a full disk
-        print(f"prepare_data: error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from megallm.data.units import UnitResult
-from megallm.metrics.sinks import format_duration
+from megallm.metrics.format import format_duration
 
 
 class Progress:

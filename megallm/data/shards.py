@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from megallm.errors import DataError
+from megallm.files import TOKENIZER_FILE, atomic_write_bytes, temporary_path
+
 FORMAT = "megallm-tokens/1"
 MANIFEST = "manifest.json"
-
-
-class DataError(ValueError):
-    """A corpus problem the user can fix; its message is one line saying how."""
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Manifest:
     eos_id: int
     dtype: str
     splits: dict[str, list[ShardInfo]] = field(default_factory=dict)
-    tokenizer_file: str = "tokenizer.json"
+    tokenizer_file: str = TOKENIZER_FILE
     format: str = FORMAT
     # How the corpus was prepared (None in corpora from before these fields existed).
     text_field: str | None = None  # JSON-lines key / Parquet column the documents came from
@@ -85,20 +84,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def temporary_path(path: Path) -> Path:
-    """Where to write `path` before renaming it: unique per process, so concurrent writers never collide."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = temporary_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -128,7 +113,7 @@ def read_documents(url: str):
     `url` is a local path or any URL WebDataset opens (`https://`, `pipe:`, `gs://`).
     A damaged shard raises `DataError` naming it.
     """
-    from webdataset.tariterators import tarfile_samples
+    from webdataset.tariterators import tarfile_samples  # deferred: imports torch; writing shards needs none
 
     try:
         for sample in tarfile_samples([{"url": url}]):

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from megallm.data.shards import DataError
+from megallm.errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"
 

@@ -24,8 +24,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from megallm.data.plan import Unit
-from megallm.data.shards import DataError, atomic_write_bytes, file_sha256, token_dtype, write_shard
+from megallm.data.shards import file_sha256, token_dtype, write_shard
 from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
+from megallm.errors import DataError
+from megallm.files import TOKENIZER_FILE, atomic_write_bytes
 
 RECORDS = "records"  # folder of the corpus holding unit and part records
 SPLITS = ("train", "val")
@@ -146,7 +148,7 @@ def run_unit(unit: Unit, output: Path, settings: UnitSettings) -> UnitResult:
 
 
 def tokenize_unit(unit: Unit, output: Path, settings: UnitSettings) -> dict:
-    tok = worker_tokenizer(output / "tokenizer.json", settings.tokenizer_sha256)
+    tok = worker_tokenizer(output / TOKENIZER_FILE, settings.tokenizer_sha256)
     eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
     remove_unit_output(output, unit.index)
     forced = forced_validation_identity(unit, settings)

@@ -14,18 +14,17 @@ documents, tokens, document length (mean, median, max) and bytes on disk.
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from megallm.data.shards import DataError, Manifest, ShardInfo, file_sha256
+from megallm.data.shards import Manifest, ShardInfo, file_sha256
 from megallm.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_hash
+from megallm.errors import DataError
 
 SAMPLE_NAME = re.compile(r"^(\d+)\.tokens\.npy$")
 
@@ -123,20 +122,3 @@ def validate(folder: Path) -> tuple[dict[str, SplitStats], list[str]]:
             split_stats.lengths.append(lengths)
             problems.extend(shard_problems)
     return stats, problems
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tools/validate_data.py",
-                                     description="Check every shard of a prepared corpus and print its statistics.")
-    parser.add_argument("corpus", type=Path, help="folder written by tools/prepare_data.py")
-    args = parser.parse_args(argv)
-    stats, problems = validate(args.corpus)
-    for split, split_stats in stats.items():
-        print(split_stats.describe(split))
-    for problem in problems:
-        print(f"validate_data: {problem}", file=sys.stderr)
-    if problems:
-        print(f"{args.corpus}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"{args.corpus}: OK")
-    return 0

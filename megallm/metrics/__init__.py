@@ -1,1 +1,5 @@
-"""Where metrics go (console, JSONL, W&B) and the throughput / MFU / ETA arithmetic."""
+"""Metric arithmetic and formatting: tokens/s, MFU, ETA, peak memory, console lines.
+
+Where records go (console, JSONL, W&B) is decided by the training loop's callbacks
+(megallm.train.callbacks); this package only computes and formats.
+"""

@@ -7,8 +7,9 @@ in the table (any CPU) reports no MFU rather than a guess.
 
 from __future__ import annotations
 
+import resource
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -23,40 +24,47 @@ PEAK_TFLOPS = {
 }
 
 
-def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
-    """Peak FLOP/s of one device, or None when unknown."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+def peak_flops(device_name: str, precision: str) -> Optional[float]:
+    """Dense peak FLOP/s of a device by its name (torch.cuda.get_device_name), None when unknown."""
     for key, peaks in PEAK_TFLOPS.items():  # most specific names first
-        if key in name:
+        if key in device_name:
             return peaks[precision] * 1e12
     return None
+
+
+def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """Peak FLOP/s of one device, or None when unknown (any CPU)."""
+    if device.type != "cuda":
+        return None
+    return peak_flops(torch.cuda.get_device_name(device), precision)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
     """This process's peak: allocated GPU memory on CUDA, resident set size (RSS) on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class Throughput:
-    """Measures the interval between `report` calls."""
+    """Tokens/s, step time, MFU and ETA over the interval between `report` calls.
 
-    def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float], world_size: int):
-        self.flops_per_token = flops_per_token
+    MFU = tokens/s x FLOPs per token / (peak FLOP/s per device x devices); None when the
+    peak is unknown.
+    """
+
+    def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float], world_size: int,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.flops_per_token, self.clock = flops_per_token, clock
         self.peak_total = peak_flops_per_device * world_size if peak_flops_per_device else None
-        self._start, self._steps, self._tokens = time.perf_counter(), 0, 0
+        self._start, self._steps, self._tokens = clock(), 0, 0
 
     def add(self, steps: int, tokens: int) -> None:
         self._steps += steps
         self._tokens += tokens
 
     def report(self, steps_left: int) -> dict:
-        now = time.perf_counter()
+        now = self.clock()
         elapsed = max(now - self._start, 1e-9)
         tokens_per_s = self._tokens / elapsed
         step_time = elapsed / max(self._steps, 1)

@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-
 # Activation checkpointing modes (train.activation_checkpointing), see megallm.model.layers.
 RECOMPUTE_MODES = ("none", "full", "selective")
 
@@ -26,7 +25,7 @@ class ModelConfig:
     # Key/value heads for grouped-query attention; None means num_heads (plain multi-head).
     num_kv_heads: Optional[int] = None
     ffn_hidden_size: int = 768
-    # None: taken from the tokenizer of the prepared data (see megallm.train.pretrain.resolve_vocab).
+    # None: taken from the tokenizer of the prepared data (see megallm.cli.pretrain.resolve_vocab).
     vocab_size: Optional[int] = None
     tie_embeddings: bool = False
     rope_theta: float = 10000.0

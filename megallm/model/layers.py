@@ -42,9 +42,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from torch.utils.checkpoint import checkpoint
 
 from megallm.model.attention import causal_attention, masked_attention
 from megallm.model.config import RECOMPUTE_MODES

@@ -1,7 +1,7 @@
 """The Llama decoder as a flat list of layers: embedding, N transformer blocks, final norm, output.
 
 `layer_defs` is the one definition of the model. `LlamaModel` builds and runs the whole
-list in one process; the pipeline-parallel wrapper (megallm.parallel.pipeline) cuts the
+list in one process; the pipeline-parallel wrapper (megallm.engine.pipeline) cuts the
 same list into stages. Each layer takes one value and returns one, as DeepSpeed's
 pipeline passes them: token ids into the embedding, hidden states through the blocks,
 with the document ids alongside as a tuple when document masking is on
@@ -43,7 +43,6 @@ from megatron.core.tensor_parallel import (
 from megallm.model.config import ModelConfig, padded_vocab_size
 from megallm.model.layers import KVCache, RMSNorm, TransformerBlock, normal_init
 from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
-
 
 # Canonical parameters with one row per vocabulary entry (padded for TP inside the model;
 # trimmed to model.vocab_size in layout-free states and exports).

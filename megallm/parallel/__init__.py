@@ -1,1 +1,8 @@
-"""Process groups, the DeepSpeed configuration and memory estimates for a parallel layout."""
+"""Parallel layouts: the layout type, process groups, memory estimates, local worlds of ranks.
+
+- dims.py         ParallelDims: degrees, checks, each rank's coordinates, the printed form
+- distributed.py  torch.distributed + megatron-core groups (+ DeepSpeed comms) for a layout
+- topology.py     megatron-core's groups and DeepSpeed's topology agree; DeepSpeed's `mpu`
+- memory.py       estimated memory per rank (the dry run's table)
+- local_world.py  a function on N spawned CPU ranks, for tools that need a layout's processes
+"""

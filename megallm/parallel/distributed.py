@@ -2,17 +2,24 @@
 
 Backend nccl when CUDA is present, gloo otherwise. A plain `python launch/pretrain.py`
 (no torchrun) runs as a world of one. Nothing here reads global config: the layout is
-passed in and the resulting groups are returned in a `DistContext`.
+passed in and the resulting groups are described by the returned `DistContext`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+from megatron.core import parallel_state
+
+from megallm.parallel.dims import ParallelDims, RankCoordinates
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -23,10 +30,12 @@ class DistContext:
     local_world_size: int
     backend: str
     device: torch.device
-    tp: int
-    pp: int
-    dp: int
-    dp_rank: int
+    dims: ParallelDims
+
+    @property
+    def coords(self) -> RankCoordinates:
+        """This rank's tensor-, data- and pipeline-parallel ranks."""
+        return self.dims.coordinates(self.rank)
 
     @property
     def is_main(self) -> bool:
@@ -40,12 +49,14 @@ def free_port() -> int:
 
 
 def select_deepspeed_accelerator() -> None:
-    """DeepSpeed picks its accelerator at import: point it at the CPU when there is no CUDA."""
+    """DeepSpeed picks its accelerator when first imported: point it at the CPU when there is no CUDA
+    (else it guesses so itself, with a warning)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def init_distributed(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, deepspeed: bool = True) -> DistContext:
+def init_distributed(tp: int = 1, pp: int = 1, zero_stage: int = 0, timeout_minutes: int = 30,
+                     deepspeed: bool = True) -> DistContext:
     """Start (or join) the process group and build megatron-core's TP/DP/PP groups.
 
     deepspeed=False skips DeepSpeed's communication set-up (for work that builds no engine).
@@ -58,8 +69,7 @@ def init_distributed(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, deepsp
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if world % (tp * pp):
-        raise ValueError(f"world size {world} is not divisible by tp={tp} x pp={pp}")
+    dims = ParallelDims.for_world(world, tp, pp, zero_stage)
 
     if torch.cuda.is_available():
         backend, device = "nccl", torch.device("cuda", local_rank)
@@ -74,27 +84,38 @@ def init_distributed(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, deepsp
         torch.distributed.init_process_group(
             backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=timeout_minutes)
         )
-    from megatron.core import parallel_state
-
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
         )
+    megatron = RankCoordinates(tp=parallel_state.get_tensor_model_parallel_rank(),
+                               dp=parallel_state.get_data_parallel_rank(),
+                               pp=parallel_state.get_pipeline_model_parallel_rank())
+    if megatron != dims.coordinates(rank):
+        raise RuntimeError(f"rank {rank}: megatron-core's coordinates {megatron} differ from {dims}'s "
+                           f"{dims.coordinates(rank)}")
     if deepspeed:
-        import deepspeed as ds
+        import deepspeed as ds  # deferred: after select_deepspeed_accelerator (DeepSpeed reads it at import)
 
         ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    return DistContext(
-        rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
-        backend=backend, device=device, tp=tp, pp=pp, dp=world // (tp * pp),
-        dp_rank=parallel_state.get_data_parallel_rank(),
-    )
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
+                       backend=backend, device=device, dims=dims)
 
 
 def shutdown() -> None:
-    from megatron.core import parallel_state
-
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(tp: int = 1, pp: int = 1, zero_stage: int = 0, deepspeed: bool = True) -> Iterator[DistContext]:
+    """`init_distributed` for the block. On exit it shuts down what it started; a process group
+    that was up before (an enclosing world of one, as in tests) stays up."""
+    was_up = torch.distributed.is_initialized()
+    try:
+        yield init_distributed(tp, pp, zero_stage, deepspeed=deepspeed)
+    finally:
+        if not was_up:
+            shutdown()

@@ -11,7 +11,10 @@ gradient all-reduce and ZeRO partitioning run over the data-parallel group only.
 from __future__ import annotations
 
 import torch.distributed as dist
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core import parallel_state as ps
+
+from megallm.parallel.dims import ParallelDims
 
 
 class MegatronMpu:
@@ -33,10 +36,9 @@ class MegatronMpu:
     get_pipeline_model_parallel_world_size = staticmethod(ps.get_pipeline_model_parallel_world_size)
     get_pipeline_model_parallel_group = staticmethod(ps.get_pipeline_model_parallel_group)
 
-def deepspeed_topology(tp: int, pp: int, dp: int):
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-    return PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
+def deepspeed_topology(dims: ParallelDims) -> PipeModelDataParallelTopology:
+    return PipeModelDataParallelTopology(num_pp=dims.pp, num_mp=dims.tp, num_dp=dims.dp)
 
 
 def megatron_group_ranks() -> dict[str, list[int]]:

@@ -7,25 +7,36 @@ the original run's losses: steps 6-8 depend on Adam's moments and step count, so
 optimizer state travelled, not only the weights. The same checkpoint exports to a
 Hugging Face folder that transformers loads and that reproduces megallm's logits, and
 a Hugging Face folder imported under TP=2 reads back bit for bit.
+
+The export of the pipeline run starts the real tool (`python tools/convert_ckpt.py`);
+the other conversions call its `main` in this process, whose worlds of ranks fork from
+the server process this test session already started (megallm.parallel.local_world).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, run_pretrain
-from tests.integration.test_parallel_equality import MODEL
-from tests.integration.test_train_resume import records
-from tests.test_cli_errors import assert_one_line_error
+from megallm.cli.convert_ckpt import main as convert_main
+from megallm.files import partial_path
+from tests.helpers import (
+    SMALL_MODEL,
+    assert_one_line_error,
+    records,
+    run_main,
+    run_tool,
+    train,
+)
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+MODEL = [*SMALL_MODEL, "model.num_layers=4"]
 
 SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=2", "train.global_batch_tokens=256",
             "train.steps=8", "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1", "train.eval_every=0",
@@ -33,20 +44,20 @@ SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=
 RESUMED_STEPS = (5, 6, 7, 8)
 
 
-def convert(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / "convert_ckpt.py"), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+@pytest.fixture
+def convert(capsys):
+    """tools/convert_ckpt.py's main in this process: (exit code, stdout, stderr)."""
+    return lambda *args: run_main(convert_main, list(args), capsys)
 
 
 @pytest.fixture(scope="module")
 def padded_corpus(tmp_path_factory) -> Path:
     """Short standard-library modules, a 300-token vocabulary (padded for TP)."""
-    from megallm.data.plan import python_stdlib_files
     from megallm.data.prepare import prepare
+    from tests.helpers import short_stdlib_modules
 
     out = tmp_path_factory.mktemp("padded_corpus")
-    files = [p for p in python_stdlib_files() if 0 < p.stat().st_size < 400]
-    prepare(files, out, vocab_size=300, tokenizer_path=None, val_fraction=0.1, shard_tokens=5000,
+    prepare(short_stdlib_modules(), out, vocab_size=300, tokenizer_path=None, val_fraction=0.1, shard_tokens=5000,
             tokenizer_train_bytes=1 << 20, workers=1, log=lambda *_: None)
     return out
 
@@ -54,8 +65,8 @@ def padded_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pipeline_run(padded_corpus, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tp2pp2") / "run"
-    result = run_pretrain([*MODEL, *SCHEDULE, f"data.path={padded_corpus}", "+parallel=tp2pp2",
-                           f"run_dir={run_dir}"], nproc=4)
+    result = train([*MODEL, *SCHEDULE, f"data.path={padded_corpus}", "+parallel=tp2pp2", f"run_dir={run_dir}"],
+                   nproc=4)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -69,17 +80,17 @@ def step4(run_dir: Path) -> Path:
     (("--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 3), 2, ["+parallel=zero3"]),
 ], ids=["tp1", "dp2_zero3"])
 def test_resharded_checkpoint_resumes_with_the_original_losses(pipeline_run, padded_corpus, tmp_path, target, nproc,
-                                                               parallel):
+                                                               parallel, convert):
     out = tmp_path / "resharded"
     result = convert("reshard", step4(pipeline_run), out, *target)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not out.with_name("resharded.partial").exists()
+    assert not partial_path(out).exists()
     state = json.loads((out / "megallm_state.json").read_text())
     assert state["step"] == 4 and state["layout"]["dp"] == nproc and state["consumed_samples"] == 32
 
     resumed = tmp_path / "resumed"
-    result = run_pretrain([*MODEL, *SCHEDULE, f"data.path={padded_corpus}", *parallel, f"run_dir={resumed}",
-                           f"train.resume={out}"], nproc=nproc)
+    result = train([*MODEL, *SCHEDULE, f"data.path={padded_corpus}", *parallel, f"run_dir={resumed}",
+                    f"train.resume={out}"], nproc=nproc)
     assert result.returncode == 0, result.stderr[-3000:]
     original, after = records(pipeline_run, "train"), records(resumed, "train")
     assert sorted(after) == list(RESUMED_STEPS)
@@ -88,9 +99,10 @@ def test_resharded_checkpoint_resumes_with_the_original_losses(pipeline_run, pad
         assert after[step]["lr"] == pytest.approx(original[step]["lr"], rel=1e-9), step
 
 
-def test_export_from_pipeline_checkpoint_loads_in_transformers(pipeline_run, tmp_path):
+def test_export_from_pipeline_checkpoint_loads_in_transformers(pipeline_run, tmp_path, convert):
     out = tmp_path / "hf"
-    result = convert("export", pipeline_run, out, "--max-shard-size", "0.0002")  # newest checkpoint, several shards
+    # The real tool, a run folder (its newest checkpoint), several safetensors shards.
+    result = run_tool("convert_ckpt", "export", pipeline_run, out, "--max-shard-size", "0.0002")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reproduces megallm's logits" in result.stdout
     names = {p.name for p in out.iterdir()}
@@ -119,7 +131,8 @@ def test_export_from_pipeline_checkpoint_loads_in_transformers(pipeline_run, tmp
     assert result.returncode == 1 and "does not reproduce megallm's logits" in result.stderr
 
 
-def test_hugging_face_import_reads_back_bit_for_bit_and_continues_pretraining(pipeline_run, padded_corpus, tmp_path):
+def test_hugging_face_import_reads_back_bit_for_bit_and_continues_pretraining(pipeline_run, padded_corpus, tmp_path,
+                                                                             convert):
     from megallm.checkpoint.convert import read_model
     from megallm.checkpoint.hf import read_hf_folder
 
@@ -149,8 +162,8 @@ def test_hugging_face_import_reads_back_bit_for_bit_and_continues_pretraining(pi
                                               ("tp2", imported, 2, ["parallel.tp=2", "parallel.zero_stage=1"])):
         run_dir = tmp_path / f"continued_{name}"
         two_steps = [a for a in SCHEDULE if not a.startswith("train.steps=")] + ["train.steps=2"]
-        result = run_pretrain([*MODEL, *two_steps, f"data.path={padded_corpus}", *parallel,
-                               f"train.resume={checkpoint}", f"run_dir={run_dir}"], nproc=nproc)
+        result = train([*MODEL, *two_steps, f"data.path={padded_corpus}", *parallel,
+                        f"train.resume={checkpoint}", f"run_dir={run_dir}"], nproc=nproc)
         assert result.returncode == 0, result.stderr[-3000:]
         continued[name] = records(run_dir, "train")
     fresh_start = records(pipeline_run, "train")  # the same first batches, from random weights
@@ -160,7 +173,7 @@ def test_hugging_face_import_reads_back_bit_for_bit_and_continues_pretraining(pi
     assert continued["weights_only"][1]["loss"] < fresh_start[1]["loss"] - 0.3  # trained weights, not random
 
 
-def test_bad_input_is_one_line(pipeline_run, tmp_path):
+def test_bad_input_is_one_line(pipeline_run, tmp_path, convert):
     not_a_checkpoint = tmp_path / "empty"
     not_a_checkpoint.mkdir()
     assert_one_line_error(convert("export", not_a_checkpoint, tmp_path / "o1"), "is not a megallm checkpoint",
@@ -172,7 +185,7 @@ def test_bad_input_is_one_line(pipeline_run, tmp_path):
     lost.unlink()
     assert_one_line_error(convert("reshard", damaged, tmp_path / "o2", "--tp", 1, "--pp", 1, "--dp", 1,
                                   "--zero-stage", 0), "missing 1 of the", lost.name, prefix="convert_ckpt: error: ")
-    assert not (tmp_path / "o2").exists() and not (tmp_path / "o2.partial").exists()
+    assert not (tmp_path / "o2").exists() and not partial_path(tmp_path / "o2").exists()
 
     assert_one_line_error(convert("reshard", step4(pipeline_run), tmp_path / "o3", "--tp", 3, "--pp", 1, "--dp", 1,
                                   "--zero-stage", 0), "--tp=3 does not divide model.num_kv_heads=2",

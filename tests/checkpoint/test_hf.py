@@ -8,9 +8,15 @@ import json
 import pytest
 import torch
 
-from megallm.checkpoint.hf import ConversionError, from_hf_state_dict, read_hf_folder, to_hf_state_dict, write_hf_folder
+from megallm.checkpoint.hf import (
+    from_hf_state_dict,
+    read_hf_folder,
+    to_hf_state_dict,
+    write_hf_folder,
+)
+from megallm.errors import ConversionError
 from megallm.model.config import ModelConfig
-from megallm.model.llama import build_model
+from tests.helpers import canonical_weights, random_model, tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,38 +27,11 @@ CONFIGS = {  # vocab 300 is padded to 384 rows by megallm
 }
 
 
-def tiny_tokenizer(path):
-    """A 300-token BPE (with <|endoftext|>) trained on a line of code, saved at `path`."""
-    from megallm.data.tokenizer import train_bpe
-
-    tok = train_bpe(["def export(model):\n    return model.weights  # a tiny corpus\n" * 30], vocab_size=300)
-    tok.save(str(path))
-    return tok
-
-
-def random_model(cfg: ModelConfig, seed: int):
-    """A randomly initialised model whose norm weights are not all ones (untrained ones would hide mistakes)."""
-    model = build_model(cfg, seed=seed).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tiny_tokenizer(path)
     return path
-
-
-def canonical_weights(model, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-    for name in ("embedding.weight", "output.weight"):
-        if name in weights:
-            weights[name] = weights[name][: cfg.vocab_size]
-    return weights
 
 
 @pytest.mark.parametrize("shape", list(CONFIGS))

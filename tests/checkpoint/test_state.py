@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 
 from megallm.checkpoint.state import (
     STATE_FILE,
-    CheckpointError,
     RunState,
     check_compatible,
     find_resume_checkpoint,
 )
+from megallm.errors import CheckpointError
 
 
 def make_checkpoint(root, name, state=None):
@@ -42,7 +42,7 @@ def test_incompatible_checkpoints_are_refused(tmp_path):
                      tokenizer_sha256="abc", seq_len=64)
     check_compatible(saved, RunState(**{**asdict(saved), "model": {"name": "renamed", "num_layers": 2}}), tmp_path)
     with pytest.raises(CheckpointError, match=r"layout TP=1 x PP=1 x DP=2 ZeRO-1 but this run uses TP=1 x PP=1 x DP=4 ZeRO-1"):
-        check_compatible(saved, RunState(**{**asdict(saved), "layout": {**saved.layout, "dp": 4}}), tmp_path)
+        check_compatible(saved, RunState(**{**asdict(saved), "layout": replace(saved.layout, dp=4)}), tmp_path)
     with pytest.raises(CheckpointError, match="tokenizer abc"):
         check_compatible(saved, RunState(**{**asdict(saved), "tokenizer_sha256": "xyz"}), tmp_path)
     with pytest.raises(CheckpointError, match="train.seq_len=64"):

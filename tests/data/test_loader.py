@@ -4,8 +4,6 @@ processes, and damaged shards (an error naming the shard, or skipped and counted
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +15,9 @@ import torch.multiprocessing as mp
 from megallm.data.corpus import open_corpus
 from megallm.data.loader import TrainBatches, read_shard_windows
 from megallm.data.order import SampleOrder
-from megallm.data.shards import DataError, Manifest, write_shard
+from megallm.data.shards import Manifest, write_shard
+from megallm.errors import DataError
+from tests.helpers import run_ranks
 
 SEQ_LEN, MBS, STREAMS, WORKERS = 64, 2, 8, 2
 
@@ -64,12 +64,13 @@ def test_too_few_sequences_for_the_streams_is_an_error():
 
 
 # ---- ranks x workers over real processes ----------------------------------------------------------
-def _read_epoch(rank: int, world: int, port: int, corpus_dir: str, steps: int, out: str) -> None:
+def _read_epoch(corpus_dir: str, steps: int) -> dict:
+    """One rank (a process of tests.helpers.run_ranks) reading `steps` steps of 2 micro-batches."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     mp.set_start_method("fork", force=True)  # as under torchrun (a spawned rank would spawn its workers too)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
     batches = train_batches(Path(corpus_dir), dp_rank=rank, dp=world)
     seen, done = [], 0
     for _ in range(steps):  # in lockstep, as training: a rank that ran dry would stop the others
@@ -79,28 +80,22 @@ def _read_epoch(rank: int, world: int, port: int, corpus_dir: str, steps: int, o
         ranks_here = torch.ones(())
         dist.all_reduce(ranks_here)  # every rank finished this step
         done += int(ranks_here.item()) == world
-    gathered = [None] * world
-    dist.all_gather_object(gathered, {"rank": rank, "seen": seen, "steps": done})
-    if rank == 0:
-        Path(out).write_text(json.dumps(gathered))
     dist.destroy_process_group()
+    return {"rank": rank, "seen": seen, "steps": done}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
-def test_each_sample_of_an_epoch_is_read_once_by_ranks_and_workers(small_corpus, world, tmp_path):
+def test_each_sample_of_an_epoch_is_read_once_by_ranks_and_workers(small_corpus, world):
     """dp ranks x 2 workers (8 readers for world=4, more than the corpus's train shards:
     streams split shards at the sample level)."""
-    from megallm.parallel.distributed import free_port
-
     manifest = Manifest.load(small_corpus)
     if world == 4:
         assert len(manifest.splits["train"]) < world * WORKERS  # the case of more readers than shards
     order = SampleOrder([s.tokens for s in manifest.splits["train"]], SEQ_LEN, STREAMS, seed=7)
     per_step = world * MBS * 2
     steps = order.epoch_samples // per_step + 3  # past the end of the epoch
-    out = tmp_path / "seen.json"
-    mp.spawn(_read_epoch, args=(world, free_port(), str(small_corpus), steps, str(out)), nprocs=world, join=True)
-    gathered = json.loads(out.read_text())
+    gathered = run_ranks(world, _read_epoch, str(small_corpus), steps)
     assert [g["steps"] for g in gathered] == [steps] * world  # every rank took every step
     assert {len(g["seen"]) for g in gathered} == {steps * MBS * 2}
     seen = sorted(tuple(item) for g in gathered for item in g["seen"])

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megallm.data.prepare import main, prepare
+from megallm.cli.prepare_data import main
+from megallm.data.prepare import prepare
 from megallm.data.progress import Progress
 from megallm.data.shards import Manifest, file_sha256, read_documents
 from megallm.data.tokenizer import load_tokenizer, tokenizer_hash, train_bpe
 from megallm.data.units import UnitResult
-from tests.conftest import stdlib_subset
+from tests.helpers import stdlib_subset
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megallm.cli.validate_data import main
 from megallm.data.shards import Manifest, write_shard
 from megallm.data.tokenizer import train_bpe
-from megallm.data.validate import main
 
 
 def test_sound_corpus_passes_with_statistics(small_corpus, capsys):

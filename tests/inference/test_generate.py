@@ -4,21 +4,18 @@ the logits of the full (training) forward at every step, and the sampling filter
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from megallm.checkpoint.hf import ConversionError, read_hf_folder, write_hf_folder
-from megallm.inference.cli import main as cli_main
+from megallm.checkpoint.hf import read_hf_folder, write_hf_folder
+from megallm.cli.generate import main as cli_main
+from megallm.errors import ConversionError
 from megallm.inference.generate import CachedBatch, generate
 from megallm.inference.sampling import Sampling, next_tokens
-from megallm.inference.weights import model_from_weights
 from megallm.model.config import ModelConfig
-from tests.checkpoint.test_hf import canonical_weights, random_model, tiny_tokenizer
-from tests.conftest import REPO
+from megallm.model.weights import model_from_weights
+from tests.helpers import canonical_weights, random_model, run_tool, tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -140,15 +137,11 @@ def test_weights_missing_or_misshaped_are_named(exported):
     assert len(generate(model, [[1, 2, 3]], 4)[0]) == 4
 
 
+@pytest.mark.slow
 def test_tool_prints_transformers_tokens(exported, hf_model):
     folder, eos = exported
     prompt = "def export(model"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "generate.py"), str(folder), "--prompt", prompt,
-                             "--max-new-tokens", str(NEW), "--json"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = run_tool("generate", folder, "--prompt", prompt, "--max-new-tokens", NEW, "--json", timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]  # a library may print too
     assert len(lines) == 1, result.stdout

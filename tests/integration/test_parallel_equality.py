@@ -24,6 +24,10 @@ span an end of document. A run with masking switched off
 Also here: a checkpoint of a TP x PP run resumes under the same layout bit-identically,
 and resuming it under another layout stops with one line naming both layouts and the
 command that reshards it.
+
+The runs start launch/pretrain.py's `main` on gloo ranks forked from one server process
+(tests.helpers.train), which pays the imports once instead of once per rank;
+tests/integration/test_train_resume.py launches through torchrun.
 """
 
 from __future__ import annotations
@@ -34,13 +38,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_pretrain
-from tests.integration.test_train_resume import records, tree_digest
-from tests.test_cli_errors import assert_one_line_error
+from tests.helpers import (
+    SMALL_MODEL,
+    assert_one_line_error,
+    records,
+    train,
+    tree_digest,
+)
+
+pytestmark = pytest.mark.slow
 
 STEPS = 10
-MODEL = ["+model=tiny", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=4",
-         "model.num_kv_heads=2", "model.ffn_hidden_size=128"]
+MODEL = [*SMALL_MODEL, "model.num_layers=4"]
 # 8 sequences of 32 tokens per step: 4 micro-batches of 2 on one data-parallel rank, 2 on each of two.
 SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=2", "train.global_batch_tokens=256", f"train.steps={STEPS}",
             "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1", "train.eval_every=5", "train.eval_batches=2",
@@ -61,37 +70,24 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def short_documents(tmp_path_factory) -> Path:
-    """A corpus of the standard library's modules under 400 bytes (not empty: that is an input error)."""
-    from megallm.data.plan import python_stdlib_files
-    from megallm.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("short_documents")
-    files = [p for p in python_stdlib_files() if 0 < p.stat().st_size < 400]
-    prepare(files, out, vocab_size=512, tokenizer_path=None, val_fraction=0.05, shard_tokens=50_000,
-            tokenizer_train_bytes=1 << 20, log=lambda *_: None)
-    return out
-
-
-@pytest.fixture(scope="module")
 def runs(short_documents, tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
     common = [*MODEL, *SCHEDULE, f"data.path={short_documents}"]
 
-    def train(name: str, nproc: int, extra: list[str]):
-        result = run_pretrain([*common, *extra, f"run_dir={root / name}"], nproc=nproc)
+    def run(name: str, nproc: int, extra: list[str]):
+        result = train([*common, *extra, f"run_dir={root / name}"], nproc=nproc)
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
         return result
 
     out = {"root": root, "common": common}
-    out["single"] = train("single", 1, [])
-    out["single_untied"] = train("single_untied", 1, UNTIED)
-    out["single_unmasked"] = train("single_unmasked", 1, ["data.document_masking=false"])
+    out["single"] = run("single", 1, [])
+    out["single_untied"] = run("single_untied", 1, UNTIED)
+    out["single_unmasked"] = run("single_unmasked", 1, ["data.document_masking=false"])
     for name, (nproc, extra, _) in LAYOUTS.items():
-        out[name] = train(name, nproc, extra)
-    # The TP x PP run again, stopped after step 5's checkpoint and resumed.
-    train("tp2pp2_resumed", 4, [*LAYOUTS["tp2pp2"][1], "train.stop_at_step=5"])
-    out["tp2pp2_resumed"] = train("tp2pp2_resumed", 4, LAYOUTS["tp2pp2"][1])
+        out[name] = run(name, nproc, extra)
+    # The TP x PP run's step-5 checkpoint, resumed by new processes into another run folder.
+    step5 = root / "tp2pp2" / "checkpoints" / "step_00000005"
+    out["tp2pp2_resumed"] = run("tp2pp2_resumed", 4, [*LAYOUTS["tp2pp2"][1], f"train.resume={step5}"])
     return out
 
 
@@ -133,8 +129,8 @@ def test_document_masking_is_at_work(runs):
 
 
 def test_runs_report_their_layout(runs):
-    assert "TP=2 PP=2 DP=1 ZeRO-1" in runs["tp2pp2"].stdout
-    assert "TP=2 PP=1 DP=2 ZeRO-3" in runs["tp2dp2_zero3_untied"].stdout
+    assert "TP=2 x PP=2 x DP=1 ZeRO-1" in runs["tp2pp2"].stdout
+    assert "TP=2 x PP=1 x DP=2 ZeRO-3" in runs["tp2dp2_zero3_untied"].stdout
     assert "pipeline stages: 0: embedding, blocks 0-1 | 1: blocks 2-3, final_norm, output" in runs["pp2"].stdout
     state = json.loads((runs["root"] / "tp2pp2" / "checkpoints" / "step_00000010" / "megallm_state.json").read_text())
     assert state["layout"] == {"tp": 2, "pp": 2, "dp": 1, "zero_stage": 1}
@@ -145,7 +141,8 @@ def test_tp_pp_checkpoint_resumes_exactly(runs):
     root = runs["root"]
     assert "resumed from" in runs["tp2pp2_resumed"].stdout
     full, resumed = records(root / "tp2pp2", "train"), records(root / "tp2pp2_resumed", "train")
-    for step in range(1, STEPS + 1):
+    assert sorted(resumed) == list(range(6, STEPS + 1))
+    for step in resumed:
         assert resumed[step]["loss"] == full[step]["loss"], step  # bit-identical
         assert resumed[step]["grad_norm"] == full[step]["grad_norm"], step
     a, b = final_weights(root / "tp2pp2"), final_weights(root / "tp2pp2_resumed")
@@ -155,7 +152,7 @@ def test_tp_pp_checkpoint_resumes_exactly(runs):
 def test_resume_under_another_layout_is_refused(runs):
     run_dir = runs["root"] / "tp2pp2"
     before = tree_digest(run_dir / "checkpoints")
-    result = run_pretrain([*runs["common"], f"run_dir={run_dir}", "train.steps=12"])  # 1 rank: TP=1 PP=1
+    result = train([*runs["common"], f"run_dir={run_dir}", "train.steps=12"])  # 1 rank: TP=1 PP=1
     assert_one_line_error(result, "TP=2 x PP=2 x DP=1 ZeRO-1", "TP=1 x PP=1 x DP=1 ZeRO-0",
                           "python tools/convert_ckpt.py reshard", "--tp 1 --pp 1 --dp 1 --zero-stage 0")
     assert tree_digest(run_dir / "checkpoints") == before

@@ -2,23 +2,31 @@
 written, a stopped-and-resumed run equals an uninterrupted one exactly (the same token ids
 at every step after the resume, the same losses), also when it resumes on one rank instead
 of two, and a resume that does not fit the checkpoint stops with one line and leaves the
-checkpoint untouched."""
+checkpoint untouched.
+
+These runs start the real script as users do (torchrun, and plain python for one rank).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_pretrain
-from tests.test_cli_errors import assert_one_line_error
+from tests.helpers import (
+    SMALL_MODEL,
+    assert_one_line_error,
+    records,
+    run_pretrain,
+    train,
+    tree_digest,
+)
+
+pytestmark = pytest.mark.slow
 
 STEPS = 8
-SMALL_MODEL = ["+model=tiny", "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4",
-               "model.num_kv_heads=2", "model.ffn_hidden_size=128"]
 # 2 ranks x 2 sequences x 2 accumulation steps x 64 tokens.
 SCHEDULE = ["train.seq_len=64", "train.micro_batch_size=2", "train.global_batch_tokens=512",
             f"train.steps={STEPS}", "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1",
@@ -26,24 +34,10 @@ SCHEDULE = ["train.seq_len=64", "train.micro_batch_size=2", "train.global_batch_
             "data.trace_samples=true"]
 
 
-def records(run_dir: Path, kind: str) -> dict[int, dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
-
-
-def tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        digest.update(str(path.relative_to(folder)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def runs(small_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    common = [*SMALL_MODEL, *SCHEDULE, f"data.path={small_corpus}"]
+    common = [*SMALL_MODEL, "model.num_layers=2", *SCHEDULE, f"data.path={small_corpus}"]
     full = run_pretrain([*common, f"run_dir={root / 'full'}"], nproc=2)
     assert full.returncode == 0, full.stderr[-3000:]
     first = run_pretrain([*common, f"run_dir={root / 'resumed'}", "train.stop_at_step=3"], nproc=2)
@@ -138,8 +132,8 @@ def test_mismatched_resume_leaves_checkpoint_untouched(runs, tmp_path):
     before = tree_digest(run_dir / "checkpoints")
     other = tmp_path / "tok.json"
     train_bpe(["some other text " * 40], vocab_size=300).save(str(other))
-    bad_tokenizer = run_pretrain([*runs["common"], f"run_dir={run_dir}", f"data.tokenizer={other}"])
+    bad_tokenizer = train([*runs["common"], f"run_dir={run_dir}", f"data.tokenizer={other}"])
     assert_one_line_error(bad_tokenizer, "does not match corpus")
-    bad_model = run_pretrain([*runs["common"], f"run_dir={run_dir}", "model.num_layers=3", "train.steps=9"])
+    bad_model = train([*runs["common"], f"run_dir={run_dir}", "model.num_layers=3", "train.steps=9"])
     assert_one_line_error(bad_model, "holds a different model", "model.num_layers: saved 2 vs now 3")
     assert tree_digest(run_dir / "checkpoints") == before

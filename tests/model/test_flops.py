@@ -10,7 +10,7 @@ from megallm.parallel.memory import estimate_memory
 
 
 def load_model_config(name: str) -> ModelConfig:
-    from megallm.compose import compose_config
+    from megallm.config import compose_config
 
     cfg, _ = compose_config([f"+model={name}"])
     return cfg.model

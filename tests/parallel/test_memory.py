@@ -15,8 +15,9 @@ CFG = dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, ffn_hidde
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("pp", [1, 2, 4])
 def test_stage_parameters_match_built_layers(world_of_one, tied, pp):
-    from megallm.model.llama import layer_defs
     from megatron.core import parallel_state
+
+    from megallm.model.llama import layer_defs
 
     cfg = ModelConfig(**CFG, tie_embeddings=tied)
     defs = layer_defs(cfg, seed=0, tp_group=parallel_state.get_tensor_model_parallel_group())

@@ -15,10 +15,10 @@ hidden states are scattered). The test-only stand-ins live in this file.
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
-import torch.multiprocessing as mp
+
+from tests.helpers import run_ranks
 
 WORLD = 2
 EOS = 0
@@ -40,9 +40,7 @@ class _Finished:
         pass
 
 
-def _worker(rank: int, port: int, result_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker() -> list[str]:
     torch.cuda.current_device = lambda: "cpu"
     from megatron.core.tensor_parallel import layers, mappings
 
@@ -74,14 +72,10 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
             torch.testing.assert_close(grads_sp[name], grad, rtol=1e-5, atol=1e-7, msg=name)
         lines.append(f"tied={tied} loss={loss_sp:.6f} params={len(grads_sp)}")
     shutdown()
-    with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as f:
-        f.write("\n".join(lines))
+    return lines
 
 
-def test_sequence_parallel_matches_tensor_parallel(tmp_path):
-    from megallm.parallel.distributed import free_port
-
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    for rank in range(WORLD):
-        lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
+@pytest.mark.slow
+def test_sequence_parallel_matches_tensor_parallel():
+    for lines in run_ranks(WORLD, _worker):
         assert [line.split()[0] for line in lines] == ["tied=True", "tied=False"]

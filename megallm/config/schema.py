@@ -1,10 +1,10 @@
-"""RunConfig: the typed Hydra schema for a training run, and its checks.
+"""RunConfig: the typed Hydra schema for a training run.
 
-Each concern owns a dataclass (the model's lives in megallm.model.llama); `RunConfig`
+Each concern owns a dataclass (the model's lives in megallm.model.config); `RunConfig`
 nests them. Hydra merges `conf/config.yaml` and the chosen `conf/model/*.yaml` onto this
-schema, so an unknown key or a value of the wrong type fails at composition, and
-`check_config` rejects values that are well-typed but inconsistent before any process
-group starts.
+schema (megallm.config.compose), so an unknown key or a value of the wrong type fails
+at composition; megallm.config.checks rejects values that are well-typed but
+inconsistent before any process group starts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from megallm.model.config import RECOMPUTE_MODES, ModelConfig
+from megallm.model.config import ModelConfig
+from megallm.parallel.dims import ParallelDims
 
 
 @dataclass
@@ -33,6 +34,10 @@ class ParallelConfig:
     sequence_parallel: bool = False
     # How pipeline stages are cut: "layers" balances transformer blocks, "parameters" balances parameter counts.
     pipeline_partition: str = "layers"
+
+    def dims(self, world_size: int) -> ParallelDims:
+        """The layout of `world_size` ranks (checked by megallm.config.checks first)."""
+        return ParallelDims.for_world(world_size, self.tp, self.pp, self.zero_stage)
 
 
 @dataclass
@@ -56,7 +61,7 @@ class TrainConfig:
     global_batch_tokens: int = 524288  # tokens per optimizer step over all data-parallel ranks
     micro_batch_size: int = 4  # sequences per rank per forward pass
     seed: int = 1234
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32; see resolved_precision
     eval_every: int = 200  # steps between held-out evaluations; 0 disables
     # Micro-batches per evaluation over all data-parallel ranks (rounded up to a multiple of their
     # number): the same held-out sequences for every layout, so val_loss compares across runs.
@@ -131,88 +136,8 @@ class RunConfig:
     run_dir: str = "runs/default"  # metrics, checkpoints and the resolved config go here
 
 
-class ConfigError(ValueError):
-    """A configuration mistake the user can fix; its message is one line saying how."""
-
-
-def batch_layout(train: TrainConfig, dp: int) -> tuple[int, int]:
-    """(sequences per optimizer step, gradient-accumulation steps) for `dp` data-parallel ranks."""
-    per_pass = train.seq_len * train.micro_batch_size * dp
-    if train.global_batch_tokens % per_pass:
-        raise ConfigError(
-            f"train.global_batch_tokens={train.global_batch_tokens} is not a multiple of "
-            f"seq_len x micro_batch_size x data-parallel ranks = {train.seq_len} x "
-            f"{train.micro_batch_size} x {dp} = {per_pass}; pick a multiple of {per_pass}"
-        )
-    return train.global_batch_tokens // train.seq_len, train.global_batch_tokens // per_pass
-
-
-def check_config(cfg: RunConfig, world_size: int) -> None:
-    """Raise ConfigError for the first inconsistent value (types are Hydra's job)."""
-    problems = list(cfg.model.check())
-    p = cfg.parallel
-    if p.zero_stage not in (0, 1, 2, 3):
-        problems.append(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
-    problems += _layout_problems(cfg, world_size)
-    t = cfg.train
-    for name in ("steps", "seq_len", "global_batch_tokens", "micro_batch_size"):
-        if getattr(t, name) <= 0:
-            problems.append(f"train.{name} must be positive, got {getattr(t, name)}")
-    if t.activation_checkpointing not in RECOMPUTE_MODES:
-        problems.append(f"train.activation_checkpointing must be none, full or selective, "
-                        f"got {t.activation_checkpointing!r}")
-    if t.precision not in ("auto", "bf16", "fp32"):
-        problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
-    if t.stop_at_step < 0 or t.stop_at_step > t.steps:
-        problems.append(f"train.stop_at_step={t.stop_at_step} must be between 0 and train.steps={t.steps}")
-    if cfg.optim.warmup_steps < 0 or not 0 <= cfg.optim.min_lr_ratio <= 1:
-        problems.append("optim.warmup_steps must be >= 0 and optim.min_lr_ratio within [0, 1]")
-    d = cfg.data
-    if d.streams < 1 or d.num_workers < 0 or d.prefetch < 1:
-        problems.append(f"data.streams and data.prefetch must be >= 1 and data.num_workers >= 0, got "
-                        f"streams={d.streams} prefetch={d.prefetch} num_workers={d.num_workers}")
-    if cfg.logging.wandb.mode not in ("offline", "online", "disabled"):
-        problems.append(f"logging.wandb.mode must be offline, online or disabled, got {cfg.logging.wandb.mode!r}")
-    if problems:
-        raise ConfigError(problems[0])
-    batch_layout(t, planned_world_size(cfg, world_size) // (p.tp * p.pp))
-
-
-def planned_world_size(cfg: RunConfig, world_size: int) -> int:
-    """The ranks the run is for: this launch's, or train.dry_run_world_size in a dry run."""
-    if cfg.train.dry_run and cfg.train.dry_run_world_size:
-        return cfg.train.dry_run_world_size
-    return world_size
-
-
-def _layout_problems(cfg: RunConfig, world_size: int) -> list[str]:
-    """What stops this parallel layout, before any process group starts."""
-    p, m = cfg.parallel, cfg.model
-    if p.tp < 1 or p.pp < 1:
-        return [f"parallel.tp and parallel.pp must be >= 1, got tp={p.tp} pp={p.pp}"]
-    problems = []
-    if p.tp > 1:
-        if m.num_kv_heads % p.tp:
-            problems.append(
-                f"parallel.tp={p.tp} does not divide model.num_kv_heads={m.num_kv_heads}: each tensor-parallel "
-                f"rank must own whole key/value heads; use a tp that divides {m.num_kv_heads}")
-        if m.num_heads % p.tp or m.ffn_hidden_size % p.tp:
-            problems.append(f"parallel.tp={p.tp} must divide model.num_heads={m.num_heads} and "
-                            f"model.ffn_hidden_size={m.ffn_hidden_size}")
-    if p.pp > m.num_layers:
-        problems.append(f"parallel.pp={p.pp} is more stages than model.num_layers={m.num_layers}")
-    if p.pp > 1 and p.zero_stage >= 2:
-        problems.append(
-            f"parallel.zero_stage={p.zero_stage} cannot be combined with parallel.pp={p.pp}: DeepSpeed's pipeline "
-            "engine accumulates gradients over micro-batches itself, which ZeRO-2/3 gradient partitioning does "
-            "not support; use parallel.zero_stage=1 (or 0) with pipeline parallelism")
-    if p.sequence_parallel and p.tp == 1:
-        problems.append("parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over "
-                        "the tensor-parallel ranks)")
-    if p.pipeline_partition not in ("layers", "parameters"):
-        problems.append(f"parallel.pipeline_partition must be layers or parameters, got {p.pipeline_partition!r}")
-    world = planned_world_size(cfg, world_size)
-    if world % (p.tp * p.pp):
-        problems.append(f"{world} rank(s) cannot be split into parallel.tp x parallel.pp = {p.tp} x {p.pp} "
-                        f"groups; launch a multiple of {p.tp * p.pp} ranks or change the layout")
-    return problems
+def resolved_precision(precision: str, on_gpu: bool) -> str:
+    """train.precision with "auto" resolved: bf16 on GPUs, fp32 on CPUs."""
+    if precision == "auto":
+        return "bf16" if on_gpu else "fp32"
+    return precision

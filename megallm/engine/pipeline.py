@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
-from megallm.model.llama import LayerDef, lm_loss
 from megallm.model.layers import TransformerBlock
+from megallm.model.llama import LayerDef, lm_loss
 
 PARTITION_METHODS = {"layers": f"type:{TransformerBlock.__name__}", "parameters": "parameters"}
 

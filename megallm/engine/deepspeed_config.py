@@ -5,13 +5,6 @@ from __future__ import annotations
 from megallm.config import RunConfig, batch_layout
 
 
-def resolve_precision(precision: str, on_gpu: bool) -> str:
-    """"auto" means bf16 on GPUs and fp32 on CPUs."""
-    if precision == "auto":
-        return "bf16" if on_gpu else "fp32"
-    return precision
-
-
 def zero_config(cfg: RunConfig) -> dict:
     """ZeRO settings. Communication buckets scale with the model, as the Hugging Face Trainer's
     "auto" values do (h^2 elements): DeepSpeed's fixed defaults (5e8 elements per reduce

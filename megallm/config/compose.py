@@ -13,10 +13,18 @@ import difflib
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
-from megallm.config import ConfigError, RunConfig
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(os.environ.get("MEGALLM_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+from megallm.config.schema import RunConfig
+from megallm.errors import ConfigError
+
+CONF_DIR = Path(os.environ.get("MEGALLM_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 
 
 def available(group: str) -> list[str]:
@@ -30,14 +38,10 @@ def _size_key(name: str):
 
 
 def _register_schema() -> None:
-    from hydra.core.config_store import ConfigStore
-
     ConfigStore.instance().store(name="megallm_schema", node=RunConfig)
 
 
 def _known_keys(node_path: str) -> list[str]:
-    from omegaconf import OmegaConf
-
     node = OmegaConf.structured(RunConfig)
     for part in [p for p in node_path.split(".") if p]:
         node = node.get(part) if part in node else None
@@ -72,11 +76,6 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
 
 def compose_config(overrides: list[str]):
     """Compose and type-check; returns (RunConfig, resolved YAML text)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     _register_schema()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -85,8 +84,15 @@ def compose_config(overrides: list[str]):
             raise ConfigError(f"no model chosen: add +model=NAME, NAME one of {', '.join(available('model'))}")
         yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
         run_config = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     return run_config, yaml_text
+
+
+def config_from_yaml(config_yaml: str, overrides: Optional[dict] = None) -> tuple[RunConfig, str]:
+    """A RunConfig from resolved YAML (a checkpoint's config.yaml) with `overrides`
+    ({dotted key: value}) applied; returns it and its YAML."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(config_yaml))
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(merged, key, value)
+    return OmegaConf.to_object(merged), OmegaConf.to_yaml(merged)

@@ -1,11 +1,10 @@
 """`tools/generate.py`: complete prompts with a megallm checkpoint or a Hugging Face Llama folder.
 
 Reads the model (megallm.checkpoint.convert.read_model: a Hugging Face folder, or a
-megallm checkpoint of any layout), encodes each prompt with the
-model's tokenizer, puts the end-of-document token in front of it (megallm's
-documents start after one; --no-bos to skip), generates with the KV cache
-(megallm.inference.generate) and prints prompt + completion on stdout, tokens/s on
-stderr. A problem the user can fix is one line `generate: error: ...`, exit code 2.
+megallm checkpoint of any layout), encodes each prompt with the model's tokenizer,
+puts the end-of-document token in front of it (megallm's documents start after one;
+--no-bos to skip), generates with the KV cache (megallm.inference.generate) and prints
+prompt + completion on stdout, tokens/s on stderr. A problem the user can fix is one line `generate: error: ...`, exit code 2.
 """
 
 from __future__ import annotations
@@ -19,17 +18,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
+from megallm.cli import run_command
+from megallm.data.tokenizer import EOS_TOKEN, load_tokenizer
+from megallm.errors import UsageError
+from megallm.files import TOKENIZER_FILE
 
-from megallm.checkpoint.hf import ConversionError
-from megallm.checkpoint.state import TOKENIZER_FILE, CheckpointError
-from megallm.data.shards import DataError
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-class UsageError(ValueError):
-    """A command line that cannot be run as given; one line saying why."""
+PROG = "generate"
+DTYPES = ("fp32", "bf16")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,19 +77,21 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return run(args)
-    except (UsageError, ConversionError, CheckpointError, DataError) as exc:
-        print(f"generate: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(PROG, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    from megallm.data.tokenizer import EOS_TOKEN, load_tokenizer
+    # deferred: torch, megatron-core and DeepSpeed take ~6 s to import; usage errors need not wait
+    import torch
+
+    from megallm.parallel.distributed import distributed, select_deepspeed_accelerator
+
+    select_deepspeed_accelerator()
+    # deferred: these import DeepSpeed, which reads the accelerator chosen just above
+    from megallm.checkpoint.convert import read_model
     from megallm.inference.generate import GenerationStats, generate
     from megallm.inference.sampling import Sampling
-    from megallm.inference.weights import model_from_weights
-    from megallm.parallel.distributed import init_distributed, shutdown
+    from megallm.model.weights import model_from_weights
 
     prompts = read_prompts(args)
     try:
@@ -103,11 +100,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc).replace("top_", "--top-").replace("temperature", "--temperature")) from None
     if args.max_new_tokens < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
         raise UsageError("--max-new-tokens, --batch-size and --threads must be >= 1")
-    device = torch.device(pick_device(args.device))
+    device = torch.device(pick_device(args.device, torch.cuda.is_available()))
 
     start = time.perf_counter()
+    if not args.source.exists():
+        raise UsageError(f"{args.source} does not exist")
     with stdout_to_stderr():  # stdout holds completions only (DeepSpeed prints there reading a checkpoint)
-        weights, cfg, tokenizer_file = read_source(args.source)  # before the process group: it may start ranks
+        weights, cfg, tokenizer_file = read_model(args.source)  # before the process group: it may start ranks
     tokenizer_file = args.tokenizer or tokenizer_file
     if tokenizer_file is None:
         raise UsageError(f"no {TOKENIZER_FILE} found with {args.source}; pass --tokenizer FILE")
@@ -116,11 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if eos is None and not args.no_bos:
         raise UsageError(f"the tokenizer has no {EOS_TOKEN} token to put before the prompts; pass --no-bos")
 
-    init_distributed(deepspeed=False)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        model = model_from_weights(weights, cfg, device, DTYPES[args.dtype])
+    with distributed(deepspeed=False):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = model_from_weights(weights, cfg, device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
         del weights
         params = sum(p.numel() for p in model.parameters())
         print(f"generate: {args.source}: {params / 1e6:.1f}M parameters on {device}, {args.dtype}, "
@@ -134,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
                            stats=stats)
             for i, (ids, new_ids) in enumerate(zip(batch, new)):
                 print_completion(args, first + i, prompts[first + i], ids, new_ids, tok.decode(new_ids))
-    finally:
-        shutdown()
     print(f"generate: prefill {stats.prompt_tokens} tokens in {stats.prefill_seconds:.3f} s "
           f"({stats.prefill_tokens_per_second:,.0f} tokens/s); decode {stats.decode_tokens} tokens in "
           f"{stats.decode_seconds:.3f} s ({stats.decode_tokens_per_second:,.0f} tokens/s)", file=sys.stderr)
@@ -171,10 +167,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def pick_device(choice: str) -> str:
+def pick_device(choice: str, cuda_available: bool) -> str:
     if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available else "cpu"
+    if choice == "cuda" and not cuda_available:
         raise UsageError("--device cuda: no CUDA device is available (this torch build or machine has none)")
     return choice
 
@@ -191,12 +187,3 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def read_source(source: Path):
-    """(canonical weights, ModelConfig, tokenizer file or None) of a checkpoint or Hugging Face folder."""
-    from megallm.checkpoint.convert import read_model
-
-    if not source.exists():
-        raise UsageError(f"{source} does not exist")
-    return read_model(source)

@@ -1,7 +1,7 @@
 """Canonical weights -> a `LlamaModel` ready for generation.
 
 Canonical weights are `LlamaModel.named_parameters()` names with the vocabulary rows
-trimmed to `model.vocab_size` (megallm.checkpoint.consolidate writes them,
+trimmed to `model.vocab_size` (megallm.checkpoint.portable gathers them from any layout,
 megallm.checkpoint.hf reads them from a Hugging Face folder). The model is built on the
 meta device (nothing initialised), allocated on the target device and filled tensor by
 tensor; the padded vocabulary rows are zero.
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from megallm.checkpoint.hf import ConversionError
+from megallm.errors import ConversionError
 from megallm.model.config import ModelConfig
 from megallm.model.layers import RotaryEmbedding, rotary_frequencies
 from megallm.model.llama import VOCAB_PARAMETERS, LlamaModel, build_model
-
 
 
 def model_from_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, device: str | torch.device = "cpu",
@@ -24,7 +23,7 @@ def model_from_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, devic
 
     Needs the tensor-parallel group of a world of one
     (megallm.parallel.distributed.init_distributed(deepspeed=False)). Raises
-    ConversionError (a ValueError) naming the first missing, unexpected or mis-shaped tensor.
+    ConversionError naming the first missing, unexpected or mis-shaped tensor.
     """
     problems = cfg.check()
     if problems:

@@ -1,4 +1,4 @@
-"""The DeepSpeed engine for a run's layout, behind the few calls the training loop makes.
+"""The DeepSpeed engine for a run's layout, behind the calls the loop and the checkpoints make.
 
 - pp == 1: `LlamaModel` (megatron-core TP layers inside) in a `DeepSpeedEngine`, given
   `MegatronMpu` so gradients are averaged, and ZeRO partitions, over the data-parallel
@@ -13,25 +13,41 @@ Gradient clipping: DeepSpeed clips inside ZeRO and bf16 optimizers and reports t
 Without ZeRO in fp32 it clips in `clip_fp32_gradients` and discards the norm, and under
 pipeline parallelism counts only the first stage's replicated weights; there megallm
 clips itself (`clip_gradients`) and keeps the norm.
+
+State: `save` / `load` write and read this rank's DeepSpeed files (weights, optimizer,
+LR schedule); `master` / `set_master` and the optimizer accessors below them give
+conversions (megallm.checkpoint.portable) each parameter's fp32 master and Adam state
+whatever the ZeRO stage. DeepSpeed's private details stay in deepspeed_internals.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 from typing import Iterator, Optional
 
+import deepspeed
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megallm.config import RunConfig
+from megallm.engine import deepspeed_internals as internals
+from megallm.engine.deepspeed_config import deepspeed_config
+from megallm.engine.pipeline import build_pipeline, canonical_name
+from megallm.errors import CheckpointError
 from megallm.model.llama import LayerDef, LlamaModel, layer_defs
 from megallm.model.packing import document_ids, with_doc_ids
+from megallm.optim.adamw import build_optimizer, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
-from megallm.parallel.ds_config import deepspeed_config
-from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
-from megallm.train.optim import build_optimizer
+from megallm.parallel.topology import (
+    MegatronMpu,
+    check_topology_agreement,
+    deepspeed_topology,
+)
+
+ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -39,12 +55,12 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
     Each weight counts once: tensor-parallel shards on every TP rank, replicated weights
     on TP rank 0, and a tied weight only on the stage that owns it (DeepSpeed marks the
-    other copy `ds_pipe_replicated`). Call after the data-parallel gradient reduction.
+    other copy). Call after the data-parallel gradient reduction.
     """
     tp_rank = ps.get_tensor_model_parallel_rank()
     squares = torch.zeros((), dtype=torch.float32, device=params[0].device)
     for p in params:
-        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
+        if p.grad is None or internals.pipe_replicated(p):
             continue
         if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
             squares += p.grad.detach().float().pow(2).sum()
@@ -67,43 +83,37 @@ class ParallelEngine:
     """
 
     def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, eos_id: Optional[int] = None):
-        import deepspeed
-
-        self.ctx, self.pipelined, self.eos_id = ctx, ctx.pp > 1, eos_id
+        self.ctx, self.dims, self.pipelined, self.eos_id = ctx, ctx.dims, ctx.dims.pp > 1, eos_id
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.defs: list[LayerDef] = layer_defs(
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
             recompute=cfg.train.activation_checkpointing, sequence_parallel=cfg.parallel.sequence_parallel,
         )
-        ds_config = deepspeed_config(cfg, ctx.dp, precision)
-        topology = deepspeed_topology(ctx.tp, ctx.pp, ctx.dp)
+        ds_config = deepspeed_config(cfg, self.dims.dp, precision)
+        topology = deepspeed_topology(self.dims)
         check_topology_agreement(topology, ctx.rank)
         if self.pipelined:
-            from megallm.parallel.pipeline import build_pipeline
-
             module, mpu = build_pipeline(self.defs, topology, cfg.parallel.pipeline_partition, ctx.is_main), None
         else:
             mpu = MegatronMpu()
-            with self._partitioned_at_construction(cfg, ds_config, mpu):
+            with self._partitioned_at_construction(ds_config, mpu):
                 module = LlamaModel(cfg.model, self.defs).to(ctx.device)
-        optimizer, scheduler = build_optimizer(module, cfg.optim, cfg.train.steps)
+        optimizer, scheduler = build_optimizer(
+            param_groups(module, cfg.optim.weight_decay, internals.full_shape), cfg.optim, cfg.train.steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, mpu=mpu, config=ds_config,
             dist_init_required=False,
         )
-        self.clips_itself = cfg.parallel.zero_stage == 0 and precision == "fp32"
+        self.clips_itself = self.dims.zero_stage == 0 and precision == "fp32"
         self._grad_norm: Optional[float] = None
-        if self.clips_itself:  # DeepSpeed calls this at the step boundary when gradient_clipping > 0
-            self.engine.clip_fp32_gradients = self._clip
+        if self.clips_itself:
+            internals.replace_fp32_clipping(self.engine, self._clip)
 
-    @staticmethod
-    def _partitioned_at_construction(cfg: RunConfig, ds_config: dict, mpu):
+    def _partitioned_at_construction(self, ds_config: dict, mpu):
         """Under ZeRO-3 each layer's weights are partitioned as soon as it is built
         (`deepspeed.zero.Init`), so no rank ever holds the whole model."""
-        if cfg.parallel.zero_stage != 3:
+        if self.dims.zero_stage != 3:
             return contextlib.nullcontext()
-        import deepspeed
-
         return deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu,
                                    data_parallel_group=ps.get_data_parallel_group())
 
@@ -117,6 +127,7 @@ class ParallelEngine:
 
     @property
     def learning_rate(self) -> float:
+        """The LR the next optimizer step applies."""
         return self.scheduler.get_last_lr()[0]
 
     # ---- steps: `micro_batches` are token windows [mbs, seq_len + 1] -------------------------
@@ -139,7 +150,7 @@ class ParallelEngine:
         """One optimizer step; returns this data-parallel replica's mean loss (no communication)."""
         if self.pipelined:
             self.engine.train_batch(self._pipeline_batches(micro_batches))
-            return self.engine.dp_group_loss.double()
+            return internals.pipeline_loss(self.engine).double()
         total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
         for batch in micro_batches:
             loss = self._loss(batch)
@@ -163,19 +174,90 @@ class ParallelEngine:
     def mean_over_data_parallel(self, value: torch.Tensor) -> float:
         value = value.detach().clone().to(torch.float64)
         dist.all_reduce(value, group=ps.get_data_parallel_group())
-        return value.item() / self.ctx.dp
+        return value.item() / self.dims.dp
 
     def max_over_ranks(self, value: float) -> float:
         tensor = torch.tensor(float(value), dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor.item()
 
-    def canonical_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        """(single-process name, this rank's parameter) for every parameter held here."""
-        if self.pipelined:
-            from megallm.parallel.pipeline import canonical_name
+    # ---- state --------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Collective: write this rank's DeepSpeed files (weights, optimizer, LR schedule) into `folder`."""
+        self.engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
 
-            for name, p in self.engine.module.named_parameters():
-                yield canonical_name(name, self.defs), p
-        else:
-            yield from self.engine.module.named_parameters()
+    def load(self, folder: Path, untrained: bool = False) -> None:
+        """Collective: read what `save` wrote into `folder`, which must be of this engine's layout.
+
+        untrained: a checkpoint that has not trained yet (step 0, e.g. imported): take its weights
+        and optimizer state but keep this run's optimizer hyperparameters and LR schedule."""
+        kept = keep_run_settings(self.optimizer, self.scheduler) if untrained else contextlib.nullcontext()
+        with kept:
+            loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load {folder}: a rank's shard is missing or unreadable")
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch AdamW (under DeepSpeed's ZeRO or bf16 wrapper, if any)."""
+        return internals.torch_optimizer(self.engine)
+
+    def canonical_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """(single-process name, this rank's parameter) for every parameter held here, the same
+        order on every rank of a stage."""
+        for name, p in self.engine.module.named_parameters():
+            yield (canonical_name(name, self.defs) if self.pipelined else name), p
+
+    def master(self, param: torch.nn.Parameter, adam_key: Optional[str] = None) -> torch.Tensor:
+        """The fp32 master (adam_key None) or Adam state `adam_key` of this rank's tensor-parallel
+        shard of `param`, whole over the data-parallel ranks (collective under ZeRO)."""
+        value = internals.read_master(param, adam_key, self.optimizer)
+        return value.detach().float().reshape(internals.full_shape(param))
+
+    def set_master(self, param: torch.nn.Parameter, adam_key: Optional[str], value: torch.Tensor) -> None:
+        """Inverse of `master`: every data-parallel rank passes the same `value` (collective under ZeRO)."""
+        value = value.to(device=param.device, dtype=torch.float32).reshape(internals.full_shape(param))
+        internals.write_master(param, adam_key, value, self.optimizer)
+
+    def full_shape(self, param: torch.nn.Parameter) -> torch.Size:
+        return internals.full_shape(param)
+
+    def has_adam_state(self) -> bool:
+        """Whether the optimizer has taken a step (Adam's state exists) on every rank (collective)."""
+        state = self.optimizer.state
+        flag = torch.tensor([1.0 if state and all(ADAM_KEYS[0] in s for s in state.values()) else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def prepare_adam_state_access(self) -> None:
+        """Before reading Adam state per parameter: connect ZeRO's fragments to it."""
+        internals.link_fragments_to_adam_state(self.engine)
+
+    def create_adam_state(self, step: int) -> None:
+        """Adam's state (zeros, `step` taken) for every tensor the optimizer updates, as its first
+        step would create it, so that `set_master` can overwrite it parameter by parameter."""
+        for p in internals.optimized_tensors(self.engine):
+            self.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(p),
+                                       "exp_avg_sq": torch.zeros_like(p)}
+        internals.link_fragments_to_adam_state(self.engine)
+
+    @property
+    def optimizer_step(self) -> int:
+        """Adam's step count (its bias correction), 0 before the first step."""
+        for entry in self.optimizer.state.values():
+            if "step" in entry:
+                return int(entry["step"])
+        return 0
+
+    def set_learning_rate(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @property
+    def step_counters(self) -> dict:
+        """DeepSpeed's own step and sample counts (its LR schedule and logs use them)."""
+        return internals.step_counters(self.engine)
+
+    def set_step_counters(self, counters: dict) -> None:
+        internals.set_step_counters(self.engine, counters)

@@ -1,0 +1,42 @@
+"""The entry logic of `launch/` and `tools/`: each module parses its command line and calls the library.
+
+`launch/pretrain.py` and `tools/*.py` are three-line scripts that call a `main` here:
+
+- pretrain.py       launch/pretrain.py: compose and check the config, dry-run or train
+- convert_ckpt.py   tools/convert_ckpt.py: export, import, reshard, verify, info
+- generate.py       tools/generate.py: complete prompts from a checkpoint or Hugging Face folder
+- prepare_data.py   tools/prepare_data.py: text -> token shards
+- validate_data.py  tools/validate_data.py: check a prepared corpus
+
+An error a user can fix (megallm.errors.MegallmError) becomes one line
+`PROG: error: MESSAGE` on stderr and the error's exit code, here in `report`; anything
+else is a bug and keeps its traceback. Heavy libraries (torch, megatron-core,
+DeepSpeed: ~6 s per process) are imported inside the commands that need them, so that
+a mistake on the command line is reported in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from megallm.errors import MegallmError
+
+
+def report(prog: str, error: MegallmError, every_rank: bool = False) -> int:
+    """Print `error` as one line and return its exit code. Under a launcher only rank 0 speaks,
+    unless `every_rank` (a problem one rank may have alone, such as its shard)."""
+    rank = int(os.environ.get("RANK", 0))
+    if every_rank or rank == 0:
+        where = f"[rank {rank}] " if every_rank else ""
+        print(f"{prog}: error: {where}{error}", file=sys.stderr, flush=True)
+    return error.exit_code
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """`command()`'s exit code, or `report`'s for a MegallmError it raises."""
+    try:
+        return command()
+    except MegallmError as error:
+        return report(prog, error)

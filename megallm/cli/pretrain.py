@@ -1,0 +1,106 @@
+"""`launch/pretrain.py`: compose and check the config, then dry-run or train.
+
+Everything that can be checked without a process group (config, corpus, tokenizer,
+vocabulary) is checked first, so mistakes cost a second, not a cluster allocation.
+Errors a user can fix end the program with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Optional
+
+from megallm.cli import report
+from megallm.config import (
+    ConfigError,
+    RunConfig,
+    available,
+    check_config,
+    compose_config,
+)
+from megallm.data.corpus import Corpus, open_corpus
+from megallm.errors import DataError, MegallmError
+
+PROG = "megallm"
+USAGE = """usage: torchrun [--nproc_per_node N] launch/pretrain.py +model=NAME [key=value ...] [--cfg]
+
+Pretrain a Llama-style model. NAME is one of: {models}.
+Overrides use Hydra syntax, e.g. train.steps=2000 parallel.zero_stage=2 data.path=data/mycorpus.
+  train.dry_run=true   build on the meta device and print parameters, FLOPs and memory per rank
+  --cfg                print the composed config (every key) and exit
+Keys and their meaning: megallm/config/schema.py; model shapes: conf/model/."""
+
+
+def resolve_vocab(cfg: RunConfig, corpus_vocab: int) -> None:
+    model = cfg.model
+    if model.vocab_size is None:
+        model.vocab_size = corpus_vocab
+    elif model.vocab_size < corpus_vocab:
+        raise ConfigError(
+            f"model.vocab_size={model.vocab_size} is smaller than the corpus tokenizer's {corpus_vocab} tokens; "
+            f"set model.vocab_size={corpus_vocab} (or null to follow the tokenizer)"
+        )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE.format(models=", ".join(available("model"))))
+        return 0
+    print_cfg = "--cfg" in argv
+    overrides = [a for a in argv if a != "--cfg"]
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|tp_group is None).*")
+    try:
+        cfg, config_yaml = compose_config(overrides)
+        if print_cfg:
+            print(config_yaml)
+            return 0
+        check_config(cfg, world_size)
+        corpus = None
+        if not (cfg.train.dry_run and cfg.model.vocab_size is not None):
+            corpus = open_corpus(cfg.data.path, cfg.data.tokenizer, (cfg.data.train_split, cfg.data.val_split))
+            resolve_vocab(cfg, corpus.manifest.vocab_size)
+        if cfg.train.dry_run:
+            return _dry_run(cfg, world_size)
+        return _train(cfg, config_yaml, corpus)
+    except MegallmError as error:
+        return report(PROG, error)
+
+
+def _dry_run(cfg: RunConfig, world_size: int) -> int:
+    # deferred: torch and megatron-core, ~5 s of imports that config mistakes should not wait for
+    from megallm.train.dry_run import describe_dry_run
+
+    description = describe_dry_run(cfg, world_size)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(description)
+    return 0
+
+
+def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
+    # deferred: torch, megatron-core and DeepSpeed take ~6 s to import; config mistakes need not wait
+    import torch
+
+    from megallm.parallel.distributed import distributed, select_deepspeed_accelerator
+
+    if cfg.parallel.sequence_parallel and not torch.cuda.is_available():
+        raise ConfigError("parallel.sequence_parallel=true needs GPUs with NCCL: gloo (CPU) has no reduce-scatter; "
+                          "set parallel.sequence_parallel=false")
+
+    select_deepspeed_accelerator()
+    # deferred: imports DeepSpeed, which reads the accelerator chosen just above
+    from megallm.train.build import build_trainer
+
+    p = cfg.parallel
+    with distributed(p.tp, p.pp, p.zero_stage) as ctx:
+        if ctx.is_main and cfg.model.vocab_size > corpus.manifest.vocab_size:
+            print(f"note: model.vocab_size={cfg.model.vocab_size} exceeds the tokenizer's "
+                  f"{corpus.manifest.vocab_size} tokens; the extra embedding rows are never used", flush=True)
+        try:
+            build_trainer(cfg, config_yaml, corpus, ctx).fit()
+        except DataError as error:  # may be one rank's shard: every rank says which
+            return report(PROG, error, every_rank=True)
+    return 0

@@ -1,0 +1,25 @@
+"""The run's configuration: schema, composition from `conf/` with overrides, and checks.
+
+- schema.py   RunConfig and its per-concern sections (the Hydra schema)
+- compose.py  conf/ + command-line overrides -> RunConfig, Hydra's errors as one line
+- checks.py   values that are well-typed but inconsistent; the batch arithmetic
+"""
+
+from megallm.config.checks import batch_layout, check_config, planned_world_size
+from megallm.config.compose import available, compose_config, config_from_yaml
+from megallm.config.schema import (
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    OptimConfig,
+    ParallelConfig,
+    RunConfig,
+    TrainConfig,
+    WandbConfig,
+    resolved_precision,
+)
+from megallm.errors import ConfigError
+
+__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "OptimConfig", "ParallelConfig",
+           "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config", "compose_config",
+           "config_from_yaml", "planned_world_size", "resolved_precision"]

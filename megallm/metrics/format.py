@@ -1,0 +1,31 @@
+"""How metric records and durations read on the console.
+
+A record is a flat dict with `step`, a `kind` ("train", "eval", ...) and numbers
+(megallm.train.callbacks build them; the console logger prints `format_console`).
+"""
+
+from __future__ import annotations
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def format_console(record: dict) -> str:
+    kind, step = record["kind"], record["step"]
+    if kind == "eval":
+        return f"eval  step {step} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
+    parts = [f"step {step}/{record['total_steps']}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
+             f"grad_norm {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s"]
+    if record.get("mfu") is not None:
+        parts.append(f"mfu {100 * record['mfu']:.1f}%")
+    if record.get("epoch") is not None:
+        parts.append(f"epoch {record['epoch']:.2f}")
+    if record.get("skipped_shards"):
+        parts.append(f"skipped shards {record['skipped_shards']:.0f}")
+    if record.get("peak_mem_gib") is not None:
+        parts.append(f"peak mem {record['peak_mem_gib']:.2f} GiB")
+    parts.append(f"eta {format_duration(record['eta_s'])}")
+    return " | ".join(parts)

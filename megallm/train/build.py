@@ -1,0 +1,120 @@
+"""A training run put together from its config: what `launch/pretrain.py` trains.
+
+`build_trainer` checks the checkpoint it would resume from before anything is built or
+written, seeds, builds the engine (weights drawn from per-layer seeds), resumes it,
+and hands the loop its callbacks: metrics and throughput, evaluation, checkpoints,
+sample traces, and on rank 0 the console, JSONL and W&B loggers.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+import numpy as np
+import torch
+
+from megallm.checkpoint.saving import load_checkpoint
+from megallm.checkpoint.state import (
+    RunState,
+    check_compatible,
+    find_resume_checkpoint,
+    read_state,
+)
+from megallm.config import RunConfig, batch_layout, resolved_precision
+from megallm.data.corpus import Corpus
+from megallm.data.loader import EvalBatches, TrainBatches
+from megallm.engine.engine import ParallelEngine
+from megallm.metrics.throughput import device_peak_flops
+from megallm.model.flops import flops_per_token, parameter_count
+from megallm.parallel.distributed import DistContext
+from megallm.train.callbacks import (
+    Callback,
+    Checkpointer,
+    ConsoleLogger,
+    Evaluator,
+    JsonlLogger,
+    SampleTrace,
+    SpeedMonitor,
+    TrainMetrics,
+    WandbLogger,
+)
+from megallm.train.run_folder import RunFolder
+from megallm.train.trainer import Trainer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext,
+                  extra_callbacks: Optional[list[Callback]] = None) -> Trainer:
+    """The Trainer of this rank, resumed if train.resume finds a checkpoint. `extra_callbacks`
+    run beside the standard ones (tests and tools plug in here)."""
+    folder = RunFolder.of(cfg)
+    precision = resolved_precision(cfg.train.precision, ctx.device.type == "cuda")
+    global_sequences, grad_accum = batch_layout(cfg.train, ctx.dims.dp)
+    state = RunState(layout=ctx.dims, model=cfg.model.to_dict(), tokenizer_sha256=corpus.manifest.tokenizer_sha256,
+                     seq_len=cfg.train.seq_len, data_streams=cfg.data.streams)
+    resume_from = find_resume_checkpoint(cfg.train.resume, folder.checkpoints)
+    if resume_from is not None:
+        check_compatible(read_state(resume_from), state, resume_from)
+
+    seed_everything(cfg.train.seed)
+    engine = ParallelEngine(cfg, ctx, precision, eos_id=corpus.manifest.eos_id if cfg.data.document_masking else None)
+    val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
+                              micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
+                              device=ctx.device)
+    callbacks = _callbacks(cfg, config_yaml, corpus, ctx, folder, precision, val_batches) + (extra_callbacks or [])
+    trainer = Trainer(engine, state, lambda consumed: _open_train_batches(cfg, corpus, ctx, consumed),
+                      steps=cfg.train.steps, stop_at_step=cfg.train.stop_at_step, log_every=cfg.logging.every,
+                      seq_len=cfg.train.seq_len, global_sequences=global_sequences, grad_accum=grad_accum,
+                      callbacks=callbacks)
+    if resume_from is not None:
+        saved = load_checkpoint(engine, resume_from)
+        state.step, state.consumed_samples, state.tokens_seen = saved.step, saved.consumed_samples, saved.tokens_seen
+        trainer.load_callback_states(saved.callbacks)
+        trainer.say(f"resumed from {resume_from} at step {saved.step} "
+                    f"(sample {saved.consumed_samples:,} of the data order)")
+    params = parameter_count(cfg.model)
+    trainer.say(
+        f"model {cfg.model.name}: {params.total / 1e6:.1f}M parameters | "
+        f"{flops_per_token(cfg.model, cfg.train.seq_len) / 1e6:.1f} MFLOP/token | {ctx.world_size} rank(s) "
+        f"({ctx.backend}, {precision}, {ctx.dims}) | "
+        f"{global_sequences} x {cfg.train.seq_len} tokens per step, grad accumulation {grad_accum}"
+    )
+    return trainer
+
+
+def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext, folder: RunFolder,
+               precision: str, val_batches: EvalBatches) -> list[Callback]:
+    callbacks: list[Callback] = [
+        TrainMetrics(),
+        SpeedMonitor(flops_per_token(cfg.model, cfg.train.seq_len), device_peak_flops(ctx.device, precision)),
+        Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
+        Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
+                     cfg.checkpoint.consolidated, corpus.tokenizer_json() if ctx.is_main else None),
+    ]
+    if cfg.data.trace_samples and ctx.coords.tp == 0 and ctx.coords.pp == 0:
+        callbacks.append(SampleTrace(folder.sample_trace(ctx.coords.dp)))
+    if ctx.is_main:  # the loggers: rank 0 alone writes
+        folder.write_config(config_yaml)
+        callbacks += [ConsoleLogger(), JsonlLogger(folder.metrics)]
+        wandb = cfg.logging.wandb
+        if wandb.enabled and wandb.mode != "disabled":
+            callbacks.append(WandbLogger(wandb, folder.root, {"config": config_yaml}))
+    return callbacks
+
+
+def _open_train_batches(cfg: RunConfig, corpus: Corpus, ctx: DistContext, consumed_samples: int) -> TrainBatches:
+    d, train, dp = cfg.data, cfg.train, ctx.dims.dp
+    if ctx.is_main and d.streams % (dp * max(1, d.num_workers)):
+        print(f"note: data.streams={d.streams} is not a multiple of DP x data.num_workers = "
+              f"{dp} x {max(1, d.num_workers)}: loader workers share streams and read some shards "
+              "more than once (the samples are the same)", flush=True)
+    return TrainBatches(corpus, d.train_split, seq_len=train.seq_len, micro_batch_size=train.micro_batch_size,
+                        streams=d.streams, seed=train.seed, dp_rank=ctx.coords.dp, dp=dp,
+                        consumed_samples=consumed_samples, num_workers=d.num_workers, prefetch=d.prefetch,
+                        skip_bad_shards=d.skip_bad_shards, device=ctx.device)

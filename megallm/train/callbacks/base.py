@@ -1,0 +1,79 @@
+"""Callback: a piece of the training loop that runs at the trainer's named hooks.
+
+As OLMo-core's callbacks: checkpointing, evaluation, metrics and loggers are callbacks,
+and a new feature (a NaN guard, preemption signals, another logger) is one more, with
+no edit to the loop. The trainer calls, on every rank, in this order:
+
+    on_fit_start(trainer)                     after set-up and resume, before the first step
+    for each step:
+        pre_step(trainer)                     before the step's batches are read
+        post_train_batch(trainer, output)     right after the optimizer step (StepOutput)
+        on log steps (trainer.is_log_step):
+            collect_metrics(trainer, record)  add entries to the step's "train" record
+            log_metrics(trainer, record)      write the record (also for "eval" records)
+        post_step(trainer)                    after the step's metrics: evaluate, save, stop
+    on_fit_end(trainer)                       after the last step
+
+`trainer.state.step` counts the steps done: in `post_train_batch` and later it is the
+number of the step that just ran. Every rank runs every hook, so a hook may use
+collectives as long as it does so on every rank; callbacks that only write (the
+loggers) are installed on rank 0 alone. Callbacks run in descending `priority`, then
+in the order given. A callback with state returns it from `state_dict` (JSON-able, the
+same on every rank): it is saved with each checkpoint and handed back to
+`load_state_dict` when a run resumes from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
+    from megallm.train.trainer import Trainer
+
+@dataclass
+class StepOutput:
+    """What one optimizer step produced on this rank."""
+
+    loss: torch.Tensor  # this replica's mean loss over the step's micro-batches (not synchronised)
+    lr: float  # the learning rate the step applied
+    micro_batches: list[torch.Tensor]  # the token windows [micro_batch_size, seq_len + 1] it trained on
+    samples: list[int]  # their global sample indices (megallm.data.order)
+
+
+class Callback:
+    priority: int = 0  # higher runs first at every hook
+
+    @property
+    def name(self) -> str:
+        """The key of this callback's state in a checkpoint."""
+        return type(self).__name__
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        pass
+
+    def pre_step(self, trainer: Trainer) -> None:
+        pass
+
+    def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
+        pass
+
+    def collect_metrics(self, trainer: Trainer, record: dict) -> None:
+        pass
+
+    def log_metrics(self, trainer: Trainer, record: dict) -> None:
+        pass
+
+    def post_step(self, trainer: Trainer) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,61 @@
+"""The numbers of a "train" record: loss, LR, grad norm, data position; tokens/s, MFU, ETA, memory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from megallm.metrics.throughput import Throughput, peak_memory_bytes
+from megallm.train.callbacks.base import Callback, StepOutput
+
+if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
+    from megallm.train.trainer import Trainer
+
+
+class TrainMetrics(Callback):
+    """The loss averaged over the steps since the last record and over the data-parallel
+    replicas; the LR the last step applied and its gradient norm; tokens seen, the epoch
+    and the count of skipped shards (the largest over ranks)."""
+
+    def __init__(self):
+        self._loss_sum: Optional[torch.Tensor] = None
+        self._steps, self._lr = 0, 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._loss_sum = torch.zeros((), device=trainer.ctx.device, dtype=torch.float64)
+
+    def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
+        self._loss_sum += output.loss  # no host sync: reduced only when a record is made
+        self._steps += 1
+        self._lr = output.lr
+
+    def collect_metrics(self, trainer: Trainer, record: dict) -> None:
+        engine, state = trainer.engine, trainer.state
+        record.update(
+            loss=engine.mean_over_data_parallel(self._loss_sum / self._steps), lr=self._lr,
+            grad_norm=engine.grad_norm, tokens_seen=state.tokens_seen,
+            epoch=trainer.batches.epoch(state.consumed_samples),
+            skipped_shards=engine.max_over_ranks(len(trainer.batches.skipped_shards)),
+        )
+        self._loss_sum.zero_()
+        self._steps = 0
+
+
+class SpeedMonitor(Callback):
+    """Tokens/s, step time, MFU (None where the device's peak is unknown) and ETA since the
+    last record, and the peak memory of the busiest rank."""
+
+    def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float]):
+        self.flops_per_token, self.peak_flops_per_device = flops_per_token, peak_flops_per_device
+        self._throughput: Optional[Throughput] = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._throughput = Throughput(self.flops_per_token, self.peak_flops_per_device, trainer.ctx.world_size)
+
+    def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
+        self._throughput.add(1, trainer.tokens_per_step)
+
+    def collect_metrics(self, trainer: Trainer, record: dict) -> None:
+        record.update(self._throughput.report(trainer.steps - trainer.state.step))
+        record["peak_mem_gib"] = trainer.engine.max_over_ranks(peak_memory_bytes(trainer.ctx.device)) / 2**30

@@ -1,0 +1,63 @@
+"""Tokens/s, MFU against a known peak, ETA, and the device peak table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megallm.metrics.format import format_console, format_duration
+from megallm.metrics.throughput import Throughput, device_peak_flops, peak_flops
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_mfu_against_a_known_peak():
+    clock = Clock()
+    # 6 MFLOP per token, 2 devices of 1 TFLOP/s each.
+    throughput = Throughput(flops_per_token=6_000_000, peak_flops_per_device=1e12, world_size=2, clock=clock)
+    throughput.add(1, 4096)
+    throughput.add(1, 4096)
+    clock.now += 0.5
+    report = throughput.report(steps_left=10)
+    assert report["tokens_per_s"] == pytest.approx(8192 / 0.5)
+    assert report["mfu"] == pytest.approx(16384 * 6e6 / 2e12)  # 0.049152
+    assert report["step_time_s"] == pytest.approx(0.25) and report["eta_s"] == pytest.approx(2.5)
+    # The next report covers only the interval since this one.
+    throughput.add(1, 1000)
+    clock.now += 2.0
+    assert throughput.report(steps_left=0)["tokens_per_s"] == pytest.approx(500.0)
+
+
+def test_no_mfu_where_the_peak_is_unknown():
+    clock = Clock()
+    throughput = Throughput(flops_per_token=1000, peak_flops_per_device=None, world_size=4, clock=clock)
+    throughput.add(1, 10)
+    clock.now += 1.0
+    assert throughput.report(steps_left=1)["mfu"] is None
+    assert device_peak_flops(torch.device("cpu"), "bf16") is None
+
+
+@pytest.mark.parametrize("name,precision,tflops", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+    ("NVIDIA H100 PCIe", "bf16", 756.0),  # the more specific name wins over "H100"
+    ("NVIDIA H200", "bf16", 989.0),
+    ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
+    ("Tesla T4", "bf16", None),
+])
+def test_peak_table_by_device_name(name, precision, tflops):
+    peak = peak_flops(name, precision)
+    assert peak == (tflops * 1e12 if tflops else None)
+
+
+def test_console_line_shows_mfu_and_eta():
+    record = {"kind": "train", "step": 5, "total_steps": 10, "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5,
+              "tokens_per_s": 16384.0, "mfu": 0.049152, "epoch": 0.1, "peak_mem_gib": 1.5, "eta_s": 3725}
+    line = format_console(record)
+    assert "mfu 4.9%" in line and "16,384 tok/s" in line and line.endswith("eta 1h02m")
+    assert format_duration(61) == "1m01s"
