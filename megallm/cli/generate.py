@@ -27,7 +27,7 @@ PROG = "generate"
 DTYPES = ("fp32", "bf16")
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tools/generate.py",
         description="Complete prompts with a megallm checkpoint or a Hugging Face Llama folder.\n"
@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_command(PROG, lambda: run(args))
 
 

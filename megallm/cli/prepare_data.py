@@ -23,7 +23,7 @@ from megallm.files import TOKENIZER_FILE
 PROG = "prepare_data"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = PrepareOptions()
     parser = argparse.ArgumentParser(
         prog="tools/prepare_data.py",
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="only the units with index %% N == I (a SLURM array task); needs --tokenizer or a "
                            "tokenizer from --tokenizer-only")
     step.add_argument("--merge", action="store_true", help="after all N parts: check them and write manifest.json")
-    return parser.parse_args(argv)
+    return parser
 
 
 def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> None:
@@ -79,7 +79,7 @@ def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_command(PROG, lambda: run(args))
 
 

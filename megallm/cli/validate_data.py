@@ -12,11 +12,19 @@ from pathlib import Path
 from megallm.data.validate import validate
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/validate_data.py",
                                      description="Check every shard of a prepared corpus and print its statistics.")
     parser.add_argument("corpus", type=Path, help="folder written by tools/prepare_data.py")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Statistics on stdout; each problem on its own stderr line (exit 1), as many as there are."""
     stats, problems = validate(args.corpus)
     for split, split_stats in stats.items():
         print(split_stats.describe(split))

@@ -7,11 +7,4 @@
 - llama.py      the decoder as a flat list of layer definitions (shared by PP=1 and PP>1)
 - weights.py    canonical weights -> a model ready for generation or verification
 - flops.py      parameter counts, training FLOPs per token
-
-megatron-core warns at import that Transformer Engine and Apex are absent; megallm uses
-neither (its layers fall back to PyTorch), so that one warning is silenced here.
 """
-
-import warnings
-
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")

@@ -22,8 +22,8 @@ class Checkpointer(Callback):
     def __init__(self, root: Path, every: int, keep_last: int, config_yaml: str, model: ModelConfig,
                  consolidated: bool, tokenizer_json: Optional[str]):
         self.root, self.every, self.keep_last = root, every, keep_last
-        self.config_yaml, self.model, self.consolidated, self.tokenizer_json = config_yaml, model, consolidated, \
-            tokenizer_json
+        self.config_yaml, self.model = config_yaml, model
+        self.consolidated, self.tokenizer_json = consolidated, tokenizer_json
 
     def post_step(self, trainer: Trainer) -> None:
         step = trainer.state.step
