@@ -46,7 +46,7 @@ class Trainer:
     @property
     def is_log_step(self) -> bool:
         step = self.state.step
-        return step % self.log_every == 0 or step in (1, self.last_step)
+        return step % self.log_every == 0 or step in (1, self.last_step) or self.stop_reason is not None
 
     @property
     def is_last_step(self) -> bool:
@@ -90,6 +90,8 @@ class Trainer:
                 self._call("collect_metrics", record)
                 self.log(record)
             self._call("post_step")
+        if self.stop_reason is not None:
+            self.say(f"stopped after step {self.state.step}: {self.stop_reason}")
         self._call("on_fit_end")
         return self.state
 

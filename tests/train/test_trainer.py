@@ -18,7 +18,8 @@ SCHEDULE = ["model.num_layers=2", "train.seq_len=32", "train.micro_batch_size=2"
 
 
 class Recorder(Callback):
-    """Writes down every hook call; asks the trainer to stop after `stop_at`; counts steps as its state."""
+    """Writes down every hook call; asks the trainer to stop right after training step `stop_at`
+    (as a NaN guard would); counts steps as its state."""
 
     priority = 100  # before the standard callbacks at every hook
 
@@ -34,6 +35,8 @@ class Recorder(Callback):
     def post_train_batch(self, trainer, output):
         self.events.append(("post_train_batch", trainer.state.step))
         assert len(output.micro_batches) == trainer.grad_accum and len(output.samples) == trainer.global_sequences
+        if trainer.state.step == self.stop_at:
+            trainer.request_stop("the test asked")
 
     def collect_metrics(self, trainer, record):
         self.events.append(("collect_metrics", record["step"]))
@@ -46,8 +49,6 @@ class Recorder(Callback):
     def post_step(self, trainer):
         self.events.append(("post_step", trainer.state.step))
         self.post_steps += 1
-        if trainer.state.step == self.stop_at:
-            trainer.request_stop("the test asked")
 
     def on_fit_end(self, trainer):
         self.events.append(("on_fit_end", trainer.state.step))
@@ -75,33 +76,33 @@ def _fit(corpus: str, run_dir: str, stop_at: int) -> dict:
     return {"events": recorder.events, "restored": recorder.restored, "step": state.step}
 
 
-def expected_events(first: int, last: int, stopped: bool) -> list[tuple[str, int]]:
+def expected_events(first: int, last: int) -> list[tuple[str, int]]:
     events = [("on_fit_start", first - 1)]
     for step in range(first, last + 1):
         events += [("pre_step", step - 1), ("post_train_batch", step)]
-        if step % 2 == 0 or step in (1, 6):  # logging.every=2, the first and the last step
+        if step % 2 == 0 or step in (1, last):  # logging.every=2, the first step, the last (or stopping) step
             events += [("collect_metrics", step), ("log_metrics:train", step)]
         events.append(("post_step", step))
-        if step % 3 == 0 and not (stopped and step == last):  # train.eval_every=3: after the recorder's post_step
+        if step % 3 == 0:  # train.eval_every=3: the evaluator's post_step runs after the recorder's
             events.append(("log_metrics:eval", step))
     return events + [("on_fit_end", last)]
 
 
 def test_hooks_stop_and_callback_state_across_a_resume(small_corpus, tmp_path):
     run_dir = tmp_path / "run"
-    first = run_ranks(1, _fit, str(small_corpus), str(run_dir), 4)[0]
-    assert first["events"] == expected_events(1, 4, stopped=True)
-    assert first["step"] == 4 and first["restored"] is None
-    # The stop at step 4 was saved, with the recorder's state, though checkpoint.every=0 saves only the last step.
+    first = run_ranks(1, _fit, str(small_corpus), str(run_dir), 3)[0]
+    assert first["events"] == expected_events(1, 3)  # step 3 is logged because the run stops there
+    assert first["step"] == 3 and first["restored"] is None
+    # The stop at step 3 was saved, with the recorder's state, though checkpoint.every=0 saves only the last step.
     checkpoints = run_dir / "checkpoints"
-    assert [p.name for p in checkpoints.iterdir()] == ["step_00000004"]
-    state = json.loads((checkpoints / "step_00000004" / "megallm_state.json").read_text())
-    assert state["callbacks"] == {"Recorder": {"post_steps": 4}}
-    assert sorted(records(run_dir, "train")) == [1, 2, 4] and sorted(records(run_dir, "eval")) == [3]
+    assert [p.name for p in checkpoints.iterdir()] == ["step_00000003"]
+    state = json.loads((checkpoints / "step_00000003" / "megallm_state.json").read_text())
+    assert state["callbacks"] == {"Recorder": {"post_steps": 3}}
+    assert sorted(records(run_dir, "train")) == [1, 2, 3] and sorted(records(run_dir, "eval")) == [3]
 
     second = run_ranks(1, _fit, str(small_corpus), str(run_dir), 0)[0]
-    assert second["restored"] == {"post_steps": 4}
-    assert second["events"] == expected_events(5, 6, stopped=False)
-    assert second["step"] == 6 and sorted(p.name for p in checkpoints.iterdir()) == ["step_00000004", "step_00000006"]
-    assert sorted(records(run_dir, "train")) == [1, 2, 4, 6] and sorted(records(run_dir, "eval")) == [3, 6]
+    assert second["restored"] == {"post_steps": 3}
+    assert second["events"] == expected_events(4, 6)
+    assert second["step"] == 6 and sorted(p.name for p in checkpoints.iterdir()) == ["step_00000003", "step_00000006"]
+    assert sorted(records(run_dir, "train")) == [1, 2, 3, 4, 6] and sorted(records(run_dir, "eval")) == [3, 6]
     assert Path(run_dir / "config.yaml").is_file()
