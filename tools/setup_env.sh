@@ -17,7 +17,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-  if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  # The checks print nothing: stdout is the venv's path (DeepSpeed logs a warning there at import).
+  if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1; then
       "${pip[@]}" "torch>=2.5" 2>&1 | quiet >&2
     else
@@ -25,7 +26,7 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     fi
   fi
   "${pip[@]}" setuptools wheel ninja 2>&1 | quiet >&2
-  if ! "$venv/bin/python" -c "import deepspeed" 2>/dev/null; then
+  if ! "$venv/bin/python" -c "import deepspeed" >/dev/null 2>&1; then
     echo "installing deepspeed (from source, ops built just-in-time)" >&2
     DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation "deepspeed>=0.16" 2>&1 | quiet >&2
   fi

@@ -36,9 +36,9 @@ import torch.multiprocessing as mp
 from megallm.errors import MegallmError, WorldError
 from megallm.parallel.distributed import LAUNCHER_VARIABLES, free_port, shutdown
 
-# What every rank imports anyway, paid once in the fork server (megallm first: it silences
-# megatron-core's warning about Transformer Engine).
-PRELOAD = ["megallm", "torch", "megatron.core", "deepspeed", "megallm.engine.engine", "megallm.checkpoint.portable"]
+# The heavy imports every rank makes anyway, paid once in the fork server (megallm first: it
+# silences megatron-core's warning about Transformer Engine).
+PRELOAD = ["megallm", "torch", "megatron.core", "deepspeed"]
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
 
 
