@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 import torch
 
+from megallm.parallel.distributed import LAUNCHER_VARIABLES
+
 REPO = Path(__file__).resolve().parent.parent
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # A few stdlib packages: enough text to train a 512-token BPE and a few hundred steps.
 CORPUS_PACKAGES = ("json", "email", "http", "logging")
 # A small Llama: GQA with 2 query heads per key/value head.

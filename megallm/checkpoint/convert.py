@@ -37,14 +37,7 @@ from megallm.checkpoint.state import (
     read_state,
     read_weights,
 )
-from megallm.config import (
-    RunConfig,
-    batch_layout,
-    check_config,
-    compose_config,
-    config_from_yaml,
-    resolved_precision,
-)
+from megallm.config import RunConfig, batch_layout, check_config, compose_config, config_from_yaml, resolved_precision
 from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
 from megallm.engine.engine import ParallelEngine
 from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError

@@ -30,13 +30,7 @@ from megallm.checkpoint.state import (
     tag_for,
 )
 from megallm.engine.engine import ParallelEngine
-from megallm.files import (
-    RUN_CONFIG_FILE,
-    TOKENIZER_FILE,
-    partial_path,
-    publish,
-    start_partial,
-)
+from megallm.files import RUN_CONFIG_FILE, TOKENIZER_FILE, partial_path, publish, start_partial
 from megallm.model.config import ModelConfig
 
 

@@ -41,11 +41,7 @@ from megallm.model.llama import LayerDef, LlamaModel, layer_defs
 from megallm.model.packing import document_ids, with_doc_ids
 from megallm.optim.adamw import build_optimizer, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
-from megallm.parallel.topology import (
-    MegatronMpu,
-    check_topology_agreement,
-    deepspeed_topology,
-)
+from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
 
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
