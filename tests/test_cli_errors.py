@@ -42,6 +42,11 @@ def pretrain(args: list[str], capsys):
         (["+model=tiny", "+parallel=tp3"], ["unknown parallel 'tp3'", "tp2"]),
         (["+model=tiny", "parallel.sequence_parallel=true"], ["needs parallel.tp > 1"]),
         (["+model=tiny", "train.activation_checkpointing=partial"], ["none, full or selective"]),
+        (["+model=tiny", "kernels.attention=flash"], ["kernels.attention must be one of auto, sdpa, flex, flash_attn"]),
+        (["+model=tiny", "+parallel=tp2pp2", "kernels.loss=chunked"],
+         ["kernels.loss=chunked needs parallel.pp=1", "kernels.loss=plain"]),
+        (["+model=tiny", "parallel.tp=2", "kernels.loss=liger"], ["kernels.loss=liger needs parallel.tp=1"]),
+        (["+model=tiny", "kernels.loss_chunk_tokens=0"], ["kernels.loss_chunk_tokens must be positive"]),
     ],
 )
 def test_config_mistakes(args, phrases, tmp_path, capsys):

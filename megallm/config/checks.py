@@ -32,7 +32,7 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError for the first inconsistent value (types are Hydra's job)."""
     p, t, d = cfg.parallel, cfg.train, cfg.data
     world = planned_world_size(cfg, world_size)
-    problems = list(cfg.model.check())
+    problems = list(cfg.model.check()) + cfg.kernels.check() + kernel_layout_problems(cfg)
     problems += ParallelDims.problems(cfg.model, p.tp, p.pp, p.zero_stage, world)
     if p.sequence_parallel and p.tp == 1:
         problems.append("parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over "
@@ -59,6 +59,18 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     if problems:
         raise ConfigError(problems[0])
     batch_layout(t, p.dims(world).dp)
+
+
+def kernel_layout_problems(cfg: RunConfig) -> list[str]:
+    """Fast-path switches (`kernels`) that this parallel layout cannot run."""
+    p, loss = cfg.parallel, cfg.kernels.loss
+    if loss == "chunked" and (p.pp > 1 or p.sequence_parallel):
+        return ["kernels.loss=chunked needs parallel.pp=1 and parallel.sequence_parallel=false; "
+                "use kernels.loss=plain with this layout"]
+    if loss == "liger" and (p.tp > 1 or p.pp > 1):
+        return ["kernels.loss=liger needs parallel.tp=1 and parallel.pp=1 (it sees the whole vocabulary on one "
+                "rank); use kernels.loss=chunked with tensor parallelism"]
+    return []
 
 
 def planned_world_size(cfg: RunConfig, world_size: int) -> int:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from megallm.model.config import ModelConfig
+from megallm.model.config import KernelConfig, ModelConfig
 from megallm.parallel.dims import ParallelDims
 
 
@@ -52,6 +52,8 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    # torch's fused AdamW kernel (one launch for all tensors; CUDA, and CPU in fp32) instead of foreach.
+    fused: bool = False
 
 
 @dataclass
@@ -127,6 +129,7 @@ class LoggingConfig:
 @dataclass
 class RunConfig:
     model: ModelConfig = MISSING  # chosen with +model=NAME (conf/model/NAME.yaml)
+    kernels: KernelConfig = field(default_factory=KernelConfig)  # attention kernel, compile, fused loss
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -37,7 +37,8 @@ from megallm.engine import deepspeed_internals as internals
 from megallm.engine.deepspeed_config import deepspeed_config
 from megallm.engine.pipeline import build_pipeline, canonical_name
 from megallm.errors import CheckpointError
-from megallm.model.llama import LayerDef, LlamaModel, layer_defs
+from megallm.metrics.step_timer import StepTimer
+from megallm.model.llama import LayerDef, LlamaModel, compile_blocks, layer_defs
 from megallm.model.packing import document_ids, with_doc_ids
 from megallm.optim.adamw import build_optimizer, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
@@ -46,8 +47,9 @@ from megallm.parallel.topology import MegatronMpu, check_topology_agreement, dee
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 
-def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Clip to `max_norm` by the global L2 norm over one model replica; returns the norm.
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` by the global L2 norm over one model replica; returns the norm (a
+    0-dim tensor on the device: nothing waits for the device here).
 
     Each weight counts once: tensor-parallel shards on every TP rank, replicated weights
     on TP rank 0, and a tied weight only on the stage that owns it (DeepSpeed marks the
@@ -61,12 +63,11 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
         if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
             squares += p.grad.detach().float().pow(2).sum()
     dist.all_reduce(squares, group=ps.get_model_parallel_group())  # the TP x PP ranks of this replica
-    norm = squares.sqrt().item()
-    coefficient = max_norm / (norm + 1e-6)
-    if coefficient < 1.0:
-        for p in params:
-            if p.grad is not None:
-                p.grad.detach().mul_(coefficient)
+    norm = squares.sqrt()
+    # In float64, as a Python float would be; a coefficient of exactly 1 leaves the gradients bitwise unchanged.
+    coefficient = (max_norm / (norm.double() + 1e-6)).clamp(max=1.0)
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    torch._foreach_mul_(grads, coefficient.float())
     return norm
 
 
@@ -84,6 +85,7 @@ class ParallelEngine:
         self.defs: list[LayerDef] = layer_defs(
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
             recompute=cfg.train.activation_checkpointing, sequence_parallel=cfg.parallel.sequence_parallel,
+            attention=cfg.kernels.attention,
         )
         ds_config = deepspeed_config(cfg, self.dims.dp, precision)
         topology = deepspeed_topology(self.dims)
@@ -93,7 +95,9 @@ class ParallelEngine:
         else:
             mpu = MegatronMpu()
             with self._partitioned_at_construction(ds_config, mpu):
-                module = LlamaModel(cfg.model, self.defs).to(ctx.device)
+                module = LlamaModel(cfg.model, self.defs, kernels=cfg.kernels).to(ctx.device)
+        if cfg.kernels.compile:
+            compile_blocks(module)
         optimizer, scheduler = build_optimizer(
             param_groups(module, cfg.optim.weight_decay, internals.full_shape), cfg.optim, cfg.train.steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -101,7 +105,7 @@ class ParallelEngine:
             dist_init_required=False,
         )
         self.clips_itself = self.dims.zero_stage == 0 and precision == "fp32"
-        self._grad_norm: Optional[float] = None
+        self._grad_norm: Optional[torch.Tensor] = None
         if self.clips_itself:
             internals.replace_fp32_clipping(self.engine, self._clip)
 
@@ -118,6 +122,7 @@ class ParallelEngine:
 
     @property
     def grad_norm(self) -> float:
+        """The last step's global gradient norm (reading it waits for the device: log steps only)."""
         norm = self._grad_norm if self.clips_itself else self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else math.nan
 
@@ -142,16 +147,22 @@ class ParallelEngine:
         tokens, labels, doc_ids = self._split(window)
         return self.engine(tokens, labels, doc_ids=doc_ids)
 
-    def train_step(self, micro_batches: list[torch.Tensor]) -> torch.Tensor:
-        """One optimizer step; returns this data-parallel replica's mean loss (no communication)."""
+    def train_step(self, micro_batches: list[torch.Tensor], timer: Optional[StepTimer] = None) -> torch.Tensor:
+        """One optimizer step; returns this data-parallel replica's mean loss (no communication, no
+        host-device sync). `timer` gets phases forward_backward (gradient reduction included) and
+        optimizer; under pipeline parallelism DeepSpeed's schedule interleaves them: all is forward_backward."""
+        timer = timer or StepTimer(self.ctx.device)
         if self.pipelined:
-            self.engine.train_batch(self._pipeline_batches(micro_batches))
+            with timer.phase("forward_backward"):
+                self.engine.train_batch(self._pipeline_batches(micro_batches))
             return internals.pipeline_loss(self.engine).double()
         total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
         for batch in micro_batches:
-            loss = self._loss(batch)
-            self.engine.backward(loss)
-            self.engine.step()  # steps the optimizer at the accumulation boundary only
+            with timer.phase("forward_backward"):
+                loss = self._loss(batch)
+                self.engine.backward(loss)
+            with timer.phase("optimizer"):
+                self.engine.step()  # steps the optimizer at the accumulation boundary only
             total += loss.detach()
         return total / len(micro_batches)
 

@@ -21,7 +21,8 @@ import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
 from megallm.model.layers import TransformerBlock
-from megallm.model.llama import LayerDef, lm_loss
+from megallm.model.llama import LayerDef
+from megallm.model.loss import lm_loss
 
 PARTITION_METHODS = {"layers": f"type:{TransformerBlock.__name__}", "parameters": "parameters"}
 

@@ -55,7 +55,7 @@ class Throughput:
 
     def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float], world_size: int,
                  clock: Callable[[], float] = time.perf_counter):
-        self.flops_per_token, self.clock = flops_per_token, clock
+        self.flops_per_token, self.clock, self.world = flops_per_token, clock, world_size
         self.peak_total = peak_flops_per_device * world_size if peak_flops_per_device else None
         self._start, self._steps, self._tokens = clock(), 0, 0
 
@@ -68,6 +68,8 @@ class Throughput:
         elapsed = max(now - self._start, 1e-9)
         tokens_per_s = self._tokens / elapsed
         step_time = elapsed / max(self._steps, 1)
-        mfu = tokens_per_s * self.flops_per_token / self.peak_total if self.peak_total else None
+        flops = tokens_per_s * self.flops_per_token  # over all devices
+        mfu = flops / self.peak_total if self.peak_total else None
         self._start, self._steps, self._tokens = now, 0, 0
-        return {"tokens_per_s": tokens_per_s, "step_time_s": step_time, "mfu": mfu, "eta_s": steps_left * step_time}
+        return {"tokens_per_s": tokens_per_s, "step_time_s": step_time, "tflops_per_device": flops / self.world / 1e12,
+                "mfu": mfu, "eta_s": steps_left * step_time}

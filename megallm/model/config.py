@@ -12,6 +12,10 @@ from typing import Optional
 
 # Activation checkpointing modes (train.activation_checkpointing), see megallm.model.layers.
 RECOMPUTE_MODES = ("none", "full", "selective")
+# Attention kernels (kernels.attention), see megallm.model.attention.
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "flash_attn")
+# How the loss is computed from the final hidden states (kernels.loss), see megallm.model.loss.
+LOSS_KERNELS = ("plain", "chunked", "liger")
 
 
 @dataclass
@@ -67,6 +71,38 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class KernelConfig:
+    """How the model computes (the `kernels` group): the fast path on GPUs, each part switchable.
+
+    None of these changes the model's parameters or checkpoints; each changes the numbers
+    only within floating-point rounding (tested against the plain path). The defaults are
+    the plain path, which every device runs.
+    """
+
+    # auto: flash-attn on CUDA (bf16/fp16) when installed, FlexAttention on CUDA for masked
+    # documents, SDPA otherwise; or force "sdpa", "flex" or "flash_attn".
+    attention: str = "auto"
+    # torch.compile each transformer block (fuses RMSNorm, RoPE and SwiGLU's elementwise work).
+    compile: bool = False
+    # plain: logits of the whole micro-batch in fp32, then cross-entropy. chunked: logits and
+    # cross-entropy `loss_chunk_tokens` positions at a time, recomputed in backward, so the full
+    # [tokens, vocab] fp32 logits never exist. liger: liger-kernel's fused linear cross-entropy
+    # (CUDA, tensor parallelism 1, needs `pip install liger-kernel`).
+    loss: str = "plain"
+    loss_chunk_tokens: int = 2048
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.attention not in ATTENTION_BACKENDS:
+            problems.append(f"kernels.attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
+        if self.loss not in LOSS_KERNELS:
+            problems.append(f"kernels.loss must be one of {', '.join(LOSS_KERNELS)}, got {self.loss!r}")
+        if self.loss_chunk_tokens <= 0:
+            problems.append(f"kernels.loss_chunk_tokens must be positive, got {self.loss_chunk_tokens}")
+        return problems
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int = 1) -> int:

@@ -124,10 +124,11 @@ class GroupedQueryAttention(nn.Module):
     """Causal self-attention with `num_kv_heads` key/value heads shared by query groups."""
 
     def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, layer_init, out_init,
-                 recompute_core: bool = False):
+                 recompute_core: bool = False, attention: str = "auto"):
         super().__init__()
         tp = tp_group.size()
         self.recompute_core = recompute_core
+        self.attention = attention  # kernels.attention: which kernel causal_attention runs
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.head_dim = cfg.head_dim
         self.q_per_kv = cfg.num_heads // cfg.num_kv_heads
@@ -147,9 +148,9 @@ class GroupedQueryAttention(nn.Module):
         positions = None if doc_ids is None else document_positions(doc_ids)
         q, k, v = self._project(x, positions)
         if self.recompute_core and torch.is_grad_enabled():
-            ctx = checkpoint(causal_attention, q, k, v, doc_ids, use_reentrant=False)
+            ctx = checkpoint(causal_attention, q, k, v, doc_ids, self.attention, use_reentrant=False)
         else:
-            ctx = causal_attention(q, k, v, doc_ids)  # [s, b, nh * d]
+            ctx = causal_attention(q, k, v, doc_ids, self.attention)  # [s, b, nh * d]
         out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp (reduce-scattered to [s / tp, b, h] under SP)
         return out
 
@@ -219,7 +220,8 @@ class SwiGLU(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm Llama block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, recompute: str = "none"):
+    def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, recompute: str = "none",
+                 attention: str = "auto"):
         super().__init__()
         assert recompute in RECOMPUTE_MODES, recompute
         self.recompute_full = recompute == "full"
@@ -229,7 +231,7 @@ class TransformerBlock(nn.Module):
         sp_group = tp_group if mp_config.sequence_parallel else None
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel_group=sp_group)
         self.attn = GroupedQueryAttention(cfg, mp_config, tp_group, layer_init, out_init,
-                                          recompute_core=recompute == "selective")
+                                          recompute_core=recompute == "selective", attention=attention)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, sequence_parallel_group=sp_group)
         self.mlp = SwiGLU(cfg, mp_config, tp_group, layer_init, out_init)
 

@@ -25,6 +25,7 @@ Sources: Touvron et al. 2023 (Llama 2), Grattafiori et al. 2024 (Llama 3).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -37,11 +38,11 @@ from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     VocabParallelEmbedding,
     scatter_to_sequence_parallel_region,
-    vocab_parallel_cross_entropy,
 )
 
-from megallm.model.config import ModelConfig, padded_vocab_size
+from megallm.model.config import KernelConfig, ModelConfig, padded_vocab_size
 from megallm.model.layers import KVCache, RMSNorm, TransformerBlock, normal_init
+from megallm.model.loss import chunked_lm_loss, liger_lm_loss, lm_loss
 from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
 
 # Canonical parameters with one row per vocabulary entry (padded for TP inside the model;
@@ -138,12 +139,6 @@ class FinalNorm(RMSNorm):
         return super().forward(x)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy. logits: [s, b, vocab / tp]; labels: [b, s]."""
-    per_token = vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous())  # [s, b]
-    return per_token.mean()
-
-
 def layer_seed(run_seed: int, index: int) -> int:
     """Independent seeds per (run, layer): neighbouring run seeds share no layer."""
     return int(np.random.SeedSequence([run_seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -172,7 +167,7 @@ class LayerDef:
 
 
 def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dtype = torch.float32,
-               recompute: str = "none", sequence_parallel: bool = False) -> list[LayerDef]:
+               recompute: str = "none", sequence_parallel: bool = False, attention: str = "auto") -> list[LayerDef]:
     """The model as a flat list: embedding, `num_layers` blocks, final norm, output projection."""
     assert cfg.vocab_size is not None, "model.vocab_size must be resolved before building the model"
     vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp_group.size())
@@ -180,8 +175,8 @@ def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dty
     common = {"cfg": cfg, "mp_config": mp, "tp_group": tp_group}
     defs = [LayerDef("embedding", EmbeddingLayer, {**common, "vocab": vocab}, layer_seed(seed, 0))]
     for i in range(cfg.num_layers):
-        defs.append(LayerDef(f"blocks.{i}", TransformerBlock, {**common, "recompute": recompute},
-                             layer_seed(seed, 1 + i)))
+        defs.append(LayerDef(f"blocks.{i}", TransformerBlock, {**common, "recompute": recompute,
+                                                               "attention": attention}, layer_seed(seed, 1 + i)))
     defs.append(LayerDef("final_norm", FinalNorm, common, layer_seed(seed, cfg.num_layers + 1)))
     if cfg.tie_embeddings:
         defs.append(LayerDef("output", EmbeddingLayer, {**common, "vocab": vocab}, defs[0].seed,
@@ -192,11 +187,16 @@ def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dty
 
 
 class LlamaModel(nn.Module):
-    """The whole layer list in one process (one pipeline stage)."""
+    """The whole layer list in one process (one pipeline stage).
 
-    def __init__(self, cfg: ModelConfig, defs: list[LayerDef], meta: bool = False):
+    `kernels.loss` picks how the loss is computed from the final hidden states (megallm.model.loss).
+    """
+
+    def __init__(self, cfg: ModelConfig, defs: list[LayerDef], meta: bool = False,
+                 kernels: Optional[KernelConfig] = None):
         super().__init__()
         self.cfg = cfg
+        self.kernels = kernels or KernelConfig()
         self.embedding = defs[0].build(meta)
         self.blocks = nn.ModuleList(d.build(meta) for d in defs[1:1 + cfg.num_layers])
         self.final_norm = defs[-2].build(meta)
@@ -212,8 +212,16 @@ class LlamaModel(nn.Module):
         x = self.embedding(with_doc_ids(tokens, doc_ids))
         for block in self.blocks:
             x = block(x)
-        logits = self._logits(self.final_norm(x))
-        return logits if labels is None else lm_loss(logits, labels)
+        hidden = self.final_norm(x)
+        return self._logits(hidden) if labels is None else self._loss(hidden, labels)
+
+    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kernels.loss == "chunked":
+            return chunked_lm_loss(hidden, labels, self._logits, self.kernels.loss_chunk_tokens)
+        if self.kernels.loss == "liger":
+            weight = self.embedding.weight if self.output is None else self.output.weight
+            return liger_lm_loss(hidden, labels, weight, self.cfg.vocab_size)
+        return lm_loss(self._logits(hidden), labels)
 
     def forward_cached(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[KVCache], start: int,
                        mask: torch.Tensor) -> torch.Tensor:
@@ -242,15 +250,32 @@ def build_model(
     seed: int = 1234,
     recompute: str = "none",
     sequence_parallel: bool = False,
+    kernels: Optional[KernelConfig] = None,
 ) -> LlamaModel:
     """Build the whole model on this rank. On `device="meta"` nothing is allocated or initialised.
 
     The vocabulary is padded for the TP degree; each layer's weights come from its own
     seed (see `layer_seed`), so the same `seed` gives the same model in every layout.
+    `kernels`: the attention kernel and loss (megallm.model.config.KernelConfig); default plain.
     """
     tp_group = tp_group or parallel_state.get_tensor_model_parallel_group()
+    kernels = kernels or KernelConfig()
     defs = layer_defs(cfg, seed=seed, tp_group=tp_group, params_dtype=params_dtype, recompute=recompute,
-                      sequence_parallel=sequence_parallel)
+                      sequence_parallel=sequence_parallel, attention=kernels.attention)
     on_meta = torch.device(device).type == "meta"
-    model = LlamaModel(cfg, defs, meta=on_meta)
+    model = LlamaModel(cfg, defs, meta=on_meta, kernels=kernels)
     return model if on_meta else model.to(device)
+
+
+def compile_blocks(module: nn.Module) -> int:
+    """torch.compile every transformer block of `module` in place (parameter names unchanged); returns how many.
+
+    megatron-core's RowParallelLinear calls `warnings.warn` on every forward (it passes no
+    tp_group to its own helper); Dynamo is told to move such calls out of the graph
+    instead of breaking it there.
+    """
+    torch._dynamo.config.reorderable_logging_functions.add(warnings.warn)
+    blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)

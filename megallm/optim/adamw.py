@@ -32,7 +32,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
 
 def build_optimizer(groups: list[dict], cfg: OptimConfig, total_steps: int):
     """AdamW over `groups` (from `param_groups`) and the LambdaLR that applies the schedule."""
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+    kernel = {"fused": True} if cfg.fused else {"foreach": True}  # optim.fused: one fused kernel for all tensors
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kernel)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, total_steps))
     return optimizer, scheduler
 

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from megallm.checkpoint.state import RunState
 from megallm.data.loader import TrainBatches
 from megallm.engine.engine import ParallelEngine
+from megallm.metrics.step_timer import StepTimer
 from megallm.train.callbacks.base import Callback, StepOutput
 
 
@@ -34,6 +35,7 @@ class Trainer:
         self.callbacks = sorted(callbacks, key=lambda c: -c.priority)  # stable: equal priorities keep their order
         self.batches: Optional[TrainBatches] = None  # opened by fit, at the (resumed) data position
         self.stop_reason: Optional[str] = None
+        self.timer = StepTimer(engine.ctx.device)  # where each step's time goes (reported by SpeedMonitor)
 
     @property
     def ctx(self):
@@ -99,10 +101,11 @@ class Trainer:
         """One optimizer step over `grad_accum` micro-batches; the state moves on by one step."""
         lr = self.engine.learning_rate  # the LR this step applies
         micro_batches, samples = [], []
-        for _ in range(self.grad_accum):
-            micro_batches.append(self.batches.next_micro_batch())
-            samples += self.batches.last_samples
-        loss = self.engine.train_step(micro_batches)
+        with self.timer.phase("data", device=False):
+            for _ in range(self.grad_accum):
+                micro_batches.append(self.batches.next_micro_batch())
+                samples += self.batches.last_samples
+        loss = self.engine.train_step(micro_batches, self.timer)
         self.state.step += 1
         self.state.consumed_samples += self.global_sequences
         self.state.tokens_seen += self.tokens_per_step

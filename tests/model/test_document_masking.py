@@ -207,8 +207,36 @@ def test_flash_attn_layouts_match_sdpa(monkeypatch):
     assert not torch.allclose(expected["plain"], expected["masked"])
 
     monkeypatch.setattr(attention, "_flash_attn", stand_in_flash_attn)
-    monkeypatch.setattr(attention, "attention_backend", lambda device, dtype: "flash_attn")
     for name, ids in (("plain", None), ("masked", doc_ids)):
-        got = causal_attention(q, k, v, ids)
+        got = causal_attention(q, k, v, ids, backend="flash_attn")
         assert got.shape == (s, b, nh * d)
         torch.testing.assert_close(got, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("nkv", [4, 2])
+def test_flex_attention_forward_matches_sdpa(nkv):
+    """FlexAttention's block masks (document-causal and plain causal) against SDPA with the boolean
+    mask, on random packed batches with documents of every length, GQA or not. Forward only: PyTorch
+    has no FlexAttention backward on CPU (gradients are compared on a GPU, bench/gpu)."""
+    s, b, nh, d = 300, 3, 4, 16  # not a multiple of FlexAttention's 128-wide blocks
+    generator = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(s, b, n, d, generator=generator) for n in (nh, nkv, nkv))
+    tokens = torch.randint(1, 50, (b, s), generator=generator)
+    tokens[torch.rand(b, s, generator=generator) < 0.03] = EOS  # documents of a few to hundreds of tokens
+    tokens[1, 100:140] = EOS  # a run of one-token documents
+    doc_ids = document_ids(tokens, EOS)
+    for ids in (doc_ids, None):
+        expected = causal_attention(q, k, v, ids, backend="sdpa")
+        got = causal_attention(q, k, v, ids, backend="flex")
+        assert got.shape == (s, b, nh * d)
+        assert (got - expected).abs().max() < 1e-5, "masked" if ids is not None else "plain"
+
+
+def test_attention_backend_choice():
+    """auto: SDPA on CPU; on CUDA FlexAttention for masked documents (without flash-attn); a forced choice wins."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert attention.attention_backend(cpu, torch.float32, masked=True) == "sdpa"
+    if attention._flash_attn() is None:
+        assert attention.attention_backend(cuda, torch.bfloat16, masked=True) == "flex"
+        assert attention.attention_backend(cuda, torch.bfloat16, masked=False) == "sdpa"
+    assert attention.attention_backend(cpu, torch.float32, masked=True, requested="flex") == "flex"

@@ -43,19 +43,25 @@ class TrainMetrics(Callback):
 
 
 class SpeedMonitor(Callback):
-    """Tokens/s, step time, MFU (None where the device's peak is unknown) and ETA since the
-    last record, and the peak memory of the busiest rank."""
+    """Tokens/s, step time, TFLOP/s per device, MFU (None where the device's peak is unknown)
+    and ETA since the last record; where the step time went (`trainer.timer`: data_ms,
+    forward_backward_ms, optimizer_ms per step, this rank's); the peak memory of the busiest rank."""
 
     def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float]):
         self.flops_per_token, self.peak_flops_per_device = flops_per_token, peak_flops_per_device
         self._throughput: Optional[Throughput] = None
+        self._steps = 0
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._throughput = Throughput(self.flops_per_token, self.peak_flops_per_device, trainer.ctx.world_size)
 
     def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
         self._throughput.add(1, trainer.tokens_per_step)
+        self._steps += 1
 
     def collect_metrics(self, trainer: Trainer, record: dict) -> None:
+        phases = trainer.timer.report(self._steps)  # first: it waits for the device, so the clock below is true
+        self._steps = 0
         record.update(self._throughput.report(trainer.steps - trainer.state.step))
+        record.update({name: round(ms, 3) for name, ms in phases.items()})
         record["peak_mem_gib"] = trainer.engine.max_over_ranks(peak_memory_bytes(trainer.ctx.device)) / 2**30
