@@ -18,16 +18,13 @@ and scheduling), not GPU speed. Results go to bench/README.md by hand.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from harness import ensure_corpus, run_megallm
 
 # name: (ranks, overrides)
 LAYOUTS = {
@@ -43,33 +40,17 @@ LAYOUTS = {
 }
 
 
-def ensure_corpus(python: str) -> Path:
-    corpus = REPO / "data" / "stdlib"
-    if not (corpus / "manifest.json").is_file():
-        subprocess.run([python, str(REPO / "tools" / "prepare_data.py"), "--python-stdlib", "--output", str(corpus),
-                        "--vocab-size", "8192"], check=True)
-    return corpus
-
-
-def run_layout(python: str, ranks: int, overrides: list[str], run_dir: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    launcher = [python] if ranks == 1 else [python, "-m", "torch.distributed.run", "--standalone",
-                                             f"--nproc_per_node={ranks}"]
-    start = time.perf_counter()
-    result = subprocess.run([*launcher, str(REPO / "launch" / "pretrain.py"), *overrides, f"run_dir={run_dir}"],
-                            cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-        return {"error": (errors or ["failed"])[0]}
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
+def run_layout(ranks: int, overrides: list[str], run_dir: Path) -> dict:
+    result = run_megallm(overrides, run_dir, ranks=ranks)
+    if "error" in result:
+        return result
+    train = result["train"]
     timed = [r for r in train if r["step"] > 2] or train[-1:]  # steps 1-2 include start-up and warm-up
     return {
         "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
         "peak_mem_gib": max(r["peak_mem_gib"] for r in train),
         "final_loss": train[-1]["loss"],
-        "wall_s": time.perf_counter() - start,
+        "wall_s": result["wall_s"],
     }
 
 
@@ -83,8 +64,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated layout names (default: all)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
-    python = sys.executable
-    corpus = ensure_corpus(python)
+    corpus = ensure_corpus()
     common = [f"+model={args.model}", f"data.path={corpus}", f"train.steps={args.steps}",
               f"train.seq_len={args.seq_len}", f"train.global_batch_tokens={args.global_batch_tokens}",
               f"train.micro_batch_size={args.micro_batch_size}", "train.precision=fp32", "train.eval_every=0",
@@ -94,7 +74,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in chosen:
             ranks, overrides = LAYOUTS[name]
-            results[name] = run_layout(python, ranks, [*common, *overrides], Path(tmp) / re.sub(r"\W+", "_", name))
+            results[name] = run_layout(ranks, [*common, *overrides], Path(tmp) / re.sub(r"\W+", "_", name))
             print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     base = results.get("1 rank", {}).get("tokens_per_s")
     print(f"\nmodel {args.model}, {args.steps} steps of {args.global_batch_tokens} tokens (seq {args.seq_len}, "
