@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from megallm.metrics.format import format_console, format_duration
+from megallm.metrics.step_timer import StepTimer
 from megallm.metrics.throughput import Throughput, device_peak_flops, peak_flops
 
 
@@ -27,6 +28,7 @@ def test_mfu_against_a_known_peak():
     report = throughput.report(steps_left=10)
     assert report["tokens_per_s"] == pytest.approx(8192 / 0.5)
     assert report["mfu"] == pytest.approx(16384 * 6e6 / 2e12)  # 0.049152
+    assert report["tflops_per_device"] == pytest.approx(16384 * 6e6 / 2 / 1e12)
     assert report["step_time_s"] == pytest.approx(0.25) and report["eta_s"] == pytest.approx(2.5)
     # The next report covers only the interval since this one.
     throughput.add(1, 1000)
@@ -61,3 +63,17 @@ def test_console_line_shows_mfu_and_eta():
     line = format_console(record)
     assert "mfu 4.9%" in line and "16,384 tok/s" in line and line.endswith("eta 1h02m")
     assert format_duration(61) == "1m01s"
+
+
+def test_step_timer_reports_milliseconds_per_step_and_resets(monkeypatch):
+    clock = iter([0.0, 0.5, 1.0, 1.25, 2.0, 3.0])  # perf_counter readings: enter / exit of each phase
+    monkeypatch.setattr("megallm.metrics.step_timer.time.perf_counter", lambda: next(clock))
+    timer = StepTimer(torch.device("cpu"))
+    with timer.phase("data", device=False):
+        pass
+    with timer.phase("forward_backward"):
+        pass
+    with timer.phase("forward_backward"):
+        pass
+    assert timer.report(steps=2) == {"data_ms": 250.0, "forward_backward_ms": 625.0}
+    assert timer.report(steps=1) == {}

@@ -44,7 +44,10 @@ class Recorder(Callback):
     def log_metrics(self, trainer, record):
         self.events.append((f"log_metrics:{record['kind']}", record["step"]))
         if record["kind"] == "train":
-            assert {"loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "peak_mem_gib"} <= set(record)
+            assert {"loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "peak_mem_gib", "tflops_per_device"} <= set(record)
+            # where the step time went: host-timed phases on CPU, each a part of the step
+            phases = record["data_ms"] + record["forward_backward_ms"] + record["optimizer_ms"]
+            assert record["forward_backward_ms"] > 0 and phases <= 1000 * record["step_time_s"] * 1.01
 
     def post_step(self, trainer):
         self.events.append(("post_step", trainer.state.step))
