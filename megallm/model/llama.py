@@ -25,7 +25,6 @@ Sources: Touvron et al. 2023 (Llama 2), Grattafiori et al. 2024 (Llama 3).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -270,11 +269,11 @@ def build_model(
 def compile_blocks(module: nn.Module) -> int:
     """torch.compile every transformer block of `module` in place (parameter names unchanged); returns how many.
 
-    megatron-core's RowParallelLinear calls `warnings.warn` on every forward (it passes no
-    tp_group to its own helper); Dynamo is told to move such calls out of the graph
-    instead of breaking it there.
+    Known graph breaks, a few per block and forward pass: the memoised document positions
+    and masks (megallm.model.packing.once_per_doc_ids; a dictionary lookup Dynamo does not
+    trace), and, on global rank 0, megatron-core 0.16's RowParallelLinear, which calls
+    `warnings.warn` on every forward (it passes no tp_group to its own helper).
     """
-    torch._dynamo.config.reorderable_logging_functions.add(warnings.warn)
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     for block in blocks:
         block.compile()
