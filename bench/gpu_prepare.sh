@@ -10,8 +10,11 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash ../shared/device/fetch-wheels.sh .whl >/dev/null
+# megatron-core within pyproject.toml's range (fetch-wheels takes the newest), and liger-kernel.
+rm -f .whl/megatron_core-*
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux2014_x86_64 --platform any -d .whl liger-kernel
+  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
+  "megatron-core>=0.16,<0.18" liger-kernel
 rm -f .whl/wandb-* .whl/sentry_sdk-* .whl/GitPython-* .whl/gitpython-* .whl/gitdb-* .whl/smmap-*
 venv=$(bash tools/setup_env.sh)
 "$venv/bin/python" -c "import sys; sys.path.insert(0, 'bench'); from harness import ensure_corpus; ensure_corpus()"

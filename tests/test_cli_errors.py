@@ -55,6 +55,17 @@ def test_config_mistakes(args, phrases, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="these settings run on a GPU")
+@pytest.mark.parametrize("setting,phrases", [
+    ("kernels.attention=flex", ["kernels.attention=flex needs a GPU to train", "kernels.attention=auto"]),
+    ("kernels.loss=liger", ["kernels.loss=liger needs a GPU", "kernels.loss=chunked"]),
+])
+def test_gpu_only_kernels_on_cpu(setting, phrases, small_corpus, tmp_path, capsys):
+    result = pretrain(["+model=tiny", setting, f"data.path={small_corpus}", f"run_dir={tmp_path}/run"], capsys)
+    assert_one_line_error(result, *phrases)
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_path_without_shards(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -18,6 +18,7 @@ from megallm.config import (
     RunConfig,
     available,
     check_config,
+    check_device_support,
     compose_config,
 )
 from megallm.data.corpus import Corpus, open_corpus
@@ -86,9 +87,7 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
 
     from megallm.parallel.distributed import distributed, select_deepspeed_accelerator
 
-    if cfg.parallel.sequence_parallel and not torch.cuda.is_available():
-        raise ConfigError("parallel.sequence_parallel=true needs GPUs with NCCL: gloo (CPU) has no reduce-scatter; "
-                          "set parallel.sequence_parallel=false")
+    check_device_support(cfg, on_gpu=torch.cuda.is_available())
 
     select_deepspeed_accelerator()
     # deferred: imports DeepSpeed, which reads the accelerator chosen just above

@@ -5,7 +5,7 @@
 - checks.py   values that are well-typed but inconsistent; the batch arithmetic
 """
 
-from megallm.config.checks import batch_layout, check_config, planned_world_size
+from megallm.config.checks import batch_layout, check_config, check_device_support, planned_world_size
 from megallm.config.compose import available, compose_config, config_from_yaml
 from megallm.config.schema import (
     CheckpointConfig,
@@ -21,5 +21,5 @@ from megallm.config.schema import (
 from megallm.errors import ConfigError
 
 __all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "OptimConfig", "ParallelConfig",
-           "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config", "compose_config",
+           "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config", "check_device_support", "compose_config",
            "config_from_yaml", "planned_world_size", "resolved_precision"]

@@ -6,6 +6,8 @@ not a cluster allocation. Each check raises `ConfigError` with the first problem
 
 from __future__ import annotations
 
+import importlib.util
+
 from megallm.config.schema import RunConfig, TrainConfig
 from megallm.errors import ConfigError
 from megallm.model.config import RECOMPUTE_MODES
@@ -71,6 +73,26 @@ def kernel_layout_problems(cfg: RunConfig) -> list[str]:
         return ["kernels.loss=liger needs parallel.tp=1 and parallel.pp=1 (it sees the whole vocabulary on one "
                 "rank); use kernels.loss=chunked with tensor parallelism"]
     return []
+
+
+def check_device_support(cfg: RunConfig, on_gpu: bool) -> None:
+    """Raise ConfigError for a setting this machine cannot run (before any process group starts)."""
+    k = cfg.kernels
+    if cfg.parallel.sequence_parallel and not on_gpu:
+        raise ConfigError("parallel.sequence_parallel=true needs GPUs with NCCL: gloo (CPU) has no reduce-scatter; "
+                          "set parallel.sequence_parallel=false")
+    if k.attention == "flex" and not on_gpu:
+        raise ConfigError("kernels.attention=flex needs a GPU to train: PyTorch has no FlexAttention backward on CPU; "
+                          "use kernels.attention=auto (SDPA on CPU)")
+    if k.loss == "liger" and not on_gpu:
+        raise ConfigError("kernels.loss=liger needs a GPU (liger-kernel runs Triton kernels); "
+                          "use kernels.loss=chunked on CPU")
+    if k.attention == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("kernels.attention=flash_attn needs flash-attn, which is not installed: "
+                          "pip install -e .[gpu], or use kernels.attention=auto")
+    if k.loss == "liger" and importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("kernels.loss=liger needs liger-kernel, which is not installed: pip install liger-kernel, "
+                          "or use kernels.loss=chunked")
 
 
 def planned_world_size(cfg: RunConfig, world_size: int) -> int:
