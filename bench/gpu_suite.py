@@ -17,8 +17,8 @@ correctness:
   its checkpoint exported to a Hugging Face folder and verified in transformers.
 speed:
 - `1b` at sequence 2048 in bf16, each optimisation switched on in turn (bench/train_speed.py),
-  then `125m` and a Llama 3.2 3B-shaped model with all of them, and megallm over the plain
-  loop (bench/plain_loop.py).
+  then `125m` and a Llama 3.2 3B-shaped model with all of them, megallm over the plain
+  loop (bench/plain_loop.py), and the top operators by device time of the fastest `1b` path.
 Each stage checks the time left (--budget) and says what it skipped.
 """
 
@@ -208,13 +208,15 @@ def speed(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
             out({"bench": "train_speed", "model": model, "variant": name, "skipped": "out of time"})
             continue
         out(measure(speed_args, model, name, overrides, corpus, tmp / f"speed-{index}"))
-    if clock.left() > 2 * args.per_run_s:
-        plain = subprocess.run([sys.executable, str(REPO / "bench" / "plain_loop.py"), "--compare", "--rounds", "1",
-                                *settings, *([] if args.smoke else LIGER)],
+    fast = [] if args.smoke else ["kernels.attention=flex", *LIGER]
+    for name, extra in (("framework_overhead", ["--compare", "--rounds", "1"]), ("profile", ["--profile", "2"])):
+        if clock.left() < 2 * args.per_run_s:
+            out({"bench": name, "skipped": "out of time"})
+            continue
+        plain = subprocess.run([sys.executable, str(REPO / "bench" / "plain_loop.py"), *extra, *settings, *fast],
                                cwd=REPO, env=clean_environment(), capture_output=True, text=True)
         lines = plain.stdout.strip().splitlines()
-        out({"bench": "framework_overhead", "error": plain.stderr[-500:]} if plain.returncode else
-            json.loads(lines[-1]))
+        out({"bench": name, "error": plain.stderr[-500:]} if plain.returncode else json.loads(lines[-1]))
 
 
 def main(argv=None) -> int:

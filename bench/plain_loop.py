@@ -8,6 +8,7 @@ measurement of launch/pretrain.py) and the plain loop, each in a fresh process, 
 times, and reports megallm's tokens/s over the plain loop's per round and their median:
 
     python bench/plain_loop.py --model tiny                     # the plain loop alone, one JSON line
+    python bench/plain_loop.py --model 1b --profile 3 ...       # top operators by device time instead
     python bench/plain_loop.py --compare --model tiny --model 30m --rounds 3 \
         --output bench/results/cpu-overhead.jsonl
 """
@@ -96,6 +97,8 @@ def plain_loop(args, model_name: str, corpus: Path) -> dict:
     for index in range(args.warmup):
         step(index)
     wait()
+    if args.profile:
+        return {"top_kernels": profile(lambda: step(args.warmup), wait, args.profile, device)}
     began = time.perf_counter()
     for index in range(args.warmup, steps):
         loss = step(index)
@@ -107,6 +110,23 @@ def plain_loop(args, model_name: str, corpus: Path) -> dict:
     return {"tokens_per_s": tokens_per_s, "step_time_s": seconds / args.steps, "timed_steps": args.steps,
             "tflops_per_device": flops / 1e12, "mfu": flops / peak if peak else None,
             "peak_mem_gib": peak_memory_bytes(device) / 2**30, "final_loss": loss.item()}
+
+
+def profile(run_step, wait, steps: int, device, top: int = 15) -> list[dict]:
+    """The `top` operators by self time on the device (CPU: on the host) over `steps` steps."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            run_step()
+        wait()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1
+    return [{"name": e.key[:120], "calls": e.count, "self_ms_per_step": getattr(e, key) / 1000 / steps,
+             "share": getattr(e, key) / total} for e in events[:top]]
 
 
 def plain_in_subprocess(argv: list[str]) -> dict:
@@ -125,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--compare", action="store_true", help="alternate megallm and the plain loop")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: alternations per model")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile this many steps after the warm-up instead of timing: top operators by self time")
     return parser
 
 
@@ -142,7 +164,7 @@ def main(argv=None) -> int:
         raise SystemExit("plain_loop.py: one process and one micro-batch per step (no --nproc, --global-batch-tokens)")
     for model in args.model or ["tiny"]:
         if not args.compare:
-            record = {"bench": "plain_loop", "model": model, "seq_len": args.seq_len,
+            record = {"bench": "plain_loop_profile" if args.profile else "plain_loop", "model": model, "seq_len": args.seq_len,
                       "micro_batch_size": args.micro_batch_size, **plain_loop(args, model, corpus)}
             append_jsonl(args.output, {**record, **env})
             continue
