@@ -56,12 +56,11 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
     other copy). Call after the data-parallel gradient reduction.
     """
     tp_rank = ps.get_tensor_model_parallel_rank()
+    counted = [p.grad.detach() for p in params if p.grad is not None and not internals.pipe_replicated(p)
+               and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
     squares = torch.zeros((), dtype=torch.float32, device=params[0].device)
-    for p in params:
-        if p.grad is None or internals.pipe_replicated(p):
-            continue
-        if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
-            squares += p.grad.detach().float().pow(2).sum()
+    if counted:  # one fused pass over all gradients (a stage may hold none that count)
+        squares = torch.stack(torch._foreach_norm(counted)).float().square().sum()
     dist.all_reduce(squares, group=ps.get_model_parallel_group())  # the TP x PP ranks of this replica
     norm = squares.sqrt()
     # In float64, as a Python float would be; a coefficient of exactly 1 leaves the gradients bitwise unchanged.
