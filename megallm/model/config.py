@@ -12,6 +12,47 @@ from typing import Optional
 
 # Activation checkpointing modes (train.activation_checkpointing), see megallm.model.layers.
 RECOMPUTE_MODES = ("none", "full", "selective")
+# RoPE scalings megallm computes (transformers' names, modeling_rope_utils.ROPE_INIT_FUNCTIONS).
+ROPE_TYPES = ("linear", "llama3")
+
+
+@dataclass
+class RopeScaling:
+    """How RoPE frequencies are stretched for contexts beyond pretraining (`model.rope_scaling`).
+
+    Fields and meaning as in transformers' `rope_parameters` / `rope_scaling`
+    (megallm.model.layers.rotary_frequencies computes them):
+    - "linear": every frequency divided by `factor` (positions compressed by `factor`);
+    - "llama3" (Llama 3.1 and later): wavelengths longer than
+      original_max_position_embeddings / low_freq_factor divided by `factor`, shorter than
+      original_max_position_embeddings / high_freq_factor kept, smoothly interpolated between.
+    """
+
+    rope_type: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: Optional[float] = None  # llama3 only
+    high_freq_factor: Optional[float] = None  # llama3 only
+    original_max_position_embeddings: Optional[int] = None  # llama3 only: the context of pretraining
+
+    def problems(self) -> list[str]:
+        if self.rope_type not in ROPE_TYPES:
+            return [f"model.rope_scaling.rope_type={self.rope_type!r} is not supported; megallm computes "
+                    f"{', '.join(ROPE_TYPES)} (or no scaling: model.rope_scaling=null)"]
+        problems = [] if self.factor > 0 else [f"model.rope_scaling.factor must be positive, got {self.factor}"]
+        if self.rope_type == "llama3":
+            for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                value = getattr(self, key)
+                if value is None or value <= 0:
+                    problems.append(f"model.rope_scaling.{key} must be positive for rope_type llama3, got {value}")
+            if not problems and self.high_freq_factor <= self.low_freq_factor:
+                problems.append(f"model.rope_scaling.high_freq_factor={self.high_freq_factor} must exceed "
+                                f"low_freq_factor={self.low_freq_factor}")
+        return problems
+
+    def to_dict(self) -> dict:
+        """The transformers `rope_scaling` fields that apply to this type (without rope_theta)."""
+        keys = ("rope_type", "factor") if self.rope_type == "linear" else tuple(dataclasses.asdict(self))
+        return {key: getattr(self, key) for key in keys}
 
 
 @dataclass
@@ -29,6 +70,11 @@ class ModelConfig:
     vocab_size: Optional[int] = None
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
+    # RoPE scaling of Llama 3.1+ ("llama3") or "linear"; None: plain RoPE.
+    rope_scaling: Optional[RopeScaling] = None
+    # The context the model is made for (config.json's max_position_embeddings, kept on export);
+    # None: the training sequence length. Attention itself has no limit.
+    max_position_embeddings: Optional[int] = None
     norm_eps: float = 1e-5
     init_std: float = 0.02
     # The embedding table is padded to a multiple of this times the tensor-parallel degree
@@ -38,6 +84,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        if isinstance(self.rope_scaling, dict):  # as saved in a checkpoint's megallm_state.json
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
@@ -63,6 +111,10 @@ class ModelConfig:
             )
         if self.vocab_size is not None and self.vocab_size <= 0:
             problems.append(f"model.vocab_size must be positive, got {self.vocab_size}")
+        if self.max_position_embeddings is not None and self.max_position_embeddings <= 0:
+            problems.append(f"model.max_position_embeddings must be positive, got {self.max_position_embeddings}")
+        if self.rope_scaling is not None:
+            problems += self.rope_scaling.problems()
         return problems
 
     def to_dict(self) -> dict:
