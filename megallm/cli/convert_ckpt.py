@@ -84,10 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "--weights-only: the full model in canonical names, which any layout resumes. Otherwise a "
                     "DeepSpeed checkpoint of the given layout with a fresh (empty) optimizer. Either way the run "
                     "that resumes it (train.resume=OUT_DIR) trains with its own optim.* settings and LR schedule. "
-                    "Padded vocabulary rows are restored for the layout.")
+                    "Padded vocabulary rows are restored for the layout. config.json in the transformers 4 layout "
+                    "(rope_theta, rope_scaling) or 5 (rope_parameters); RoPE default, linear or llama3 (Llama 3.1+). "
+                    "Before writing, transformers' logits on the folder are compared with megallm's (when "
+                    "transformers is installed). The tokenizer files, config.json and generation_config.json travel "
+                    "with the checkpoint, so an export keeps them.")
     imp.add_argument("hf_dir", type=Path, metavar="HF_DIR")
     imp.add_argument("out", type=Path, metavar="OUT_DIR")
     imp.add_argument("--weights-only", action="store_true", help="layout-free weights, no optimizer state")
+    imp.add_argument("--no-verify", action="store_true",
+                     help="skip the logits check with transformers (run whenever transformers is installed)")
     _layout_options(imp, required=False)
 
     reshard = commands.add_parser(
@@ -136,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
                                       if worst is not None else ""))
     elif args.command == "import":
         layout = None if args.weights_only else ParallelDims(args.tp, args.pp, args.dp, args.zero_stage)
-        print(f"wrote {convert.describe(convert.import_hf(args.hf_dir, args.out, layout))}")
+        out = convert.import_hf(args.hf_dir, args.out, layout, verify=not args.no_verify)
+        print(f"wrote {convert.describe(out)}")
     elif args.command == "reshard":
         out = convert.reshard(args.checkpoint, args.out, ParallelDims(args.tp, args.pp, args.dp, args.zero_stage))
         print(f"wrote {convert.describe(out)}")
