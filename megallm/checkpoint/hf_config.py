@@ -36,12 +36,12 @@ LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "initia
                   "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
-def rope_from_hf(config: dict) -> tuple[float, Optional[RopeScaling], list[str]]:
-    """(rope_theta, scaling or None, unsupported settings as `key=value`) of either layout."""
+def rope_from_hf(config: dict) -> tuple[float, RopeScaling, list[str]]:
+    """(rope_theta, scaling, unsupported settings as `key=value`) of either layout."""
     if config.get("rope_parameters") is not None:  # transformers 5
         params, where = dict(config["rope_parameters"]), "rope_parameters"
         if any(isinstance(value, dict) for value in params.values()):
-            return 0.0, None, [f"rope_parameters per layer type ({', '.join(params)})"]
+            return 0.0, RopeScaling(), [f"rope_parameters per layer type ({', '.join(params)})"]
         params.setdefault("rope_theta", config.get("rope_theta"))
     else:  # transformers 4, the Hub
         params, where = dict(config.get("rope_scaling") or {}), "rope_scaling"
@@ -56,9 +56,9 @@ def rope_from_hf(config: dict) -> tuple[float, Optional[RopeScaling], list[str]]
         unsupported.append(f"partial_rotary_factor={partial}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
-        return float(theta), None, unsupported
+        return float(theta), RopeScaling(), unsupported
     if rope_type not in ROPE_TYPES:
-        return float(theta), None, unsupported + [f"{where}.rope_type={rope_type!r}"]
+        return float(theta), RopeScaling(), unsupported + [f"{where}.rope_type={rope_type!r}"]
     missing = [key for key in ROPE_KEYS[rope_type] if params.get(key) is None]
     if missing:
         raise ConversionError(f"config.json's {where} of rope_type {rope_type!r} lacks {', '.join(missing)}; "
@@ -126,7 +126,7 @@ def hf_config(cfg: ModelConfig, *, bos_id: Optional[int], eos_id: Optional[int],
     }
     original_positions = (original or {}).get("max_position_embeddings")
     shape["max_position_embeddings"] = cfg.max_position_embeddings or original_positions or max_positions
-    scaling = cfg.rope_scaling.to_dict() if cfg.rope_scaling else None
+    scaling = cfg.rope_scaling.to_dict() if cfg.rope_scaling.scales else None
     if original is not None:
         config = {**original, **shape}
         if "torch_dtype" in original or "dtype" in original:

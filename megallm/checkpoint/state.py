@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 
 from megallm.errors import CheckpointError
+from megallm.model.config import ModelConfig
 from megallm.parallel.dims import ParallelDims
 
 STATE_FILE = "megallm_state.json"
@@ -120,8 +121,10 @@ def check_complete(path: Path, state: RunState) -> None:
 
 def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
     """Refuse to resume into a different model, tokenizer, layout or sequence length."""
-    saved_model = {k: v for k, v in saved.model.items() if k not in DESCRIPTIVE_MODEL_KEYS}
-    current_model = {k: v for k, v in current.model.items() if k not in DESCRIPTIVE_MODEL_KEYS}
+    # through ModelConfig: keys added since the checkpoint was written take their defaults
+    saved_model = {k: v for k, v in ModelConfig(**saved.model).to_dict().items() if k not in DESCRIPTIVE_MODEL_KEYS}
+    current_model = {k: v for k, v in ModelConfig(**current.model).to_dict().items()
+                     if k not in DESCRIPTIVE_MODEL_KEYS}
     if saved_model != current_model:
         diff = ", ".join(f"model.{k}: saved {saved_model.get(k)} vs now {current_model.get(k)}"
                          for k in sorted(set(saved_model) | set(current_model))

@@ -101,7 +101,7 @@ def rotary_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScalin
     then stretched by `scaling` exactly as transformers' `_compute_linear_scaling_rope_parameters`
     and `_compute_llama3_parameters` (same operations in the same order, so the same bits)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    if scaling is None:
+    if scaling is None or not scaling.scales:
         return inv_freq
     if scaling.rope_type == "linear":
         return inv_freq / scaling.factor

@@ -68,7 +68,7 @@ def test_import_gives_transformers_logits_and_exports_the_same_folder(world_of_o
     if family == "llama3":
         assert cfg.rope_scaling.to_dict() == {k: v for k, v in scaling.items() if k != "rope_theta"}
     else:
-        assert cfg.rope_scaling is None
+        assert cfg.rope_scaling.rope_type == "default"
     tokens = torch.randint(0, cfg.vocab_size, (2, LENGTH), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = model_from_weights(weights, cfg)(tokens).transpose(0, 1)[..., : cfg.vocab_size]

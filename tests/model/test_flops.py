@@ -49,7 +49,7 @@ def test_llama3_presets_carry_their_rope_scaling():
         assert (cfg.rope_scaling.rope_type, cfg.rope_scaling.factor, cfg.max_position_embeddings) == \
             ("llama3", factor, 131072)
         assert cfg.rope_scaling.original_max_position_embeddings == 8192 and cfg.rope_theta == 500000.0
-    assert load_model_config("7b").rope_scaling is None and load_model_config("7b").max_position_embeddings == 4096
+    assert load_model_config("7b").rope_scaling.rope_type == "default" and load_model_config("7b").max_position_embeddings == 4096
 
 
 def test_flops_per_token_is_6n_plus_attention():
