@@ -310,5 +310,16 @@ def describe(path: Path) -> str:
     checkpoint = resolve_checkpoint(path)
     state = read_state(checkpoint)
     if state.weights_only:
-        return f"megallm weights-only checkpoint {checkpoint}"
-    return f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}"
+        return f"megallm weights-only checkpoint {checkpoint}: {model_overrides(state.model)}"
+    return f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}, {model_overrides(state.model)}"
+
+
+def model_overrides(model: dict) -> str:
+    """The `model.*` overrides that give this model config (what a run resuming it must use)."""
+    pairs = []
+    for key, value in ModelConfig(**model).to_dict().items():
+        if key == "rope_scaling":
+            value = {k: v for k, v in value.items() if v is not None}
+        for name, leaf in (value.items() if isinstance(value, dict) else [(None, value)]):
+            pairs.append(f"model.{key}{'.' + name if name else ''}={'null' if leaf is None else leaf}")
+    return " ".join(pairs)

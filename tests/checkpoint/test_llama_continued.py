@@ -33,19 +33,10 @@ SCHEDULE = ["train.precision=fp32", "train.seq_len=128", "train.micro_batch_size
 CASES = {"llama3": "transformers5", "llama2": "transformers4"}
 
 
-def model_overrides(model) -> list[str]:
-    """Hydra overrides that give exactly `model` (a ModelConfig), as a resuming run must."""
-    overrides = ["+model=tiny"]
-    for key, value in model.to_dict().items():
-        for name, leaf in (value.items() if isinstance(value, dict) else [(None, value)]):
-            overrides.append(f"model.{key}{'.' + name if name else ''}={'null' if leaf is None else leaf}")
-    return overrides
-
-
 @pytest.fixture(scope="module", params=list(CASES))
 def imported(request, tmp_path_factory):
     """(family, HF folder, weights-only import, corpus prepared with its tokenizer, model overrides)."""
-    from megallm.checkpoint.convert import import_hf, read_model
+    from megallm.checkpoint.convert import describe, import_hf
 
     family = request.param
     root = tmp_path_factory.mktemp(family)
@@ -55,7 +46,9 @@ def imported(request, tmp_path_factory):
     code = prepare_main(["--tokenizer", str(folder / "tokenizer.json"), "--output", str(corpus), "--workers", "1",
                          "--val-fraction", "0.05", *sum((["--input", str(p)] for p in short_stdlib_modules()), [])])
     assert code == 0
-    return family, folder, checkpoint, corpus, model_overrides(read_model(checkpoint)[1])
+    overrides = describe(checkpoint).split(": ", 1)[1].split()  # `convert_ckpt.py info`: what a resume needs
+    assert any(o.startswith("model.rope_scaling.rope_type=") for o in overrides)
+    return family, folder, checkpoint, corpus, ["+model=tiny", *overrides]
 
 
 def transformers_first_step_loss(folder, corpus, overrides) -> float:
@@ -118,10 +111,9 @@ def test_continued_pretraining_export_and_generation(imported, tmp_path, capsys)
     assert printed["new_ids"] == (out[: out.index(eos) + 1] if eos in out else out)
 
 
+@pytest.mark.parametrize("imported", ["llama3"], indirect=True)  # GQA, tied, scaled RoPE
 def test_tp2_import_continues_with_transformers_loss(imported, tmp_path, capsys):
-    family, folder, _, corpus, overrides = imported
-    if family != "llama3":
-        pytest.skip("TP=2 is checked on the llama3 family (GQA, tied, scaled RoPE)")
+    _, folder, _, corpus, overrides = imported
     checkpoint = tmp_path / "imported_tp2"
     result = run_main(convert_main, ["import", folder, checkpoint, "--tp", 2, "--pp", 1, "--dp", 1,
                                      "--zero-stage", 1], capsys)
