@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Iterator
 
 TOKENIZER_FILE = "tokenizer.json"  # in a prepared corpus, a checkpoint and a Hugging Face folder
+# The Hugging Face files that describe a tokenizer beside tokenizer.json (special tokens, chat
+# template); where present they travel with it into corpora, checkpoints and exports.
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_SIDE_FILES = (TOKENIZER_CONFIG_FILE, "special_tokens_map.json", "chat_template.jinja")
 RUN_CONFIG_FILE = "config.yaml"  # the resolved config, in a run folder and in each checkpoint
 HF_CONFIG_FILE = "config.json"  # a Hugging Face model folder's config
 PARTIAL_SUFFIX = ".partial"

@@ -13,6 +13,7 @@ Outputs appear under their final name only when complete (`<out>.partial`, then 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from megallm.checkpoint.hf import read_hf_folder, write_hf_folder
+from megallm.checkpoint.hf import read_hf_folder, read_hf_model_files, write_hf_folder
 from megallm.checkpoint.portable import PortableState, apply_state, gather_state
 from megallm.checkpoint.saving import load_checkpoint, write_checkpoint
 from megallm.checkpoint.state import (
@@ -38,7 +39,7 @@ from megallm.checkpoint.state import (
     read_weights,
 )
 from megallm.config import RunConfig, batch_layout, check_config, compose_config, config_from_yaml, resolved_precision
-from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
+from megallm.data.tokenizer import load_tokenizer, tokenizer_files, tokenizer_hash
 from megallm.engine.engine import ParallelEngine
 from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError
 from megallm.files import HF_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE
@@ -166,25 +167,26 @@ def check_layout(model: ModelConfig, layout: ParallelDims, config_yaml: str) -> 
 
 
 def _write_worker(state_file: Path, out: Path, layout: ParallelDims, config_yaml: str, run_state: RunState,
-                  tokenizer_json: Optional[str]) -> None:
+                  tokenizer: Optional[dict]) -> None:
     state = PortableState.load(state_file)
     cfg, config_yaml = config_from_yaml(config_yaml, _layout_overrides(run_state.model, layout))
     engine = _engine_for(cfg, layout)
     apply_state(engine, state, cfg.model)
     saved = RunState(**{**asdict(run_state), "layout": layout, "files": {}, "weights_only": False})
     write_checkpoint(engine, out, saved, config_yaml, engine.ctx.rank,
-                     tokenizer_json=tokenizer_json if engine.ctx.is_main else None)
+                     tokenizer_files=tokenizer if engine.ctx.is_main else None)
 
 
 def write_megallm_checkpoint(state: PortableState, out: Path, layout: ParallelDims, config_yaml: str,
-                             run_state: RunState, tokenizer_json: Optional[str], workdir: Path) -> Path:
-    """Start `layout`'s ranks and save `state` as a checkpoint of that layout at `out`."""
+                             run_state: RunState, tokenizer: Optional[dict], workdir: Path) -> Path:
+    """Start `layout`'s ranks and save `state` as a checkpoint of that layout at `out`; `tokenizer`:
+    {name: text} of its tokenizer files."""
     state_file = workdir / "state.pt"
     state.save(state_file)
     progress(f"writing {out} ({layout}) with {layout.world_size} CPU process(es)")
     try:
         run_local_world(layout.world_size, _write_worker, state_file, out, layout, config_yaml, run_state,
-                        tokenizer_json)
+                        tokenizer)
     except WorldError as exc:
         raise ConversionError(f"writing {out} failed: {exc}") from None
     return out
@@ -207,7 +209,7 @@ def reshard(source: Path, out: Path, layout: ParallelDims) -> Path:
     with tempfile.TemporaryDirectory(prefix="megallm-reshard-", dir=out.parent) as workdir:
         state = read_checkpoint_state(checkpoint, with_optimizer=True, workdir=Path(workdir))
         return write_megallm_checkpoint(state, out, layout, config_yaml, saved,
-                                        tokenizer.read_text() if tokenizer else None, Path(workdir))
+                                        tokenizer_files(tokenizer) if tokenizer else None, Path(workdir))
 
 
 # ---- Hugging Face -----------------------------------------------------------------------------
@@ -226,16 +228,21 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
                               "pass --tokenizer PATH/tokenizer.json")
     weights, cfg, _ = read_model(checkpoint)
     weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in weights.items()}
-    seq_len = read_state(checkpoint).seq_len or 2048
-    folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, eos_id=eos_id(load_tokenizer(tokenizer)),
-                             max_positions=seq_len, max_shard_bytes=max_shard_bytes)
+    saved = read_state(checkpoint)
+    folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, max_positions=saved.seq_len or 2048,
+                             original=saved.hf_model_files, max_shard_bytes=max_shard_bytes)
     return folder, (verify_hf(folder, weights, cfg) if verify else None)
 
 
-def import_hf(folder: Path, out: Path, layout: Optional[ParallelDims]) -> Path:
+def import_hf(folder: Path, out: Path, layout: Optional[ParallelDims], verify: bool = True) -> Path:
     """Hugging Face Llama folder -> megallm checkpoint at step 0: weights-only (layout None) or,
     under `layout`, a DeepSpeed checkpoint with a fresh optimizer. A run resuming either
-    trains with its own optimizer settings and LR schedule (megallm.checkpoint.saving)."""
+    trains with its own optimizer settings and LR schedule (megallm.checkpoint.saving).
+
+    Before writing anything, megallm's logits on the read weights are compared with
+    transformers' on the folder (`verify_hf`) when transformers is installed. The
+    checkpoint keeps the folder's tokenizer files and its config.json and
+    generation_config.json (RunState.hf_model_files), for a faithful export."""
     out = Path(out)
     _refuse_existing(out)
     if not Path(folder, HF_CONFIG_FILE).is_file():
@@ -244,16 +251,25 @@ def import_hf(folder: Path, out: Path, layout: Optional[ParallelDims]) -> Path:
     cfg, _ = compose_config(["+model=tiny"])
     cfg.model = model
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if layout is not None:
+        check_layout(model, layout, config_yaml)
+    if verify and transformers_installed():
+        worst = verify_hf(Path(folder), weights, model)
+        progress(f"{folder}: transformers computes megallm's logits (max |diff| {worst:.2e})")
     run_state = RunState(model=model.to_dict(), weights_only=layout is None,
-                         tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer)) if tokenizer else "")
-    tokenizer_json = tokenizer.read_text() if tokenizer else None
+                         tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer)) if tokenizer else "",
+                         hf_model_files=read_hf_model_files(Path(folder)))
+    tokenizer_texts = tokenizer_files(tokenizer) if tokenizer else None
     if layout is None:
         return write_checkpoint(None, out, run_state, config_yaml, rank=0, consolidated=weights,
-                                tokenizer_json=tokenizer_json)
-    check_layout(model, layout, config_yaml)
+                                tokenizer_files=tokenizer_texts)
     with tempfile.TemporaryDirectory(prefix="megallm-import-", dir=out.parent) as workdir:
         return write_megallm_checkpoint(PortableState(weights=weights), out, layout, config_yaml, run_state,
-                                        tokenizer_json, Path(workdir))
+                                        tokenizer_texts, Path(workdir))
+
+
+def transformers_installed() -> bool:
+    return importlib.util.find_spec("transformers") is not None
 
 
 def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, cfg: Optional[ModelConfig] = None,
@@ -294,5 +310,16 @@ def describe(path: Path) -> str:
     checkpoint = resolve_checkpoint(path)
     state = read_state(checkpoint)
     if state.weights_only:
-        return f"megallm weights-only checkpoint {checkpoint}"
-    return f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}"
+        return f"megallm weights-only checkpoint {checkpoint}: {model_overrides(state.model)}"
+    return f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}, {model_overrides(state.model)}"
+
+
+def model_overrides(model: dict) -> str:
+    """The `model.*` overrides that give this model config (what a run resuming it must use)."""
+    pairs = []
+    for key, value in ModelConfig(**model).to_dict().items():
+        if key == "rope_scaling":
+            value = {k: v for k, v in value.items() if v is not None}
+        for name, leaf in (value.items() if isinstance(value, dict) else [(None, value)]):
+            pairs.append(f"model.{key}{'.' + name if name else ''}={'null' if leaf is None else leaf}")
+    return " ".join(pairs)

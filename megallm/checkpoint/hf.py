@@ -11,6 +11,11 @@ names, vocabulary rows trimmed to `model.vocab_size`), which any layout consolid
 - Tied embeddings: `tie_word_embeddings` and no `lm_head.weight`.
 - Vocabulary padding (megallm pads rows for TP): trimmed on export, restored by the
   model builder on import.
+config.json is megallm.checkpoint.hf_config's. A folder's own files besides the weights
+travel with the model: the tokenizer files (tokenizer.json and its side files, kept
+beside the tokenizer in corpora and checkpoints) and `HF_MODEL_FILES` (config.json,
+generation_config.json: kept in the checkpoint's RunState.hf_model_files), so an export
+of an imported model keeps its special token ids, chat template and config.
 """
 
 from __future__ import annotations
@@ -18,16 +23,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from megallm.errors import ConversionError
-from megallm.files import HF_CONFIG_FILE, TOKENIZER_FILE, writing_folder
+from megallm.checkpoint.hf_config import hf_config, model_config_from_hf
+from megallm.data.tokenizer import SpecialTokens, special_tokens
+from megallm.errors import ConversionError, DataError
+from megallm.files import HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES, writing_folder
 from megallm.model.config import ModelConfig
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 HF_INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+HF_MODEL_FILES = (HF_CONFIG_FILE, GENERATION_CONFIG_FILE)  # JSON files about the model, kept by an import
 
 
 def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,49 +109,19 @@ def to_hf_names(cfg: ModelConfig) -> list[str]:
     return names
 
 
-def hf_config(cfg: ModelConfig, eos_id: int | None, max_positions: int, dtype: str = "float32") -> dict:
-    """The `config.json` of a `LlamaForCausalLM` with megallm's shape."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_hidden_size,
-        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
-        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "max_position_embeddings": max_positions,
-        "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
-        "mlp_bias": False, "initializer_range": cfg.init_std, "torch_dtype": dtype,
-        "bos_token_id": eos_id, "eos_token_id": eos_id,
-    }
-
-
-def model_config_from_hf(config: dict, name: str = "hf") -> ModelConfig:
-    """megallm's ModelConfig for a Hugging Face Llama `config.json`; refuses other architectures."""
-    arch = config.get("architectures") or [config.get("model_type")]
-    if arch[0] not in SUPPORTED_ARCHITECTURES:
-        raise ConversionError(f"architecture {arch[0]!r} is not supported; megallm converts "
-                              f"{', '.join(SUPPORTED_ARCHITECTURES)} only")
-    heads = config["num_attention_heads"]
-    if config.get("head_dim", config["hidden_size"] // heads) * heads != config["hidden_size"]:
-        raise ConversionError("head_dim x num_attention_heads != hidden_size is not supported by megallm's Llama")
-    for key in ("attention_bias", "mlp_bias"):
-        if config.get(key):
-            raise ConversionError(f"{key}=true is not supported by megallm's Llama")
-    if config.get("rope_scaling"):
-        raise ConversionError(f"rope_scaling {config['rope_scaling']} is not supported by megallm's Llama")
-    return ModelConfig(
-        name=name, hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"], num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads", heads), ffn_hidden_size=config["intermediate_size"],
-        vocab_size=config["vocab_size"], tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        rope_theta=float(config.get("rope_theta", 10000.0)), norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-    )
-
-
 def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, *, tokenizer_file: Path,
-                    eos_id: int | None, max_positions: int, max_shard_bytes: int = 2 << 30) -> Path:
+                    max_positions: int, original: Optional[dict] = None, max_shard_bytes: int = 2 << 30) -> Path:
     """Write a `from_pretrained`-loadable folder: config, generation config, sharded safetensors with
-    an index, tokenizer. Written to `<out>.partial` and published: no half-written output."""
+    an index, the tokenizer with its side files. `original`: the imported model's HF_MODEL_FILES
+    ({name: JSON}), kept with megallm's values set; `max_positions`: max_position_embeddings when
+    the model config has none. Written to `<out>.partial` and published: no half-written output."""
     out = Path(out)
     if out.exists():
         raise ConversionError(f"{out} exists already; choose a new output folder or remove it")
+    original = original or {}
+    tokens = _special_tokens_or_none(tokenizer_file)
+    bos = tokens.document_start_id if tokens else None  # megallm's own tokenizers: documents begin after eos
+    eos = tokens.eos_id if tokens else None
     tensors = to_hf_state_dict(weights, cfg)
     shards, current, size = [], {}, 0
     for name, tensor in tensors.items():
@@ -156,29 +135,49 @@ def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Pat
     index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
              "weight_map": {}}
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    config = hf_config(cfg, bos_id=bos, eos_id=eos, max_positions=max_positions, dtype=dtype,
+                       original=original.get(HF_CONFIG_FILE))
+    generation = original.get(GENERATION_CONFIG_FILE) or {"bos_token_id": bos, "eos_token_id": eos, "do_sample": False}
     with writing_folder(out) as partial:
         for i, shard in enumerate(shards):
             file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, str(partial / file), metadata={"format": "pt"})
             index["weight_map"].update({name: file for name in shard})
         (partial / HF_INDEX_FILE).write_text(json.dumps(index, indent=1))
-        (partial / HF_CONFIG_FILE).write_text(json.dumps(hf_config(cfg, eos_id, max_positions, dtype), indent=1))
-        (partial / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}, indent=1))
+        (partial / HF_CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        (partial / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=1))
         shutil.copyfile(tokenizer_file, partial / TOKENIZER_FILE)
-        (partial / "tokenizer_config.json").write_text(
-            json.dumps(_tokenizer_config(tokenizer_file, eos_id), indent=1))
+        for name in TOKENIZER_SIDE_FILES:
+            if Path(tokenizer_file).with_name(name).is_file():
+                shutil.copyfile(Path(tokenizer_file).with_name(name), partial / name)
+        if not (partial / TOKENIZER_CONFIG_FILE).is_file():
+            (partial / TOKENIZER_CONFIG_FILE).write_text(json.dumps(_tokenizer_config(tokenizer_file, bos, eos),
+                                                                    indent=1))
     return out
 
 
-def _tokenizer_config(tokenizer_file: Path, eos_id: int | None) -> dict:
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30, "clean_up_tokenization_spaces": False}
-    if eos_id is not None:
-        vocab = json.loads(Path(tokenizer_file).read_text()).get("added_tokens", [])
-        eos = next((t["content"] for t in vocab if t["id"] == eos_id), None)
-        if eos is not None:
-            config.update(eos_token=eos, bos_token=eos)
+def _special_tokens_or_none(tokenizer_file: Path) -> Optional[SpecialTokens]:
+    try:
+        return special_tokens(tokenizer_file)
+    except DataError:  # a tokenizer that names no end-of-document token: the config says none
+        return None
+
+
+def _tokenizer_config(tokenizer_file: Path, bos_id: Optional[int], eos_id: Optional[int]) -> dict:
+    """tokenizer_config.json for a tokenizer.json that came without one (megallm's own)."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30,
+              "clean_up_tokenization_spaces": False}
+    added = {t["id"]: t["content"] for t in json.loads(Path(tokenizer_file).read_text()).get("added_tokens", [])}
+    for key, token_id in (("bos_token", bos_id), ("eos_token", eos_id)):
+        if token_id in added:
+            config[key] = added[token_id]
     return config
+
+
+def read_hf_model_files(folder: Path) -> dict:
+    """{name: JSON} of the folder's HF_MODEL_FILES that exist (kept by an import, used by its export)."""
+    return {name: json.loads((Path(folder) / name).read_text()) for name in HF_MODEL_FILES
+            if (Path(folder) / name).is_file()}
 
 
 def read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:

@@ -30,7 +30,7 @@ from megallm.checkpoint.state import (
     tag_for,
 )
 from megallm.engine.engine import ParallelEngine
-from megallm.files import RUN_CONFIG_FILE, TOKENIZER_FILE, partial_path, publish, start_partial
+from megallm.files import RUN_CONFIG_FILE, partial_path, publish, start_partial
 from megallm.model.config import ModelConfig
 
 
@@ -54,7 +54,7 @@ def _rng_file(folder: Path, rank: int) -> Path:
 
 
 def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_yaml: str, keep_last: int,
-                    consolidated: Optional[dict] = None, tokenizer_json: Optional[str] = None) -> Optional[Path]:
+                    consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None) -> Optional[Path]:
     """Collective: write `root/step_NNNNNNNN` and delete all but the newest `keep_last` (0: keep all).
     Returns the published folder (None if it already existed: it is never overwritten)."""
     final = root / tag_for(state.step)
@@ -64,7 +64,7 @@ def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_
             print(f"checkpoint {final} exists already; keeping it and not saving step {state.step}", flush=True)
         return None
     write_checkpoint(engine, final, state, config_yaml, rank, consolidated=consolidated,
-                     tokenizer_json=tokenizer_json)
+                     tokenizer_files=tokenizer_files)
     if rank == 0 and keep_last > 0:
         for old in complete_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -72,8 +72,10 @@ def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_
 
 
 def write_checkpoint(engine: Optional[ParallelEngine], final: Path, state: RunState, config_yaml: str, rank: int,
-                     consolidated: Optional[dict] = None, tokenizer_json: Optional[str] = None) -> Path:
+                     consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None) -> Path:
     """Collective: write the checkpoint folder `final` through `<final>.partial` and a rename.
+
+    `tokenizer_files`: {name: text} of tokenizer.json and its side files (rank 0's).
 
     `engine`: None for a weights-only checkpoint (rank 0 alone then). `consolidated` (rank
     0's full model from megallm.checkpoint.portable) is written as consolidated.pt.
@@ -89,8 +91,8 @@ def write_checkpoint(engine: Optional[ParallelEngine], final: Path, state: RunSt
         dist.barrier()
     if rank == 0:
         (partial / RUN_CONFIG_FILE).write_text(config_yaml)
-        if tokenizer_json is not None:
-            (partial / TOKENIZER_FILE).write_text(tokenizer_json)
+        for name, text in (tokenizer_files or {}).items():
+            (partial / name).write_text(text)
         if consolidated is not None:
             torch.save({"model": consolidated, "model_config": state.model}, partial / WEIGHTS_FILE)
         state.files = {str(f.relative_to(partial)): f.stat().st_size for f in sorted(partial.rglob("*"))

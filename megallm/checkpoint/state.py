@@ -7,7 +7,8 @@ A checkpoint is the folder `<dir>/step_NNNNNNNN/` holding
   layout, the resolved model shape and tokenizer identity,
 - `config.yaml`: the run's resolved config,
 - `tokenizer.json`: the tokenizer the run's corpus was prepared with (export and
-  generation need no corpus),
+  generation need no corpus), with its Hugging Face side files (`tokenizer_config.json`,
+  `special_tokens_map.json`, `chat_template.jinja`) where it has them,
 - `consolidated.pt` (with checkpoint.consolidated=true): the full model in canonical
   names, for any layout (megallm.checkpoint.portable).
 `megallm_state.json` also lists every file the ranks wrote with its size, so a shard
@@ -35,6 +36,7 @@ from typing import Optional
 import torch
 
 from megallm.errors import CheckpointError
+from megallm.model.config import ModelConfig
 from megallm.parallel.dims import ParallelDims
 
 STATE_FILE = "megallm_state.json"
@@ -42,6 +44,8 @@ WEIGHTS_FILE = "consolidated.pt"
 RNG_DIR = "rng"
 CHECKPOINTS_DIR = "checkpoints"  # under a run folder, unless checkpoint.dir says otherwise
 _TAG = re.compile(r"^step_(\d{8})$")
+# Model config keys that change nothing the model computes: a resuming run may set them as it likes.
+DESCRIPTIVE_MODEL_KEYS = ("name", "max_position_embeddings")
 
 
 @dataclass
@@ -57,17 +61,21 @@ class RunState:
     weights_only: bool = False  # consolidated.pt only: no optimizer state, no layout
     files: dict = field(default_factory=dict)  # every file the ranks wrote (relative path -> bytes)
     callbacks: dict = field(default_factory=dict)  # callback name -> its state_dict()
+    # An imported Hugging Face model's config.json and generation_config.json ({name: JSON}),
+    # carried by every run that resumes it, so that its export keeps them (megallm.checkpoint.hf).
+    hf_model_files: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.layout, dict):  # as read from JSON ({} in older weights-only checkpoints)
             self.layout = ParallelDims.from_dict(self.layout) if self.layout else None
 
     def to_json(self) -> str:
-        """As saved in megallm_state.json; no `callbacks` key when none has state (so that earlier
-        versions of megallm still read the file)."""
+        """As saved in megallm_state.json; no `callbacks` / `hf_model_files` key when empty (so that
+        earlier versions of megallm still read the file)."""
         fields = asdict(self)
-        if not fields["callbacks"]:
-            del fields["callbacks"]
+        for key in ("callbacks", "hf_model_files"):
+            if not fields[key]:
+                del fields[key]
         return json.dumps(fields, indent=1)
 
 
@@ -113,8 +121,10 @@ def check_complete(path: Path, state: RunState) -> None:
 
 def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
     """Refuse to resume into a different model, tokenizer, layout or sequence length."""
-    saved_model = {k: v for k, v in saved.model.items() if k != "name"}
-    current_model = {k: v for k, v in current.model.items() if k != "name"}
+    # through ModelConfig: keys added since the checkpoint was written take their defaults
+    saved_model = {k: v for k, v in ModelConfig(**saved.model).to_dict().items() if k not in DESCRIPTIVE_MODEL_KEYS}
+    current_model = {k: v for k, v in ModelConfig(**current.model).to_dict().items()
+                     if k not in DESCRIPTIVE_MODEL_KEYS}
     if saved_model != current_model:
         diff = ", ".join(f"model.{k}: saved {saved_model.get(k)} vs now {current_model.get(k)}"
                          for k in sorted(set(saved_model) | set(current_model))

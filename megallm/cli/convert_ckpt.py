@@ -40,10 +40,12 @@ examples:
   # resume a TP=2 x PP=2 run on 2 GPUs with ZeRO-3 (weights, Adam state, LR schedule, data position)
   python tools/convert_ckpt.py reshard runs/big/checkpoints/step_00001000 ckpt/dp2 --tp 1 --pp 1 --dp 2 --zero-stage 3
   torchrun --nproc_per_node 2 launch/pretrain.py +model=NAME parallel.zero_stage=3 train.resume=ckpt/dp2 ...
-  # continue pretraining a Hugging Face Llama 2 7B (prepare the corpus with its tokenizer.json;
-  # +model must give the same shape, which conf/model/7b.yaml does)
-  python tools/convert_ckpt.py import hf/llama-2-7b ckpt/llama --weights-only
-  torchrun --nproc_per_node 8 launch/pretrain.py +model=7b train.resume=ckpt/llama parallel.tp=2 data.path=...
+  # continue pretraining a Hugging Face Llama 3.2 1B (prepare the corpus with its tokenizer.json;
+  # +model must give the same shape and RoPE, which conf/model/1b.yaml does; `info` prints it)
+  python tools/convert_ckpt.py import hf/Llama-3.2-1B ckpt/llama --weights-only
+  python tools/prepare_data.py --input 'corpus/*.jsonl' --output data/llama --tokenizer hf/Llama-3.2-1B/tokenizer.json
+  torchrun --nproc_per_node 8 launch/pretrain.py +model=1b train.resume=ckpt/llama data.path=data/llama ...
+  python tools/convert_ckpt.py export runs/NAME hf/continued   # keeps the original's config.json and tokenizer files
 """
 
 
@@ -84,10 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "--weights-only: the full model in canonical names, which any layout resumes. Otherwise a "
                     "DeepSpeed checkpoint of the given layout with a fresh (empty) optimizer. Either way the run "
                     "that resumes it (train.resume=OUT_DIR) trains with its own optim.* settings and LR schedule. "
-                    "Padded vocabulary rows are restored for the layout.")
+                    "Padded vocabulary rows are restored for the layout. config.json in the transformers 4 layout "
+                    "(rope_theta, rope_scaling) or 5 (rope_parameters); RoPE default, linear or llama3 (Llama 3.1+). "
+                    "Before writing, transformers' logits on the folder are compared with megallm's (when "
+                    "transformers is installed). The tokenizer files, config.json and generation_config.json travel "
+                    "with the checkpoint, so an export keeps them.")
     imp.add_argument("hf_dir", type=Path, metavar="HF_DIR")
     imp.add_argument("out", type=Path, metavar="OUT_DIR")
     imp.add_argument("--weights-only", action="store_true", help="layout-free weights, no optimizer state")
+    imp.add_argument("--no-verify", action="store_true",
+                     help="skip the logits check with transformers (run whenever transformers is installed)")
     _layout_options(imp, required=False)
 
     reshard = commands.add_parser(
@@ -108,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="take megallm's weights from this checkpoint instead of the folder")
     verify.add_argument("--tolerance", type=float, help="max |logit difference| (default 1e-4 for float32 weights)")
 
-    info = commands.add_parser("info", help="say what a checkpoint or folder holds")
+    info = commands.add_parser("info", help="say what a checkpoint or folder holds (for a megallm checkpoint: the "
+                                             "model.* overrides a run resuming it needs)")
     info.add_argument("path", type=Path, metavar="PATH")
     return parser
 
@@ -136,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                                       if worst is not None else ""))
     elif args.command == "import":
         layout = None if args.weights_only else ParallelDims(args.tp, args.pp, args.dp, args.zero_stage)
-        print(f"wrote {convert.describe(convert.import_hf(args.hf_dir, args.out, layout))}")
+        out = convert.import_hf(args.hf_dir, args.out, layout, verify=not args.no_verify)
+        print(f"wrote {convert.describe(out)}")
     elif args.command == "reshard":
         out = convert.reshard(args.checkpoint, args.out, ParallelDims(args.tp, args.pp, args.dp, args.zero_stage))
         print(f"wrote {convert.describe(out)}")

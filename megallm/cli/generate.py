@@ -2,8 +2,9 @@
 
 Reads the model (megallm.checkpoint.convert.read_model: a Hugging Face folder, or a
 megallm checkpoint of any layout), encodes each prompt with the model's tokenizer,
-puts the end-of-document token in front of it (megallm's documents start after one;
---no-bos to skip), generates with the KV cache (megallm.inference.generate) and prints
+puts the token its documents begin with in front of it (the tokenizer's bos, such as
+Llama 3's <|begin_of_text|>, else megallm's end-of-document token, after which its
+documents start: megallm.data.tokenizer.SpecialTokens; --no-bos to skip), generates with the KV cache (megallm.inference.generate) and prints
 prompt + completion on stdout, tokens/s on stderr. A problem the user can fix is one line `generate: error: ...`, exit code 2.
 """
 
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from megallm.cli import run_command
-from megallm.data.tokenizer import EOS_TOKEN, load_tokenizer
-from megallm.errors import UsageError
+from megallm.data.tokenizer import load_tokenizer, special_tokens
+from megallm.errors import DataError, UsageError
 from megallm.files import TOKENIZER_FILE
 
 PROG = "generate"
@@ -33,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Complete prompts with a megallm checkpoint or a Hugging Face Llama folder.\n"
                     "A KV cache keeps each layer's keys and values: one forward pass over the prompts\n"
                     "(prefill), then one pass of one token per prompt for each new token (decode).",
-        epilog="Prompts: each is fed as [<|endoftext|>] + its tokens. megallm trains on packed documents\n"
-               "in which the end-of-document token starts the next document, so the model expects a\n"
-               "document to begin after it (--no-bos for other models). Generation of a prompt stops\n"
-               "after <|endoftext|> (--no-stop) or --max-new-tokens. Tokens/s of prefill and decode go\n"
-               "to stderr; completions to stdout.\n\n"
+        epilog="Prompts: each is fed as [start] + its tokens, as documents are in training: start is the\n"
+               "tokenizer's beginning-of-text token when its post-processor adds one (Llama 2's <s>, Llama 3's\n"
+               "<|begin_of_text|>), else the end-of-document token (<|endoftext|> for megallm's tokenizers,\n"
+               "whose documents begin after it); --no-bos feeds the tokens alone. Generation of a prompt\n"
+               "stops after the end-of-document token (--no-stop) or --max-new-tokens. Tokens/s of prefill\n"
+               "and decode go to stderr; completions to stdout.\n\n"
                "examples:\n"
                "  python tools/generate.py runs/tiny/checkpoints --prompt 'def main(' --max-new-tokens 64\n"
                "  python tools/generate.py hf_export --prompts-file prompts.jsonl --temperature 0.8 --top-p 0.95",
@@ -66,10 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
     p.add_argument("--tokenizer", type=Path,
                    help="tokenizer.json to use (default: the one with SOURCE)")
-    p.add_argument("--no-bos", action="store_true",
-                   help="feed the prompt tokens alone, without <|endoftext|> in front (models not trained by "
-                        "megallm, whose tokenizer adds its own beginning token)")
-    p.add_argument("--no-stop", action="store_true", help="do not stop a prompt at <|endoftext|>")
+    p.add_argument("--no-bos", action="store_true", help="feed the prompt tokens alone, with no start token in front")
+    p.add_argument("--no-stop", action="store_true", help="do not stop a prompt at the end-of-document token")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per prompt instead: prompt, completion, prompt_ids (as fed), new_ids")
     return p
@@ -111,9 +111,13 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer_file is None:
         raise UsageError(f"no {TOKENIZER_FILE} found with {args.source}; pass --tokenizer FILE")
     tok = load_tokenizer(tokenizer_file)
-    eos = tok.token_to_id(EOS_TOKEN)
-    if eos is None and not args.no_bos:
-        raise UsageError(f"the tokenizer has no {EOS_TOKEN} token to put before the prompts; pass --no-bos")
+    try:
+        tokens = special_tokens(tokenizer_file, tok=tok)
+    except DataError:
+        if not (args.no_bos and args.no_stop):
+            raise UsageError(f"the tokenizer {tokenizer_file} names no end-of-document token to begin prompts "
+                             "with and stop at; pass --no-bos --no-stop") from None
+        tokens = None
 
     with distributed(deepspeed=False):
         if args.threads:
@@ -123,12 +127,13 @@ def run(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in model.parameters())
         print(f"generate: {args.source}: {params / 1e6:.1f}M parameters on {device}, {args.dtype}, "
               f"ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        fed = [([] if args.no_bos else [eos]) + tok.encode(p).ids for p in prompts]
+        start = [] if args.no_bos else [tokens.document_start_id]
+        fed = [start + tok.encode(p, add_special_tokens=False).ids for p in prompts]
         stats = GenerationStats()
         for first in range(0, len(fed), args.batch_size):
             batch = fed[first:first + args.batch_size]
             new = generate(model, batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, eos_id=None if args.no_stop else eos, seed=args.seed + first,
+                           top_p=args.top_p, eos_id=None if args.no_stop else tokens.eos_id, seed=args.seed + first,
                            stats=stats)
             for i, (ids, new_ids) in enumerate(zip(batch, new)):
                 print_completion(args, first + i, prompts[first + i], ids, new_ids, tok.decode(new_ids))

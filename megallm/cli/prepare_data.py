@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, help="corpus folder to write (data.path)")
     parser.add_argument("--text-field", default=defaults.text_field, help="JSON-lines field / Parquet column of the text")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="BPE vocabulary when training")
-    parser.add_argument("--tokenizer", type=Path, help="use this tokenizer.json instead of training one")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="use this tokenizer.json instead of training one (any Hugging Face fast tokenizer; "
+                             "tokenizer_config.json / special_tokens_map.json beside it name its eos, and documents "
+                             "begin with the bos its post-processor adds, as Llama 3's <|begin_of_text|>)")
+    parser.add_argument("--eos-token", help="end-of-document token (default: the tokenizer's declared eos_token, "
+                                            "else <|endoftext|>)")
     parser.add_argument("--tokenizer-train-bytes", type=int, default=defaults.tokenizer_train_bytes,
                         help="text used to train the tokenizer (a prefix of the inputs)")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of documents held out")
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     options = PrepareOptions(
-        vocab_size=args.vocab_size, tokenizer_path=args.tokenizer, val_fraction=args.val_fraction,
+        vocab_size=args.vocab_size, tokenizer_path=args.tokenizer, eos_token=args.eos_token, val_fraction=args.val_fraction,
         shard_tokens=args.shard_tokens, tokenizer_train_bytes=args.tokenizer_train_bytes,
         text_field=args.text_field, unit_bytes=round(args.unit_mb * (1 << 20)), workers=args.workers,
         progress_every=args.progress_every)

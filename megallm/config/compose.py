@@ -29,12 +29,15 @@ CONF_DIR = Path(os.environ.get("MEGALLM_CONF_DIR", Path(__file__).resolve().pare
 
 def available(group: str) -> list[str]:
     names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
-    return sorted(names, key=lambda n: (not n[0].isalpha(), _size_key(n), n))
+    return sorted(names, key=_listing_key)
 
 
-def _size_key(name: str):
+def _listing_key(name: str):
+    """tiny, then sizes by parameters (125m ... 70b), then named families (smollm2_135m, tinyllama_1b)."""
     match = re.fullmatch(r"(\d+)([mb])", name)
-    return (0, int(match.group(1)) * (1000 if match.group(2) == "b" else 1)) if match else (0, 0)
+    if match:
+        return (1, int(match.group(1)) * (1000 if match.group(2) == "b" else 1), name)
+    return (0 if name == "tiny" else 2, 0, name)
 
 
 def _register_schema() -> None:

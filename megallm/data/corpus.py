@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from megallm.data.shards import MANIFEST, Manifest
 from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
 from megallm.errors import DataError
+from megallm.files import TOKENIZER_FILE
 
 
 def is_url(location: str) -> bool:
@@ -35,11 +36,15 @@ class Corpus:
             return self.location.rstrip("/") + "/" + name
         return str(Path(self.location) / name)
 
-    def tokenizer_json(self) -> str:
-        """The text of the corpus's tokenizer file (read from the folder or the URL)."""
+    def tokenizer_files(self) -> dict[str, str]:
+        """{name: text} of the corpus's tokenizer file and its side files (from the folder or the URL),
+        as checkpoints keep them."""
+        names = [self.manifest.tokenizer_file, *self.manifest.tokenizer_side_files]
         if is_url(self.location):
-            return read_remote(self.location, self.manifest.tokenizer_file).decode()
-        return Path(self.url(self.manifest.tokenizer_file)).read_text()
+            texts = [read_remote(self.location, name).decode() for name in names]
+        else:
+            texts = [Path(self.url(name)).read_text() for name in names]
+        return dict(zip([TOKENIZER_FILE, *self.manifest.tokenizer_side_files], texts))
 
 
 def read_remote(location: str, name: str) -> bytes:

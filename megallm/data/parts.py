@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from megallm.data.plan import Plan
-from megallm.data.shards import MANIFEST, Manifest, ShardInfo, token_dtype
-from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
+from megallm.data.shards import MANIFEST, Manifest, ShardInfo, present_side_files, token_dtype
+from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
 from megallm.data.units import (
     RECORDS,
     SHARD_NAME,
@@ -101,7 +101,8 @@ def merge(output: Path, count: int | None = None, plan: Plan | None = None,
     if tokenizer_hash(tok) != settings.tokenizer_sha256:
         raise DataError(f"{output / TOKENIZER_FILE} is not the tokenizer the parts used; re-run the parts with it")
     manifest = Manifest(vocab_size=tok.get_vocab_size(), tokenizer_sha256=settings.tokenizer_sha256,
-                        eos_id=eos_id(tok), dtype=token_dtype(tok.get_vocab_size()).name,
+                        eos_id=settings.eos_id, bos_id=settings.bos_id,
+                        tokenizer_side_files=present_side_files(output), dtype=token_dtype(tok.get_vocab_size()).name,
                         splits={split: [] for split in SPLITS}, text_field=settings.text_field,
                         val_fraction=settings.val_fraction, shard_tokens=settings.shard_tokens,
                         unit_bytes=part_record["unit_bytes"], units=part_record["units"])

@@ -3,7 +3,10 @@
 The steps:
 1. Plan: the inputs are cut into work units (megallm/data/plan.py, formats.py).
 2. Tokenizer: trained on a prefix of the documents, or read from --tokenizer. Either way
-   it is written to OUTPUT/tokenizer.json.
+   it is written to OUTPUT/tokenizer.json, with the Hugging Face files beside a given one
+   (tokenizer_config.json, special_tokens_map.json, chat_template.jinja); --eos-token is
+   recorded in OUTPUT/tokenizer_config.json. Its special tokens frame each document
+   (megallm.data.tokenizer.special_tokens).
 3. Units: a pool of worker processes tokenizes the units (megallm/data/units.py),
    skipping units an earlier run finished.
 4. Merge: the unit records become manifest.json (megallm/data/parts.py).
@@ -15,6 +18,7 @@ shards and manifest, whatever the number of workers or parts.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from dataclasses import dataclass, field
@@ -28,10 +32,10 @@ from megallm.data.parts import Part, merge, write_part_record
 from megallm.data.plan import Plan, plan_units
 from megallm.data.progress import Progress
 from megallm.data.shards import MANIFEST, Manifest
-from megallm.data.tokenizer import load_tokenizer, tokenizer_hash, train_bpe
+from megallm.data.tokenizer import load_tokenizer, special_tokens, tokenizer_hash, train_bpe
 from megallm.data.units import UnitSettings, init_worker, run_unit
 from megallm.errors import DataError
-from megallm.files import TOKENIZER_FILE, atomic_write_bytes
+from megallm.files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES, atomic_write_bytes
 
 Log = Callable[[str], None]
 
@@ -45,6 +49,7 @@ def available_cpus() -> int:
 class PrepareOptions:
     vocab_size: int = 8192  # BPE vocabulary when training a tokenizer
     tokenizer_path: Path | None = None  # use this tokenizer.json instead of training one
+    eos_token: str | None = None  # end-of-document token, instead of the one the tokenizer declares
     val_fraction: float = 0.02  # share of documents held out, by a hash of each document's identity
     shard_tokens: int = 1 << 20  # target tokens per shard
     tokenizer_train_bytes: int = 64 << 20  # text (characters) the tokenizer is trained on: a prefix of the inputs
@@ -63,6 +68,8 @@ class PrepareOptions:
                             ("--workers", self.workers)):
             if value < 1:
                 raise DataError(f"{flag} must be positive, got {value}")
+        if self.tokenizer_path is not None:  # a tokenizer without an end-of-document token: refused before any write
+            special_tokens(self.tokenizer_path, self.eos_token)
 
 
 def training_texts(plan: Plan, text_field: str, budget: int) -> Iterator[str]:
@@ -92,12 +99,34 @@ def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log
     text = tok.to_str(pretty=True)
     if not installed.is_file() or installed.read_text() != text:
         atomic_write_bytes(installed, text.encode())
+    install_side_files(options.tokenizer_path, output, options.eos_token)
+    special_tokens(installed, tok=tok)  # a trained tokenizer and --eos-token
     return tok
+
+
+def install_side_files(tokenizer_path: Path | None, output: Path, eos_token: str | None) -> None:
+    """OUTPUT gets the side files beside `tokenizer_path` (none for a trained tokenizer), and
+    `eos_token` in its tokenizer_config.json: the corpus then says how its documents end."""
+    for name in TOKENIZER_SIDE_FILES:
+        source = tokenizer_path.with_name(name) if tokenizer_path is not None else None
+        target = output / name
+        data = source.read_bytes() if source is not None and source.is_file() else None
+        if data is None:
+            target.unlink(missing_ok=True)
+        elif not target.is_file() or target.read_bytes() != data:
+            atomic_write_bytes(target, data)
+    if eos_token is not None:
+        target = output / TOKENIZER_CONFIG_FILE
+        config = json.loads(target.read_text()) if target.is_file() else {}
+        if config.get("eos_token") != eos_token:
+            atomic_write_bytes(target, json.dumps({**config, "eos_token": eos_token}, indent=2).encode())
 
 
 def run_part(plan: Plan, output: Path, options: PrepareOptions, tok: Tokenizer, part: Part, log: Log) -> None:
     """Tokenize the part's units in a pool of workers, then write the part's record."""
-    settings = UnitSettings(tokenizer_hash(tok), options.text_field, options.val_fraction, options.shard_tokens)
+    tokens = special_tokens(output / TOKENIZER_FILE, tok=tok)
+    settings = UnitSettings(tokenizer_hash(tok), options.text_field, options.val_fraction, options.shard_tokens,
+                            eos_id=tokens.eos_id, bos_id=tokens.bos_id)
     units = [u for u in plan.units if part.owns(u.index)]
     workers = max(1, min(options.workers, len(units)))
     size = sum(u.size for u in units)

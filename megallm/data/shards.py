@@ -1,10 +1,12 @@
 """Token shards and their manifest: the on-disk corpus format.
 
-A prepared corpus is a folder with `manifest.json`, `tokenizer.json` and WebDataset tar
+A prepared corpus is a folder with `manifest.json`, `tokenizer.json` (with the Hugging Face
+files that declare its special tokens and chat template, where it has them) and WebDataset tar
 shards (`<split>-uUUUUUU-NNNNN.tar`: shard N of work unit U; readers take the paths from
 the manifest, never from the names). Each tar sample is one document, key `DDDDDDDDD`
 (unique within its shard), holding `tokens.npy` (its token ids in the manifest's dtype,
-ending with the end-of-document token). The manifest lists each split's shards in order
+ending with the end-of-document token `eos_id`, beginning with `bos_id` when the tokenizer
+has one). The manifest lists each split's shards in order
 and is written last and atomically: a folder without one is not a corpus. Fields may be
 added to the manifest, never renamed or removed; readers ignore fields they do not know.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from megallm.errors import DataError
-from megallm.files import TOKENIZER_FILE, atomic_write_bytes, temporary_path
+from megallm.files import TOKENIZER_FILE, TOKENIZER_SIDE_FILES, atomic_write_bytes, temporary_path
 
 FORMAT = "megallm-tokens/1"
 MANIFEST = "manifest.json"
@@ -51,6 +53,14 @@ class Manifest:
     shard_tokens: int | None = None  # target tokens per shard
     unit_bytes: int | None = None  # input bytes per work unit
     units: int | None = None  # work units the inputs were cut into
+    bos_id: int | None = None  # begins every document (tokenizers whose post-processor adds one)
+    tokenizer_side_files: list[str] = field(default_factory=list)  # tokenizer_config.json etc. beside the tokenizer
+
+    @property
+    def segment_start_id(self) -> int:
+        """The token that starts a document segment under document masking (megallm.model.packing):
+        bos when documents carry one, else eos (megallm's own tokenizers)."""
+        return self.bos_id if self.bos_id is not None else self.eos_id
 
     def tokens(self, split: str) -> int:
         return sum(s.tokens for s in self.splits.get(split, []))
@@ -122,3 +132,8 @@ def read_documents(url: str):
         reason = str(exc.args[0]).split(" @ ")[0] if exc.args else ""  # WebDataset appends the file object
         raise DataError(f"shard {url} is unreadable ({type(exc).__name__}: {reason}); re-create it with "
                         "tools/prepare_data.py, or set data.skip_bad_shards=true") from exc
+
+
+def present_side_files(folder: Path) -> list[str]:
+    """The tokenizer's Hugging Face side files (megallm.files.TOKENIZER_SIDE_FILES) present in `folder`."""
+    return [name for name in TOKENIZER_SIDE_FILES if (Path(folder) / name).is_file()]

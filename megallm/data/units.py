@@ -1,7 +1,8 @@
 """One work unit, as a worker process runs it: tokenize, split, write its shards, then its record.
 
-A unit's documents are read in order and tokenized in batches. Each gets the
-end-of-document token and goes to "train" or "val" by a hash of its identity. Each
+A unit's documents are read in order and tokenized in batches (without the tokenizer's
+own special tokens). Each becomes `[bos] + tokens + [eos]` (bos only for tokenizers
+whose post-processor adds one: megallm.data.tokenizer.special_tokens) and goes to "train" or "val" by a hash of its identity. Each
 split's documents fill shards `<split>-uUUUUUU-NNNNN.tar` of about `shard_tokens`
 tokens (the last one shorter), each written atomically. Then `records/unit-UUUUUU.json`
 lists the shards with their sizes and checksums. That record, written last, is what
@@ -19,13 +20,13 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
 from megallm.data.plan import Unit
 from megallm.data.shards import file_sha256, token_dtype, write_shard
-from megallm.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash
+from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_FILE, atomic_write_bytes
 
@@ -43,6 +44,8 @@ class UnitSettings:
     text_field: str
     val_fraction: float
     shard_tokens: int
+    eos_id: int  # appended to every document
+    bos_id: Optional[int] = None  # put before every document (tokenizers that add one)
 
 
 @dataclass(frozen=True)
@@ -149,14 +152,16 @@ def run_unit(unit: Unit, output: Path, settings: UnitSettings) -> UnitResult:
 
 def tokenize_unit(unit: Unit, output: Path, settings: UnitSettings) -> dict:
     tok = worker_tokenizer(output / TOKENIZER_FILE, settings.tokenizer_sha256)
-    eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
+    dtype = token_dtype(tok.get_vocab_size())
+    first = [] if settings.bos_id is None else [settings.bos_id]
     remove_unit_output(output, unit.index)
     forced = forced_validation_identity(unit, settings)
     writers = {split: SplitShards(output, split, unit.index, settings.shard_tokens) for split in SPLITS}
     for batch in batches(unit.documents(settings.text_field), ENCODE_BATCH_CHARS):
-        for (identity, _), encoding in zip(batch, tok.encode_batch_fast([text for _, text in batch])):
-            ids = encoding.ids
-            ids.append(eos)
+        texts = [text for _, text in batch]
+        for (identity, _), encoding in zip(batch, tok.encode_batch_fast(texts, add_special_tokens=False)):
+            ids = first + encoding.ids
+            ids.append(settings.eos_id)
             held_out = identity == forced or hash_bucket(identity) < settings.val_fraction
             writers["val" if held_out else "train"].add(np.array(ids, dtype=dtype))
     for writer in writers.values():

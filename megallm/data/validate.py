@@ -4,9 +4,9 @@ Every shard the manifest lists is read in full with Python's tar reader. The che
 - the shard exists and its sha256 matches the manifest;
 - it is a readable tar of `<digits>.tokens.npy` samples, each key once;
 - each document is a 1-D array of the manifest's dtype, every id < vocab_size, ending
-  with eos_id;
+  with eos_id (and beginning with bos_id when the manifest has one);
 - the documents and tokens per shard match the manifest;
-- the tokenizer file matches the manifest's hash, vocabulary and end-of-document id.
+- the tokenizer file matches the manifest's hash, vocabulary and special tokens.
 
 Each problem becomes one line naming the shard (or file). Statistics per split: shards,
 documents, tokens, document length (mean, median, max) and bytes on disk.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from megallm.data.shards import Manifest, ShardInfo, file_sha256
-from megallm.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_hash
+from megallm.data.tokenizer import load_tokenizer, special_tokens, tokenizer_hash
 from megallm.errors import DataError
 
 SAMPLE_NAME = re.compile(r"^(\d+)\.tokens\.npy$")
@@ -80,6 +80,8 @@ def document_problems(shard_path: str, key: str, tokens: np.ndarray, manifest: M
         problems.append(f"{where} holds token id {int(tokens.max())} >= vocab size {manifest.vocab_size}")
     if not tokens.size or tokens[-1] != manifest.eos_id:
         problems.append(f"{where} does not end with the end-of-document token {manifest.eos_id}")
+    if manifest.bos_id is not None and (not tokens.size or tokens[0] != manifest.bos_id):
+        problems.append(f"{where} does not begin with the beginning-of-document token {manifest.bos_id}")
     return problems
 
 
@@ -93,9 +95,14 @@ def tokenizer_problems(folder: Path, manifest: Manifest) -> list[str]:
     if tokenizer_hash(tok) != manifest.tokenizer_sha256:
         problems.append(f"tokenizer {path} has sha256 {tokenizer_hash(tok)[:12]}, the manifest says "
                         f"{manifest.tokenizer_sha256[:12]}")
-    if (tok.get_vocab_size(), tok.token_to_id(EOS_TOKEN)) != (manifest.vocab_size, manifest.eos_id):
-        problems.append(f"tokenizer {path} has vocab {tok.get_vocab_size()} and eos {tok.token_to_id(EOS_TOKEN)}, "
-                        f"the manifest says {manifest.vocab_size} and {manifest.eos_id}")
+    try:
+        tokens = special_tokens(path, tok=tok)
+        found = (tok.get_vocab_size(), tokens.eos_id, tokens.bos_id)
+    except DataError as exc:
+        return problems + [str(exc)]
+    if found != (manifest.vocab_size, manifest.eos_id, manifest.bos_id):
+        problems.append(f"tokenizer {path} has vocab {found[0]}, eos {found[1]} and bos {found[2]}, the manifest "
+                        f"says {manifest.vocab_size}, {manifest.eos_id} and {manifest.bos_id}")
     return problems
 
 

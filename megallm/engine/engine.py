@@ -73,13 +73,15 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
 class ParallelEngine:
     """The model under DeepSpeed for this rank's layout; steps on token windows.
 
-    `eos_id`: the corpus's end-of-document token; each packed document then attends only
-    within itself and its positions restart (megallm.model.packing). None: plain causal
-    attention over the whole window.
+    `segment_start_id`: the token that starts a document in the corpus (its bos, else its
+    end-of-document token: megallm.data.shards.Manifest.segment_start_id); each packed
+    document then attends only within itself and its positions restart
+    (megallm.model.packing). None: plain causal attention over the whole window.
     """
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, eos_id: Optional[int] = None):
-        self.ctx, self.dims, self.pipelined, self.eos_id = ctx, ctx.dims, ctx.dims.pp > 1, eos_id
+    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, segment_start_id: Optional[int] = None):
+        self.ctx, self.dims, self.pipelined = ctx, ctx.dims, ctx.dims.pp > 1
+        self.segment_start_id = segment_start_id
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.defs: list[LayerDef] = layer_defs(
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
@@ -134,7 +136,8 @@ class ParallelEngine:
     def _split(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """A token window -> (input tokens, labels, doc ids of the inputs or None), each [mbs, seq_len]."""
         tokens, labels = window[:, :-1], window[:, 1:]
-        return tokens, labels, None if self.eos_id is None else document_ids(tokens, self.eos_id)
+        doc_ids = None if self.segment_start_id is None else document_ids(tokens, self.segment_start_id)
+        return tokens, labels, doc_ids
 
     def _pipeline_batches(self, micro_batches: list[torch.Tensor]):
         """(first stage's input, last stage's labels) per micro-batch, as DeepSpeed's pipeline takes them."""

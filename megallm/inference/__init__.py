@@ -6,8 +6,9 @@
 The model comes from megallm.model.weights (canonical weights of a checkpoint or a
 Hugging Face folder); `tools/generate.py` (megallm.cli.generate) puts it together.
 
-Prompt convention: megallm trains on packed documents in which the end-of-document
-token STARTS the next document (megallm.model.packing), so the model has learned to
-begin a document after that token. A prompt is fed as `[eos_id] + prompt tokens`; the
+Prompt convention: a prompt begins as the model's documents begin in training
+(megallm.model.packing): with the tokenizer's bos when its post-processor adds one
+(Llama 2 / 3), else after megallm's end-of-document token, which STARTS the next
+document. A prompt is fed as `[SpecialTokens.document_start_id] + prompt tokens`; the
 command line does so unless given --no-bos. `generate` itself takes token ids as given.
 """

@@ -16,6 +16,56 @@ RECOMPUTE_MODES = ("none", "full", "selective")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "flash_attn")
 # How the loss is computed from the final hidden states (kernels.loss), see megallm.model.loss.
 LOSS_KERNELS = ("plain", "chunked", "liger")
+# RoPE types megallm computes (transformers' names, modeling_rope_utils.ROPE_INIT_FUNCTIONS):
+# "default" is plain RoPE, the others stretch its frequencies.
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class RopeScaling:
+    """How RoPE frequencies are stretched for contexts beyond pretraining (`model.rope_scaling`).
+
+    Fields and meaning as in transformers' `rope_parameters` / `rope_scaling`
+    (megallm.model.layers.rotary_frequencies computes them):
+    - "default": no scaling (plain RoPE; the other fields are unused);
+    - "linear": every frequency divided by `factor` (positions compressed by `factor`);
+    - "llama3" (Llama 3.1 and later): wavelengths longer than
+      original_max_position_embeddings / low_freq_factor divided by `factor`, shorter than
+      original_max_position_embeddings / high_freq_factor kept, smoothly interpolated between.
+    """
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: Optional[float] = None  # llama3 only
+    high_freq_factor: Optional[float] = None  # llama3 only
+    original_max_position_embeddings: Optional[int] = None  # llama3 only: the context of pretraining
+
+    def problems(self) -> list[str]:
+        if self.rope_type not in ROPE_TYPES:
+            return [f"model.rope_scaling.rope_type={self.rope_type!r} is not supported; megallm computes "
+                    f"{', '.join(ROPE_TYPES)}"]
+        if self.rope_type == "default":
+            return []
+        problems = [] if self.factor > 0 else [f"model.rope_scaling.factor must be positive, got {self.factor}"]
+        if self.rope_type == "llama3":
+            for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                value = getattr(self, key)
+                if value is None or value <= 0:
+                    problems.append(f"model.rope_scaling.{key} must be positive for rope_type llama3, got {value}")
+            if not problems and self.high_freq_factor <= self.low_freq_factor:
+                problems.append(f"model.rope_scaling.high_freq_factor={self.high_freq_factor} must exceed "
+                                f"low_freq_factor={self.low_freq_factor}")
+        return problems
+
+    @property
+    def scales(self) -> bool:
+        return self.rope_type != "default"
+
+    def to_dict(self) -> dict:
+        """The transformers `rope_parameters` fields that apply to this type (without rope_theta)."""
+        keys = {"default": ("rope_type",), "linear": ("rope_type", "factor")}.get(self.rope_type,
+                                                                                 tuple(dataclasses.asdict(self)))
+        return {key: getattr(self, key) for key in keys}
 
 
 @dataclass
@@ -33,6 +83,11 @@ class ModelConfig:
     vocab_size: Optional[int] = None
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
+    # RoPE scaling of Llama 3.1+ (rope_type "llama3") or "linear"; "default": plain RoPE.
+    rope_scaling: RopeScaling = dataclasses.field(default_factory=RopeScaling)
+    # The context the model is made for (config.json's max_position_embeddings, kept on export);
+    # None: the training sequence length. Attention itself has no limit.
+    max_position_embeddings: Optional[int] = None
     norm_eps: float = 1e-5
     init_std: float = 0.02
     # The embedding table is padded to a multiple of this times the tensor-parallel degree
@@ -42,6 +97,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        if isinstance(self.rope_scaling, dict) or self.rope_scaling is None:  # as read from JSON
+            self.rope_scaling = RopeScaling(**(self.rope_scaling or {}))
 
     @property
     def head_dim(self) -> int:
@@ -67,6 +124,9 @@ class ModelConfig:
             )
         if self.vocab_size is not None and self.vocab_size <= 0:
             problems.append(f"model.vocab_size must be positive, got {self.vocab_size}")
+        if self.max_position_embeddings is not None and self.max_position_embeddings <= 0:
+            problems.append(f"model.max_position_embeddings must be positive, got {self.max_position_embeddings}")
+        problems += self.rope_scaling.problems()
         return problems
 
     def to_dict(self) -> dict:

@@ -47,7 +47,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from torch.utils.checkpoint import checkpoint
 
 from megallm.model.attention import causal_attention, masked_attention
-from megallm.model.config import RECOMPUTE_MODES
+from megallm.model.config import RECOMPUTE_MODES, RopeScaling
 from megallm.model.packing import Activations, document_positions, split_doc_ids, with_doc_ids
 
 
@@ -85,9 +85,9 @@ class RotaryEmbedding(nn.Module):
     Positions are per token: 0..s-1, or restarting with every packed document.
     """
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, scaling: Optional[RopeScaling] = None):
         super().__init__()
-        self.register_buffer("inv_freq", rotary_frequencies(head_dim, theta), persistent=False)
+        self.register_buffer("inv_freq", rotary_frequencies(head_dim, theta, scaling), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin in fp32, [s, b, 1, d], for positions [b, s] ([s, 1, 1, d] for [1, s])."""
@@ -96,9 +96,26 @@ class RotaryEmbedding(nn.Module):
         return emb.cos(), emb.sin()
 
 
-def rotary_frequencies(head_dim: int, theta: float) -> torch.Tensor:
-    """theta^(-2i/d) for i < d/2, fp32 [d/2]: the angle per position of each rotated pair."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def rotary_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None) -> torch.Tensor:
+    """theta^(-2i/d) for i < d/2, fp32 [d/2]: the angle per position of each rotated pair,
+    then stretched by `scaling` exactly as transformers' `_compute_linear_scaling_rope_parameters`
+    and `_compute_llama3_parameters` (same operations in the same order, so the same bits)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is None or not scaling.scales:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    assert scaling.rope_type == "llama3", scaling.rope_type  # ModelConfig.check refuses the others
+    factor, low, high = scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor
+    old_context = scaling.original_max_position_embeddings
+    low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    # long wavelengths (low frequencies) divided by factor, short ones kept, interpolated between
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -129,7 +146,7 @@ class GroupedQueryAttention(nn.Module):
         tp = tp_group.size()
         self.recompute_core = recompute_core
         self.attention = attention  # kernels.attention: which kernel causal_attention runs
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.head_dim = cfg.head_dim
         self.q_per_kv = cfg.num_heads // cfg.num_kv_heads
         self.kv_heads_local = cfg.num_kv_heads // tp  # kv groups on this rank

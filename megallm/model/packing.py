@@ -1,13 +1,25 @@
 """Packed sequences: which document each token belongs to, and its position inside it.
 
-A training window is cut from concatenated documents, each ending with the
-end-of-document token `eos_id`. Convention: the end-of-document token STARTS the next
-segment (it plays the beginning-of-sequence token of the following document). For input
-ids x [b, s]:
+A training window is cut from concatenated documents. One token id starts a segment
+(`start_id`, megallm.data.shards.Manifest.segment_start_id):
+
+- megallm's own tokenizers: documents are `text EOS`, and the end-of-document token
+  STARTS the next segment (it plays the beginning-of-sequence token of the following
+  document). For input ids x [b, s]:
 
     x          a1 a2 a3 EOS b1 b2 EOS c1
-    doc_ids     0  0  0   1  1  1   2  2    cumsum(x == eos_id, dim=1)
+    doc_ids     0  0  0   1  1  1   2  2    cumsum(x == EOS, dim=1)
     positions   0  1  2   0  1  2   0  1    restart with every segment
+
+- tokenizers whose post-processor prepends a beginning-of-text token (Llama 2's `<s>`,
+  Llama 3's `<|begin_of_text|>`): documents are `BOS text EOS`, and BOS starts the
+  segment, so every document sits at positions 0, 1, ... with BOS at 0, exactly as the
+  model sees it alone (Hugging Face feeds `BOS text`). EOS closes its document; it is
+  predicted from the document's last token, and the next BOS from it (a fixed step):
+
+    x          BOS a1 a2 EOS BOS b1 EOS BOS
+    doc_ids     1  1  1   1   2  2   2   3    cumsum(x == BOS, dim=1)
+    positions   0  1  2   3   0  1   2   0
 
 A segment is a maximal run of equal doc id within a row; every row starts one (its first
 may be the tail of a document the window cut). A token attends only to earlier-or-same
@@ -35,10 +47,10 @@ T = TypeVar("T")
 Activations = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 
-def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Document index of every token: tokens [b, s] -> [b, s] int64, the number of `eos_id`
+def document_ids(tokens: torch.Tensor, start_id: int) -> torch.Tensor:
+    """Document index of every token: tokens [b, s] -> [b, s] int64, the number of `start_id`
     tokens up to and including it (each one starts a new segment)."""
-    return torch.cumsum(tokens == eos_id, dim=1)
+    return torch.cumsum(tokens == start_id, dim=1)
 
 
 def once_per_doc_ids(build: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:

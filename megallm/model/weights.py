@@ -45,7 +45,7 @@ def model_from_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, devic
             _copy_into(param, weights[name], name, cfg)
         for module in model.modules():  # non-persistent buffers: to_empty left them uninitialised
             if isinstance(module, RotaryEmbedding):
-                module.inv_freq = rotary_frequencies(cfg.head_dim, cfg.rope_theta).to(device)
+                module.inv_freq = rotary_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
     return model.eval()
 
 

@@ -63,7 +63,8 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         check_compatible(read_state(resume_from), state, resume_from)
 
     seed_everything(cfg.train.seed)
-    engine = ParallelEngine(cfg, ctx, precision, eos_id=corpus.manifest.eos_id if cfg.data.document_masking else None)
+    engine = ParallelEngine(cfg, ctx, precision,
+                            segment_start_id=corpus.manifest.segment_start_id if cfg.data.document_masking else None)
     val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
                               micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
                               device=ctx.device)
@@ -75,6 +76,7 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
     if resume_from is not None:
         saved = load_checkpoint(engine, resume_from)
         state.step, state.consumed_samples, state.tokens_seen = saved.step, saved.consumed_samples, saved.tokens_seen
+        state.hf_model_files = saved.hf_model_files  # an imported model's config.json etc., for its export
         trainer.load_callback_states(saved.callbacks)
         trainer.say(f"resumed from {resume_from} at step {saved.step} "
                     f"(sample {saved.consumed_samples:,} of the data order)")
@@ -95,7 +97,7 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
         SpeedMonitor(flops_per_token(cfg.model, cfg.train.seq_len), device_peak_flops(ctx.device, precision)),
         Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
-                     cfg.checkpoint.consolidated, corpus.tokenizer_json() if ctx.is_main else None),
+                     cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None),
     ]
     if cfg.data.trace_samples and ctx.coords.tp == 0 and ctx.coords.pp == 0:
         callbacks.append(SampleTrace(folder.sample_trace(ctx.coords.dp)))

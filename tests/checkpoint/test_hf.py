@@ -43,7 +43,7 @@ def test_exported_folder_gives_megallm_logits_in_transformers(world_of_one, toke
     model = random_model(cfg, seed=11)
     eos = load_tokenizer(tokenizer_file).token_to_id("<|endoftext|>")
     folder = write_hf_folder(canonical_weights(model, cfg), cfg, tmp_path / "hf", tokenizer_file=tokenizer_file,
-                             eos_id=eos, max_positions=128, max_shard_bytes=100_000)  # several shards
+                             max_positions=128, max_shard_bytes=100_000)  # several shards
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1 and not (tmp_path / "hf.partial").exists()
 

@@ -29,14 +29,12 @@ NEW = 12
 @pytest.fixture(scope="module")
 def exported(world_of_one, tmp_path_factory):
     """(Hugging Face folder, eos id) of a small random model whose norms are not all ones."""
-    from megallm.data.tokenizer import eos_id
-
     tmp = tmp_path_factory.mktemp("gen")
     tok = tiny_tokenizer(tmp / "tokenizer.json")
     model = random_model(CFG, seed=5)
     folder = write_hf_folder(canonical_weights(model, CFG), CFG, tmp / "hf", tokenizer_file=tmp / "tokenizer.json",
-                             eos_id=eos_id(tok), max_positions=256)
-    return folder, eos_id(tok)
+                             max_positions=256)
+    return folder, tok.token_to_id("<|endoftext|>")
 
 
 @pytest.fixture(scope="module")

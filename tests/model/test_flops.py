@@ -16,16 +16,40 @@ def load_model_config(name: str) -> ModelConfig:
     return cfg.model
 
 
-@pytest.mark.parametrize("name,published", [("1b", 1.24e9), ("7b", 6.74e9), ("13b", 13.0e9), ("70b", 69.0e9)])
-def test_meta_build_matches_published_parameter_count(world_of_one, name, published):
+# Parameters of the published checkpoints (the safetensors totals on their model pages).
+PUBLISHED = {
+    "1b": 1_235_814_400,  # meta-llama/Llama-3.2-1B
+    "3b": 3_212_749_824,  # meta-llama/Llama-3.2-3B
+    "8b": 8_030_261_248,  # meta-llama/Llama-3.1-8B
+    "7b": 6_738_415_616,  # meta-llama/Llama-2-7b-hf
+    "13b": 13_015_864_320,  # meta-llama/Llama-2-13b-hf
+    "70b": 68_976_648_192,  # meta-llama/Llama-2-70b-hf
+    "tinyllama_1b": 1_100_048_384,  # TinyLlama/TinyLlama_v1.1
+    "smollm2_135m": 134_515_008,  # HuggingFaceTB/SmolLM2-135M
+    "smollm2_360m": 361_821_120,  # HuggingFaceTB/SmolLM2-360M
+    "smollm2_1b7": 1_711_376_384,  # HuggingFaceTB/SmolLM2-1.7B
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_presets_match_published_parameter_counts(world_of_one, name):
     from megallm.model.llama import build_model
 
     cfg = load_model_config(name)
-    model = build_model(cfg, device="meta")
+    assert parameter_count(cfg, padded=False).total == PUBLISHED[name]
+    model = build_model(cfg, device="meta")  # as built: the vocabulary padded to a multiple of 128
     built = sum(p.numel() for p in model.parameters())
     assert all(p.device.type == "meta" for p in model.parameters())
     assert built == parameter_count(cfg).total
-    assert abs(built - published) / published < 0.02, f"{name}: {built / 1e9:.3f}B vs {published / 1e9:.2f}B"
+
+
+def test_llama3_presets_carry_their_rope_scaling():
+    for name, factor in (("1b", 32.0), ("3b", 32.0), ("8b", 8.0)):
+        cfg = load_model_config(name)
+        assert (cfg.rope_scaling.rope_type, cfg.rope_scaling.factor, cfg.max_position_embeddings) == \
+            ("llama3", factor, 131072)
+        assert cfg.rope_scaling.original_max_position_embeddings == 8192 and cfg.rope_theta == 500000.0
+    assert load_model_config("7b").rope_scaling.rope_type == "default" and load_model_config("7b").max_position_embeddings == 4096
 
 
 def test_flops_per_token_is_6n_plus_attention():

@@ -20,10 +20,10 @@ class Checkpointer(Callback):
     `consolidated`, also the full model gathered into consolidated.pt."""
 
     def __init__(self, root: Path, every: int, keep_last: int, config_yaml: str, model: ModelConfig,
-                 consolidated: bool, tokenizer_json: Optional[str]):
+                 consolidated: bool, tokenizer_files: Optional[dict]):
         self.root, self.every, self.keep_last = root, every, keep_last
         self.config_yaml, self.model = config_yaml, model
-        self.consolidated, self.tokenizer_json = consolidated, tokenizer_json
+        self.consolidated, self.tokenizer_files = consolidated, tokenizer_files
 
     def post_step(self, trainer: Trainer) -> None:
         step = trainer.state.step
@@ -40,4 +40,4 @@ class Checkpointer(Callback):
             consolidated = portable.weights if portable is not None else None
         trainer.state.callbacks = trainer.callback_states()
         return save_checkpoint(trainer.engine, self.root, trainer.state, self.config_yaml, self.keep_last,
-                               consolidated=consolidated, tokenizer_json=self.tokenizer_json)
+                               consolidated=consolidated, tokenizer_files=self.tokenizer_files)
