@@ -17,7 +17,7 @@ correctness:
   its checkpoint exported to a Hugging Face folder and verified in transformers.
 speed:
 - `1b` at sequence 2048 in bf16, each optimisation switched on in turn (bench/train_speed.py),
-  then `125m` and a Llama 3.2 3B-shaped model with all of them, megallm over the plain
+  then `125m` and `3b` (Llama 3.2 3B) with all of them, megallm over the plain
   loop (bench/plain_loop.py), and the top operators by device time of the fastest `1b` path.
 Each stage checks the time left (--budget) and says what it skipped.
 """
@@ -199,7 +199,7 @@ def speed(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
                     "--log-every", "2", "--precision", "fp32"]
     else:
         plan = [("1b", name, overrides) for name, overrides in SPEED_VARIANTS]
-        plan += [(model, "+ liger loss", SPEED_VARIANTS[5][1]) for model in ("125m", "3b-shape")]
+        plan += [(model, "+ liger loss", SPEED_VARIANTS[5][1]) for model in ("125m", "3b")]
         settings = ["--model", "1b", "--seq-len", "2048", "--micro-batch-size", "4", "--warmup", "4", "--steps", "12",
                     "--log-every", "4", "--precision", "bf16"]
     speed_args = speed_parser().parse_args(settings)

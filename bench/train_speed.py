@@ -30,9 +30,6 @@ from harness import append_jsonl, ensure_corpus, environment, run_megallm, stead
 EXTRA_MODELS = {
     "30m": ["model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=4",
             "model.ffn_hidden_size=1408"],
-    # Llama 3.2 3B's shape (3.21B parameters), its RoPE scaling aside.
-    "3b-shape": ["model.hidden_size=3072", "model.num_layers=28", "model.num_heads=24", "model.num_kv_heads=8",
-                 "model.ffn_hidden_size=8192", "model.vocab_size=128256", "model.rope_theta=500000.0"],
 }
 
 
