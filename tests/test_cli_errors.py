@@ -42,6 +42,28 @@ def pretrain(args: list[str], capsys):
         (["+model=tiny", "+parallel=tp3"], ["unknown parallel 'tp3'", "tp2"]),
         (["+model=tiny", "parallel.sequence_parallel=true"], ["needs parallel.tp > 1"]),
         (["+model=tiny", "train.activation_checkpointing=partial"], ["none, full or selective"]),
+        # keys that `+` would add past the schema
+        (["+model=tiny", "+train.foo=1"], ["unknown config key 'train.foo'"]),
+        (["+model=tiny", "+optim.lrr=1"], ["unknown config key 'optim.lrr'", "did you mean optim.lr"]),
+        (["+model=tiny", "+logging.wandb.x=1"], ["unknown config key 'logging.wandb.x'"]),
+        # values out of range, each named with its range
+        (["+model=tiny", "optim.lr=-1e-3"], ["optim.lr must be > 0, got -0.001"]),
+        (["+model=tiny", "optim.lr=nan"], ["optim.lr must be > 0, got nan"]),
+        (["+model=tiny", "optim.beta1=2"], ["optim.beta1 must be within [0, 1), got 2.0"]),
+        (["+model=tiny", "optim.beta2=1"], ["optim.beta2 must be within [0, 1), got 1.0"]),
+        (["+model=tiny", "optim.eps=-1"], ["optim.eps must be > 0, got -1.0"]),
+        (["+model=tiny", "optim.weight_decay=-0.5"], ["optim.weight_decay must be >= 0, got -0.5"]),
+        (["+model=tiny", "optim.grad_clip=-1"], ["optim.grad_clip must be >= 0 (0 disables clipping), got -1.0"]),
+        (["+model=tiny", "optim.warmup_steps=-1"], ["optim.warmup_steps must be >= 0, got -1"]),
+        (["+model=tiny", "optim.min_lr_ratio=1.5"], ["optim.min_lr_ratio must be within [0, 1], got 1.5"]),
+        (["+model=tiny", "train.steps=0"], ["train.steps must be > 0, got 0"]),
+        (["+model=tiny", "train.eval_every=-1"], ["train.eval_every must be >= 0", "got -1"]),
+        (["+model=tiny", "train.eval_batches=0"], ["train.eval_batches must be > 0, got 0"]),
+        (["+model=tiny", "data.streams=0"], ["data.streams must be > 0, got 0"]),
+        (["+model=tiny", "data.num_workers=-1"], ["data.num_workers must be >= 0, got -1"]),
+        (["+model=tiny", "checkpoint.every=-5"], ["checkpoint.every must be >= 0", "got -5"]),
+        (["+model=tiny", "checkpoint.keep_last=-1"], ["checkpoint.keep_last must be >= 0", "got -1"]),
+        (["+model=tiny", "logging.every=0"], ["logging.every must be > 0, got 0"]),
     ],
 )
 def test_config_mistakes(args, phrases, tmp_path, capsys):
