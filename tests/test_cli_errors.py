@@ -64,6 +64,8 @@ def pretrain(args: list[str], capsys):
         (["+model=tiny", "checkpoint.every=-5"], ["checkpoint.every must be >= 0", "got -5"]),
         (["+model=tiny", "checkpoint.keep_last=-1"], ["checkpoint.keep_last must be >= 0", "got -1"]),
         (["+model=tiny", "logging.every=0"], ["logging.every must be > 0, got 0"]),
+        (["+model=tiny", "nan_guard.policy=retry"], ["nan_guard.policy must be stop, skip or rollback"]),
+        (["+model=tiny", "nan_guard.skip_steps=[9-7]"], ["nan_guard.skip_steps: '9-7' is not a step"]),
     ],
 )
 def test_config_mistakes(args, phrases, tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from megallm.config.schema import RunConfig, TrainConfig
+from megallm.config.schema import RunConfig, TrainConfig, step_ranges
 from megallm.errors import ConfigError
 from megallm.model.config import RECOMPUTE_MODES
 from megallm.parallel.dims import ParallelDims
@@ -17,6 +17,7 @@ from megallm.parallel.dims import ParallelDims
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("offline", "online", "disabled")
 PIPELINE_PARTITIONS = ("layers", "parameters")
+NAN_POLICIES = ("stop", "skip", "rollback")
 
 # Ranges of single values: (key, test, what the value must be). A bad value is reported as
 # "KEY must be WHAT, got VALUE" before anything starts (a negative LR or a zero interval would
@@ -44,6 +45,7 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("checkpoint.every", lambda v: v >= 0, ">= 0 (0 saves only the last step)"),
     ("checkpoint.keep_last", lambda v: v >= 0, ">= 0 (0 keeps all)"),
     ("logging.every", *_positive),
+    ("nan_guard.max_events", *_non_negative),
 ]
 
 
@@ -96,6 +98,13 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
         problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if t.stop_at_step < 0 or t.stop_at_step > t.steps:
         problems.append(f"train.stop_at_step={t.stop_at_step} must be between 0 and train.steps={t.steps}")
+    if cfg.nan_guard.policy not in NAN_POLICIES:
+        problems.append(f"nan_guard.policy must be stop, skip or rollback, got {cfg.nan_guard.policy!r}")
+    try:
+        step_ranges(cfg.nan_guard.skip_steps)
+    except ValueError as bad:
+        problems.append(f"nan_guard.skip_steps: {str(bad)!r} is not a step N >= 1 or a range A-B of steps; "
+                        "write e.g. nan_guard.skip_steps=[100-120,250]")
     if cfg.logging.wandb.mode not in WANDB_MODES:
         problems.append(f"logging.wandb.mode must be offline, online or disabled, got {cfg.logging.wandb.mode!r}")
     if problems:

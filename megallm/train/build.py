@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from megallm.checkpoint.saving import load_checkpoint
 from megallm.checkpoint.state import (
     RunState,
     check_compatible,
@@ -34,6 +33,8 @@ from megallm.train.callbacks import (
     ConsoleLogger,
     Evaluator,
     JsonlLogger,
+    NanGuard,
+    PreemptionHandler,
     SampleTrace,
     SpeedMonitor,
     TrainMetrics,
@@ -73,9 +74,7 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
                       seq_len=cfg.train.seq_len, global_sequences=global_sequences, grad_accum=grad_accum,
                       callbacks=callbacks)
     if resume_from is not None:
-        saved = load_checkpoint(engine, resume_from)
-        state.step, state.consumed_samples, state.tokens_seen = saved.step, saved.consumed_samples, saved.tokens_seen
-        trainer.load_callback_states(saved.callbacks)
+        saved = trainer.restore(resume_from)
         trainer.say(f"resumed from {resume_from} at step {saved.step} "
                     f"(sample {saved.consumed_samples:,} of the data order)")
     params = parameter_count(cfg.model)
@@ -96,6 +95,8 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
         Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
                      cfg.checkpoint.consolidated, corpus.tokenizer_json() if ctx.is_main else None),
+        NanGuard(cfg.nan_guard, folder.checkpoints),
+        PreemptionHandler(),
     ]
     if cfg.data.trace_samples and ctx.coords.tp == 0 and ctx.coords.pp == 0:
         callbacks.append(SampleTrace(folder.sample_trace(ctx.coords.dp)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -61,3 +64,16 @@ def test_console_line_shows_mfu_and_eta():
     line = format_console(record)
     assert "mfu 4.9%" in line and "16,384 tok/s" in line and line.endswith("eta 1h02m")
     assert format_duration(61) == "1m01s"
+
+
+def test_records_without_numbers_read_and_stay_strict_json():
+    """A step that updated nothing has loss None; a NaN grad norm is written as null, never as bare NaN."""
+    from megallm.train.callbacks.loggers import strict_json
+
+    record = {"kind": "train", "step": 3, "total_steps": 6, "loss": None, "lr": 1e-3, "grad_norm": math.nan,
+              "tokens_per_s": 10.0, "eta_s": 1.0}
+    assert "loss n/a" in format_console(record) and "grad_norm nan" in format_console(record)
+    line = strict_json(record)
+    assert json.loads(line)["grad_norm"] is None and "NaN" not in line
+    event = {"kind": "nonfinite", "step": 3, "grad_norm": None, "samples": [8, 12], "policy": "skip"}
+    assert format_console(event) == "nonfinite step 3 | grad_norm None | samples [8, 12] | policy skip"

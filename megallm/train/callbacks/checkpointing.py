@@ -1,4 +1,7 @@
-"""Checkpoints every `every` steps and at the last step (also when a stop was requested)."""
+"""Checkpoints every `every` steps and at the last step (also when a stop was requested).
+
+A checkpoint whose weights are not all finite is never published: the save stops the run
+with DivergenceError instead, so the newest checkpoint is always one to go back to."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from megallm.checkpoint.portable import gather_state
 from megallm.checkpoint.saving import save_checkpoint
+from megallm.errors import DivergenceError
 from megallm.model.config import ModelConfig
 from megallm.train.callbacks.base import Callback
 
@@ -34,6 +38,9 @@ class Checkpointer(Callback):
 
     def save(self, trainer: Trainer) -> Optional[Path]:
         """Collective: save the trainer's current state now; the folder, or None if it existed."""
+        if not trainer.engine.weights_finite():
+            raise DivergenceError(f"step {trainer.state.step}: the weights are not finite, so no checkpoint was "
+                                  f"saved (the newest in {self.root} is intact); lower optim.lr or optim.grad_clip")
         consolidated = None
         if self.consolidated:
             portable = gather_state(trainer.engine, self.model, with_optimizer=False)
