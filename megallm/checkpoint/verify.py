@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from megallm.checkpoint.state import RunState, read_state
+from megallm.checkpoint.state import RunState, read_state, step_folders
 from megallm.errors import CheckpointError
 
 _CHUNK = 8 << 20
@@ -76,6 +76,15 @@ def checkpoint_problem(path: Path, distributed: bool) -> Optional[str]:
     return None
 
 
+def _aside(path: Path) -> Path:
+    """Where a damaged checkpoint is moved: <name>.damaged, <name>.damaged.2, ..."""
+    aside, n = path.with_name(f"{path.name}.damaged"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged.{n}")
+    return aside
+
+
 def choose_resume_checkpoint(resume: str, root: Path, on_damaged: str, distributed: bool, say) -> Optional[Path]:
     """Collective when `distributed`: resolve train.resume to a checkpoint that verifies.
 
@@ -100,9 +109,10 @@ def choose_resume_checkpoint(resume: str, root: Path, on_damaged: str, distribut
         if on_damaged == "stop":
             raise CheckpointError(f"{problem}; move it away to resume from the one before, or set "
                                   "checkpoint.on_damaged=fallback")
-        say(f"warning: {problem}; moved aside to {path.name}.damaged, trying the checkpoint before it")
+        aside = _aside(path)
+        say(f"warning: {problem}; moved aside to {aside.name}, trying the checkpoint before it")
         if not distributed or dist.get_rank() == 0:
-            path.rename(path.with_name(path.name + ".damaged"))
+            path.rename(aside)
         if distributed:
             dist.barrier()
     return None

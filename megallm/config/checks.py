@@ -98,6 +98,8 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
         problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if t.stop_at_step < 0 or t.stop_at_step > t.steps:
         problems.append(f"train.stop_at_step={t.stop_at_step} must be between 0 and train.steps={t.steps}")
+    if cfg.checkpoint.on_damaged not in ("fallback", "stop"):
+        problems.append(f"checkpoint.on_damaged must be fallback or stop, got {cfg.checkpoint.on_damaged!r}")
     if cfg.nan_guard.policy not in NAN_POLICIES:
         problems.append(f"nan_guard.policy must be stop, skip or rollback, got {cfg.nan_guard.policy!r}")
     try:

@@ -108,6 +108,10 @@ class CheckpointConfig:
     # Also write consolidated.pt: the full model in canonical names, gathered from every
     # rank into rank 0's CPU memory (costly for large models; export can do it offline).
     consolidated: bool = False
+    # A newest checkpoint that fails verification (a file missing, truncated or altered, a damaged
+    # megallm_state.json): "fallback" reports it, moves it aside (<name>.damaged) and resumes from the
+    # one before; "stop" stops the run with the reason.
+    on_damaged: str = "fallback"
 
 
 @dataclass

@@ -7,7 +7,6 @@ leaves the earlier checkpoints loadable.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,25 +82,54 @@ def test_info_verifies_a_sound_checkpoint(finished_run):
 
 
 @pytest.fixture
-def small_filesystem(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(bytes): a fresh filesystem of that size (skips where mounting needs a root we lack)."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"small{len(mounted)}"
+        where.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounted.append(where)
+        return where
+
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
 
 
-def test_full_filesystem_during_a_save(finished_run, small_filesystem, tmp_path):
+def test_full_filesystem_during_a_save(finished_run, mount_tmpfs, tmp_path):
+    """Room for one checkpoint and a half: the second save is refused before it writes."""
     run, args = finished_run
     size = sum(f.stat().st_size for f in (run / "checkpoints" / "step_00000002").rglob("*") if f.is_file())
-    assert size < 2.5e6  # the first checkpoint fits in the 3 MB filesystem, not two of them
-    result = train([*args, f"run_dir={tmp_path / 'run'}", f"checkpoint.dir={small_filesystem}"])
-    line = assert_one_line_error(result, "no space left on", "needs")
-    assert "step 4" in line
-    assert [p.name for p in small_filesystem.iterdir()] == ["step_00000002"]  # no .partial left behind
-    assert checkpoint_problem(small_filesystem / "step_00000002", distributed=False) is None
-    resumed = train([*args, f"run_dir={tmp_path / 'run'}", f"train.resume={small_filesystem / 'step_00000002'}",
+    small = mount_tmpfs(size * 3 // 2)
+    result = train([*args, f"run_dir={tmp_path / 'run'}", f"checkpoint.dir={small}"])
+    line = assert_one_line_error(result, "no space left on", "to save step 4", "needs about")
+    assert [p.name for p in small.iterdir()] == ["step_00000002"]  # no .partial left behind
+    assert checkpoint_problem(small / "step_00000002", distributed=False) is None
+    resumed = train([*args, f"run_dir={tmp_path / 'run'}", f"train.resume={small / 'step_00000002'}",
                      f"checkpoint.dir={tmp_path / 'elsewhere'}"])
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "elsewhere" / "step_00000004" / "megallm_state.json").read_text())["step"] == 4
+    assert records(tmp_path / "run", "train")[4]["loss"] == records(run, "train")[4]["loss"], line
+
+
+def pretrain_with_a_low_size_estimate(args: list[str]) -> int:
+    """launch/pretrain.py's main, with a first checkpoint's size estimated far too low."""
+    from megallm.cli.pretrain import main
+    from megallm.train.callbacks import checkpointing
+
+    checkpointing.BYTES_PER_PARAMETER = 0
+    return main(args)
+
+
+def test_disk_full_while_writing(finished_run, mount_tmpfs, tmp_path):
+    """The check before the save passes, the filesystem fills up while the ranks write (2 ranks):
+    one line, nothing published, no .partial left."""
+    run, args = finished_run
+    small = mount_tmpfs(256 * 1024)
+    result = train([*args, f"run_dir={tmp_path / 'run'}", f"checkpoint.dir={small}", "checkpoint.every=0",
+                    "train.steps=1", "train.global_batch_tokens=256"], nproc=2, entry=pretrain_with_a_low_size_estimate)
+    assert_one_line_error(result, "no space left on", "while saving step 1")
+    assert list(small.iterdir()) == []
