@@ -27,6 +27,13 @@ class CheckpointError(MegallmError):
     """A checkpoint that cannot be used as asked (missing, damaged, another model or layout)."""
 
 
+class DivergenceError(MegallmError):
+    """Training met a non-finite loss, gradient norm or weights and stopped (nan_guard.policy);
+    the newest checkpoint is intact. Exit code 3, apart from set-up mistakes."""
+
+    exit_code = 3
+
+
 class ConversionError(MegallmError):
     """A conversion (export, import, reshard) that cannot be done as asked."""
 

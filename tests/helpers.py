@@ -78,16 +78,17 @@ def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout: float = 6
             raise AssertionError(f"{exc}\n{errors}") from None
 
 
-def train(args: list[str], nproc: int = 1, timeout: float = 600) -> RunResult:
-    """launch/pretrain.py's `main(args)` on `nproc` ranks (see the module docstring): its exit code
-    (the first non-zero over ranks) and the ranks' stdout and stderr, rank after rank."""
+def train(args: list[str], nproc: int = 1, timeout: float = 600, entry: Callable[[list[str]], int] = None) -> RunResult:
+    """launch/pretrain.py's `main(args)` (or `entry(args)`, a module-level function that calls it) on
+    `nproc` ranks (see the module docstring): its exit code (the first non-zero over ranks) and the
+    ranks' stdout and stderr, rank after rank."""
     from megallm.cli.pretrain import main
     from megallm.errors import WorldError
     from megallm.parallel.local_world import run_local_world
 
     with tempfile.TemporaryDirectory(prefix="megallm-test-run-") as logs:
         try:
-            codes = run_local_world(nproc, main, list(args), logs=Path(logs), timeout=timeout)
+            codes = run_local_world(nproc, entry or main, list(args), logs=Path(logs), timeout=timeout)
         except WorldError as exc:  # a crash, not an exit code
             codes = [f"crashed: {exc}"]
         out = "".join(p.read_text() for p in sorted(Path(logs).glob("*.out")))

@@ -38,10 +38,11 @@ from megallm.checkpoint.state import (
     read_state,
     read_weights,
 )
+from megallm.checkpoint.verify import checkpoint_problem
 from megallm.config import RunConfig, batch_layout, check_config, compose_config, config_from_yaml, resolved_precision
 from megallm.data.tokenizer import load_tokenizer, tokenizer_files, tokenizer_hash
 from megallm.engine.engine import ParallelEngine
-from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError
+from megallm.errors import CheckpointError, ConfigError, ConversionError, VerificationError, WorldError
 from megallm.files import HF_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE
 from megallm.model.config import ModelConfig
 from megallm.model.weights import model_from_weights
@@ -308,10 +309,16 @@ def describe(path: Path) -> str:
         config = json.loads((path / HF_CONFIG_FILE).read_text())
         return f"Hugging Face {config.get('architectures', ['?'])[0]} at {path}"
     checkpoint = resolve_checkpoint(path)
+    problem = checkpoint_problem(checkpoint, distributed=False)
+    if problem:
+        raise CheckpointError(problem)
     state = read_state(checkpoint)
+    verified = (f"{len(state.checksums)} files verified (SHA-256)" if state.checksums
+                else f"{len(state.files)} file sizes verified (no checksums: an older checkpoint)")
     if state.weights_only:
-        return f"megallm weights-only checkpoint {checkpoint}: {model_overrides(state.model)}"
-    return f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}, {model_overrides(state.model)}"
+        return f"megallm weights-only checkpoint {checkpoint}; {verified}; {model_overrides(state.model)}"
+    return (f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}; {verified}; "
+            f"{model_overrides(state.model)}")
 
 
 def model_overrides(model: dict) -> str:

@@ -2,12 +2,20 @@
 
 Both are collective: every rank calls them. The engine writes and reads its own
 DeepSpeed files (megallm.engine); this module adds each rank's RNG states, the run's
-config, tokenizer and `RunState`, and publishes the folder atomically
-(megallm.files). See megallm.checkpoint.state for what a checkpoint holds.
+config, tokenizer and `RunState` with each file's checksum (megallm.checkpoint.verify),
+and publishes the folder atomically (megallm.files). See megallm.checkpoint.state for
+what a checkpoint holds.
+
+Before writing, rank 0 checks the free space against the newest checkpoint's size (or an
+estimate for the first one); a write that fails on any rank (a full disk mid-save) is
+agreed on by every rank, the `.partial` folder removed, and one CheckpointError raised:
+earlier checkpoints are untouched.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import shutil
 from pathlib import Path
@@ -29,9 +37,12 @@ from megallm.checkpoint.state import (
     read_weights,
     tag_for,
 )
+from megallm.checkpoint.verify import checksums
 from megallm.engine.engine import ParallelEngine
+from megallm.errors import CheckpointError
 from megallm.files import RUN_CONFIG_FILE, partial_path, publish, start_partial
 from megallm.model.config import ModelConfig
+from megallm.parallel.distributed import agree
 
 
 def _rng_state() -> dict:
@@ -53,54 +64,128 @@ def _rng_file(folder: Path, rank: int) -> Path:
     return folder / RNG_DIR / f"rank_{rank:05d}.pt"
 
 
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.3g} GB"
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """The bytes a checkpoint's ranks wrote, from its state file."""
+    return sum(read_state(path).files.values())
+
+
+def _space_problem(folder: Path, step: int, needed: int) -> Optional[str]:
+    """One line if `folder`'s filesystem has less than `needed` bytes free."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free >= needed:
+        return None
+    return (f"no space left on {_mount_point(folder)} to save step {step}: the checkpoint needs about {_gb(needed)}, "
+            f"{_gb(free)} free; free some space or set checkpoint.dir to a larger filesystem "
+            "(earlier checkpoints are intact)")
+
+
+def _write_problem(error: BaseException, folder: Path, step: int, needed: int) -> str:
+    """One line for an error while writing a checkpoint (torch's zip writer reports a full disk
+    as "unexpected pos" or "iostream error", without errno)."""
+    if getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < (1 << 20):
+        return (f"no space left on {_mount_point(folder)} while saving step {step}: the checkpoint needs about "
+                f"{_gb(needed)}; free some space or set checkpoint.dir to a larger filesystem "
+                "(earlier checkpoints are intact)")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"saving step {step} to {folder} failed: {first_line} (earlier checkpoints are intact)"
+
+
+def _agree(problem: Optional[str], distributed: bool) -> Optional[str]:
+    return agree(problem) if distributed else problem
+
+
 def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_yaml: str, keep_last: int,
-                    consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None) -> Optional[Path]:
+                    consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None,
+                    estimated_bytes: int = 0) -> Optional[Path]:
     """Collective: write `root/step_NNNNNNNN` and delete all but the newest `keep_last` (0: keep all).
-    Returns the published folder (None if it already existed: it is never overwritten)."""
+    Returns the published folder (None if it already existed: it is never overwritten).
+    The free space must hold the newest checkpoint's size, or `estimated_bytes` for a first one."""
     final = root / tag_for(state.step)
     rank = engine.ctx.rank
     if final.exists():  # e.g. resuming from an older checkpoint
         if rank == 0:
             print(f"checkpoint {final} exists already; keeping it and not saving step {state.step}", flush=True)
         return None
+    previous = complete_checkpoints(root)
+    needed = checkpoint_bytes(previous[-1]) if previous else estimated_bytes
     write_checkpoint(engine, final, state, config_yaml, rank, consolidated=consolidated,
-                     tokenizer_files=tokenizer_files)
+                     tokenizer_files=tokenizer_files, needed_bytes=needed)
     if rank == 0 and keep_last > 0:
         for old in complete_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _write_rank_files(engine: ParallelEngine, partial: Path, rank: int) -> None:
+    try:
+        engine.save(partial)
+    except BaseException:
+        dist.barrier()  # DeepSpeed's save ends in a barrier this rank did not reach: stand in for it
+        raise
+    _rng_file(partial, rank).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(_rng_state(), _rng_file(partial, rank))
+
+
 def write_checkpoint(engine: Optional[ParallelEngine], final: Path, state: RunState, config_yaml: str, rank: int,
-                     consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None) -> Path:
+                     consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None,
+                     needed_bytes: int = 0) -> Path:
     """Collective: write the checkpoint folder `final` through `<final>.partial` and a rename.
 
-    `tokenizer_files`: {name: text} of tokenizer.json and its side files (rank 0's).
-
     `engine`: None for a weights-only checkpoint (rank 0 alone then). `consolidated` (rank
-    0's full model from megallm.checkpoint.portable) is written as consolidated.pt.
+    0's full model from megallm.checkpoint.portable) is written as consolidated.pt. A full
+    disk (fewer than `needed_bytes` free before, or an error while writing) raises
+    CheckpointError on every rank, with the `.partial` folder removed.
     """
-    partial = partial_path(final)
-    if rank == 0:
+    partial, distributed = partial_path(final), engine is not None
+    problem = _space_problem(final.parent, state.step, needed_bytes) if rank == 0 else None
+    if problem is None and rank == 0:
         start_partial(final)
-    if engine is not None:
-        dist.barrier()
-        engine.save(partial)
-        _rng_file(partial, rank).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(_rng_state(), _rng_file(partial, rank))
-        dist.barrier()
-    if rank == 0:
-        (partial / RUN_CONFIG_FILE).write_text(config_yaml)
-        for name, text in (tokenizer_files or {}).items():
-            (partial / name).write_text(text)
-        if consolidated is not None:
-            torch.save({"model": consolidated, "model_config": state.model}, partial / WEIGHTS_FILE)
-        state.files = {str(f.relative_to(partial)): f.stat().st_size for f in sorted(partial.rglob("*"))
-                       if f.is_file()}
-        (partial / STATE_FILE).write_text(state.to_json())
-        publish(partial, final)
-    if engine is not None:
-        dist.barrier()
+    problem = _agree(problem, distributed)
+    if problem is None:
+        try:
+            if distributed:
+                dist.barrier()
+                _write_rank_files(engine, partial, rank)
+            if rank == 0:
+                (partial / RUN_CONFIG_FILE).write_text(config_yaml)
+                for name, text in (tokenizer_files or {}).items():
+                    (partial / name).write_text(text)
+                if consolidated is not None:
+                    torch.save({"model": consolidated, "model_config": state.model}, partial / WEIGHTS_FILE)
+        except (OSError, RuntimeError) as error:
+            problem = _write_problem(error, final.parent, state.step, needed_bytes)
+        problem = _agree(problem, distributed)
+    if problem is None:
+        names = [str(f.relative_to(partial)) for f in sorted(partial.rglob("*")) if f.is_file()] if rank == 0 else []
+        if distributed:  # every rank hashes its share of the files
+            shared = [names]
+            dist.broadcast_object_list(shared, src=0)
+            names = shared[0]
+        state.checksums = checksums(partial, names, distributed)
+        if rank == 0:
+            try:
+                state.files = {name: (partial / name).stat().st_size for name in names}
+                (partial / STATE_FILE).write_text(state.to_json())
+                publish(partial, final)
+            except OSError as error:
+                problem = _write_problem(error, final.parent, state.step, needed_bytes)
+        problem = _agree(problem, distributed)
+    if problem is not None:
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(problem)
     return final
 
 

@@ -11,9 +11,10 @@ A checkpoint is the folder `<dir>/step_NNNNNNNN/` holding
   `special_tokens_map.json`, `chat_template.jinja`) where it has them,
 - `consolidated.pt` (with checkpoint.consolidated=true): the full model in canonical
   names, for any layout (megallm.checkpoint.portable).
-`megallm_state.json` also lists every file the ranks wrote with its size, so a shard
-lost in a copy is named before anything loads (`check_complete`), and the state of the
-training loop's callbacks that have one (megallm.train.callbacks).
+`megallm_state.json` also lists every file the ranks wrote with its size and SHA-256, so
+a shard lost in a copy or altered on disk is named before anything loads
+(`check_complete`, megallm.checkpoint.verify), and the state of the training loop's
+callbacks that have one (megallm.train.callbacks).
 
 A weights-only checkpoint (`weights_only`, written by `tools/convert_ckpt.py import
 --weights-only`) holds `consolidated.pt`, the state and config files and no DeepSpeed
@@ -60,6 +61,7 @@ class RunState:
     data_streams: int = 0  # data.streams: the sample order consumed_samples counts in
     weights_only: bool = False  # consolidated.pt only: no optimizer state, no layout
     files: dict = field(default_factory=dict)  # every file the ranks wrote (relative path -> bytes)
+    checksums: dict = field(default_factory=dict)  # relative path -> SHA-256 (megallm.checkpoint.verify)
     callbacks: dict = field(default_factory=dict)  # callback name -> its state_dict()
     # An imported Hugging Face model's config.json and generation_config.json ({name: JSON}),
     # carried by every run that resumes it, so that its export keeps them (megallm.checkpoint.hf).
@@ -83,30 +85,30 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint folders under root, oldest first."""
+def step_folders(root: Path) -> list[Path]:
+    """Published checkpoint folders under root (step_NNNNNNNN, sound or not), oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name)), key=lambda p: p.name)
 
 
-def find_resume_checkpoint(resume: str, root: Path) -> Optional[Path]:
-    """Resolve train.resume: "auto" -> newest complete checkpoint or None; "none"; or a path."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        found = complete_checkpoints(root)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"train.resume={resume} is not a complete megallm checkpoint ({STATE_FILE} missing)")
-    return path
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders under root that have their state file, oldest first."""
+    return [p for p in step_folders(root) if (p / STATE_FILE).is_file()]
 
 
 def read_state(path: Path) -> RunState:
+    """The checkpoint's RunState; CheckpointError if its state file is missing or damaged."""
+    try:
+        fields = json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} has no {STATE_FILE} (deleted, or an incomplete copy); "
+                              "use another checkpoint") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is damaged (truncated or not JSON); "
+                              "use another checkpoint") from None
     known = RunState.__dataclass_fields__
-    return RunState(**{k: v for k, v in json.loads((path / STATE_FILE).read_text()).items() if k in known})
+    return RunState(**{k: v for k, v in fields.items() if k in known})
 
 
 def check_complete(path: Path, state: RunState) -> None:

@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable
 
 from megallm.errors import MegallmError
+
+# torchrun tears every rank down when the first one exits: a rank that leaves the report to
+# rank 0 waits this long first, so that rank 0's line is printed, not lost.
+QUIET_RANK_EXIT_DELAY_S = 3.0
 
 
 def report(prog: str, error: MegallmError, every_rank: bool = False) -> int:
@@ -31,6 +36,8 @@ def report(prog: str, error: MegallmError, every_rank: bool = False) -> int:
     if every_rank or rank == 0:
         where = f"[rank {rank}] " if every_rank else ""
         print(f"{prog}: error: {where}{error}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(QUIET_RANK_EXIT_DELAY_S)
     return error.exit_code
 
 

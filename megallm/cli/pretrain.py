@@ -86,9 +86,12 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
     import torch
 
     from megallm.parallel.distributed import distributed, select_deepspeed_accelerator
+    from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun
 
     check_device_support(cfg, on_gpu=torch.cuda.is_available())
 
+    if launched_by_torchrun():  # a torchrun that dies (SIGKILL, SIGUSR1) takes its ranks along, via a checkpoint
+        die_with_parent()
     select_deepspeed_accelerator()
     # deferred: imports DeepSpeed, which reads the accelerator chosen just above
     from megallm.train.build import build_trainer
@@ -99,7 +102,8 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
             print(f"note: model.vocab_size={cfg.model.vocab_size} exceeds the tokenizer's "
                   f"{corpus.manifest.vocab_size} tokens; the extra embedding rows are never used", flush=True)
         try:
-            build_trainer(cfg, config_yaml, corpus, ctx).fit()
+            trainer = build_trainer(cfg, config_yaml, corpus, ctx)
+            trainer.fit()
         except DataError as error:  # may be one rank's shard: every rank says which
             return report(PROG, error, every_rank=True)
-    return 0
+    return trainer.exit_code  # 0, or PREEMPTED_EXIT_CODE after a stop signal

@@ -11,15 +11,18 @@ from megallm.config.schema import (
     CheckpointConfig,
     DataConfig,
     LoggingConfig,
+    NanGuardConfig,
     OptimConfig,
     ParallelConfig,
     RunConfig,
     TrainConfig,
     WandbConfig,
     resolved_precision,
+    step_ranges,
 )
 from megallm.errors import ConfigError
 
-__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "OptimConfig", "ParallelConfig",
-           "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config", "check_device_support", "compose_config",
-           "config_from_yaml", "planned_world_size", "resolved_precision"]
+__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "NanGuardConfig", "OptimConfig",
+           "ParallelConfig", "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config",
+           "check_device_support", "compose_config", "config_from_yaml", "planned_world_size", "resolved_precision",
+           "step_ranges"]

@@ -7,8 +7,10 @@ not a cluster allocation. Each check raises `ConfigError` with the first problem
 from __future__ import annotations
 
 import importlib.util
+import math
+from typing import Callable
 
-from megallm.config.schema import RunConfig, TrainConfig
+from megallm.config.schema import RunConfig, TrainConfig, step_ranges
 from megallm.errors import ConfigError
 from megallm.model.config import RECOMPUTE_MODES
 from megallm.parallel.dims import ParallelDims
@@ -16,6 +18,54 @@ from megallm.parallel.dims import ParallelDims
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("offline", "online", "disabled")
 PIPELINE_PARTITIONS = ("layers", "parameters")
+NAN_POLICIES = ("stop", "skip", "rollback")
+
+# Ranges of single values: (key, test, what the value must be). A bad value is reported as
+# "KEY must be WHAT, got VALUE" before anything starts (a negative LR or a zero interval would
+# otherwise fail minutes later, inside a process group, or not at all).
+_positive = (lambda v: v > 0, "> 0")
+_non_negative = (lambda v: v >= 0, ">= 0")
+RANGES: list[tuple[str, Callable[[float], bool], str]] = [
+    ("optim.lr", *_positive),
+    ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "within [0, 1]"),
+    ("optim.warmup_steps", *_non_negative),
+    ("optim.weight_decay", *_non_negative),
+    ("optim.beta1", lambda v: 0 <= v < 1, "within [0, 1)"),
+    ("optim.beta2", lambda v: 0 <= v < 1, "within [0, 1)"),
+    ("optim.eps", *_positive),
+    ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    ("train.steps", *_positive),
+    ("train.seq_len", *_positive),
+    ("train.global_batch_tokens", *_positive),
+    ("train.micro_batch_size", *_positive),
+    ("train.eval_every", lambda v: v >= 0, ">= 0 (0 disables evaluation)"),
+    ("train.eval_batches", *_positive),
+    ("data.streams", *_positive),
+    ("data.prefetch", *_positive),
+    ("data.num_workers", *_non_negative),
+    ("checkpoint.every", lambda v: v >= 0, ">= 0 (0 saves only the last step)"),
+    ("checkpoint.keep_last", lambda v: v >= 0, ">= 0 (0 keeps all)"),
+    ("logging.every", *_positive),
+    ("nan_guard.max_events", *_non_negative),
+]
+
+
+def _value(cfg: RunConfig, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def range_problems(cfg: RunConfig) -> list[str]:
+    """"KEY must be WHAT, got VALUE" for every value outside its range in RANGES (NaN and
+    infinity are out of every range)."""
+    problems = []
+    for key, test, what in RANGES:
+        value = _value(cfg, key)
+        if not (math.isfinite(value) and test(value)):
+            problems.append(f"{key} must be {what}, got {value}")
+    return problems
 
 
 def batch_layout(train: TrainConfig, dp: int) -> tuple[int, int]:
@@ -32,7 +82,7 @@ def batch_layout(train: TrainConfig, dp: int) -> tuple[int, int]:
 
 def check_config(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError for the first inconsistent value (types are Hydra's job)."""
-    p, t, d = cfg.parallel, cfg.train, cfg.data
+    p, t = cfg.parallel, cfg.train
     world = planned_world_size(cfg, world_size)
     problems = list(cfg.model.check()) + cfg.kernels.check() + kernel_layout_problems(cfg)
     problems += ParallelDims.problems(cfg.model, p.tp, p.pp, p.zero_stage, world)
@@ -41,9 +91,7 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
                         "the tensor-parallel ranks)")
     if p.pipeline_partition not in PIPELINE_PARTITIONS:
         problems.append(f"parallel.pipeline_partition must be layers or parameters, got {p.pipeline_partition!r}")
-    for name in ("steps", "seq_len", "global_batch_tokens", "micro_batch_size"):
-        if getattr(t, name) <= 0:
-            problems.append(f"train.{name} must be positive, got {getattr(t, name)}")
+    problems += range_problems(cfg)
     if t.activation_checkpointing not in RECOMPUTE_MODES:
         problems.append(f"train.activation_checkpointing must be none, full or selective, "
                         f"got {t.activation_checkpointing!r}")
@@ -51,11 +99,15 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
         problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if t.stop_at_step < 0 or t.stop_at_step > t.steps:
         problems.append(f"train.stop_at_step={t.stop_at_step} must be between 0 and train.steps={t.steps}")
-    if cfg.optim.warmup_steps < 0 or not 0 <= cfg.optim.min_lr_ratio <= 1:
-        problems.append("optim.warmup_steps must be >= 0 and optim.min_lr_ratio within [0, 1]")
-    if d.streams < 1 or d.num_workers < 0 or d.prefetch < 1:
-        problems.append(f"data.streams and data.prefetch must be >= 1 and data.num_workers >= 0, got "
-                        f"streams={d.streams} prefetch={d.prefetch} num_workers={d.num_workers}")
+    if cfg.checkpoint.on_damaged not in ("fallback", "stop"):
+        problems.append(f"checkpoint.on_damaged must be fallback or stop, got {cfg.checkpoint.on_damaged!r}")
+    if cfg.nan_guard.policy not in NAN_POLICIES:
+        problems.append(f"nan_guard.policy must be stop, skip or rollback, got {cfg.nan_guard.policy!r}")
+    try:
+        step_ranges(cfg.nan_guard.skip_steps)
+    except ValueError as bad:
+        problems.append(f"nan_guard.skip_steps: {str(bad)!r} is not a step N >= 1 or a range A-B of steps; "
+                        "write e.g. nan_guard.skip_steps=[100-120,250]")
     if cfg.logging.wandb.mode not in WANDB_MODES:
         problems.append(f"logging.wandb.mode must be offline, online or disabled, got {cfg.logging.wandb.mode!r}")
     if problems:

@@ -9,6 +9,7 @@ key by key, `parallel.tp=2`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -66,15 +67,31 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
                 f"{', '.join(available(group))}")
     key = re.search(r"full_key: ([\w.]+)", text) or re.search(r"Could not (?:override|append to) '([\w.]+)'", text)
     if key and ("not in struct" in text or "No match" in text or "Key '" in text):
-        full = key.group(1)
-        parent, _, leaf = full.rpartition(".")
-        known = _known_keys(parent)
-        hint = difflib.get_close_matches(leaf, known, n=1)
-        suggestion = f" (did you mean {'.'.join(filter(None, [parent, hint[0]]))}?)" if hint else ""
-        return (f"unknown config key {full!r}{suggestion}; "
-                f"`python launch/pretrain.py +model=tiny --cfg` prints every key")
+        return _unknown_key_message(key.group(1))
     first_lines = [line.strip() for line in text.splitlines() if line.strip()][:2]
     return "invalid configuration: " + "; ".join(first_lines)
+
+
+def _unknown_key_message(full: str) -> str:
+    parent, _, leaf = full.rpartition(".")
+    hint = difflib.get_close_matches(leaf, _known_keys(parent), n=1)
+    suggestion = f" (did you mean {'.'.join(filter(None, [parent, hint[0]]))}?)" if hint else ""
+    return f"unknown config key {full!r}{suggestion}; `python launch/pretrain.py +model=tiny --cfg` prints every key"
+
+
+def _keys_outside_schema(node, path: str = "") -> list[str]:
+    """Keys of a composed config that its schema's dataclasses lack: Hydra's `+key=value` adds
+    them past the schema's struct flag (`+train.foo=1`), and nothing would ever read them."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in node.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if fields is not None and key not in fields:
+            found.append(full)
+        elif OmegaConf.is_dict(child := node._get_node(key)):
+            found += _keys_outside_schema(child, full)
+    return found
 
 
 def compose_config(overrides: list[str]):
@@ -85,6 +102,9 @@ def compose_config(overrides: list[str]):
             cfg = compose(config_name="config", overrides=overrides)
         if OmegaConf.is_missing(cfg, "model"):
             raise ConfigError(f"no model chosen: add +model=NAME, NAME one of {', '.join(available('model'))}")
+        unknown = _keys_outside_schema(cfg)
+        if unknown:
+            raise ConfigError(_unknown_key_message(unknown[0]))
         yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
         run_config = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:

@@ -110,6 +110,27 @@ class CheckpointConfig:
     # Also write consolidated.pt: the full model in canonical names, gathered from every
     # rank into rank 0's CPU memory (costly for large models; export can do it offline).
     consolidated: bool = False
+    # A newest checkpoint that fails verification (a file missing, truncated or altered, a damaged
+    # megallm_state.json): "fallback" reports it, moves it aside (<name>.damaged) and resumes from the
+    # one before; "stop" stops the run with the reason.
+    on_damaged: str = "fallback"
+
+
+@dataclass
+class NanGuardConfig:
+    """A step whose gradient norm (and so loss) is NaN or infinite: its update is never applied
+    (megallm.engine), and then, by `policy`:
+    - stop: the run exits with code 3 naming the step; the newest checkpoint stays as it is;
+    - skip: training goes on with the next batch (the step counts, the LR schedule waits);
+    - rollback: the newest checkpoint is loaded again and training repeats from it, skipping
+      the bad step's batch when it comes.
+    Each such step is logged (kind "nonfinite": its step and global sample range)."""
+
+    policy: str = "stop"  # stop, skip or rollback
+    max_events: int = 10  # non-finite steps that skip or rollback handle; the next one stops the run
+    # Steps whose batches are read but not trained on (no update, e.g. data behind a loss spike):
+    # "A-B" (inclusive) or "N", e.g. nan_guard.skip_steps=[1200-1300,1450].
+    skip_steps: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,7 +157,20 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    nan_guard: NanGuardConfig = field(default_factory=NanGuardConfig)
     run_dir: str = "runs/default"  # metrics, checkpoints and the resolved config go here
+
+
+def step_ranges(specs: list[str]) -> list[tuple[int, int]]:
+    """nan_guard.skip_steps as inclusive (first, last) step ranges; ValueError for a malformed one."""
+    ranges = []
+    for spec in specs:
+        first, _, last = str(spec).partition("-")
+        if not (first.isdigit() and (last or first).isdigit() and 1 <= int(first) <= int(last or first)):
+            raise ValueError(spec)
+        first_step, last_step = int(first), int(last or first)
+        ranges.append((first_step, last_step))
+    return ranges
 
 
 def resolved_precision(precision: str, on_gpu: bool) -> str:

@@ -21,6 +21,7 @@ exact; the skipped shards are counted.
 
 from __future__ import annotations
 
+import signal
 from collections import OrderedDict
 from typing import Iterator
 
@@ -32,6 +33,7 @@ from megallm.data.corpus import Corpus
 from megallm.data.order import Address, SampleOrder
 from megallm.data.shards import ShardInfo, read_documents
 from megallm.errors import DataError
+from megallm.parallel.lifetime import die_with_parent
 
 
 def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int) -> np.ndarray:
@@ -138,6 +140,14 @@ class RankSamples(IterableDataset):
             chunk_index += workers
 
 
+def _worker_init(_worker_id: int) -> None:
+    """A loader worker leaves stop signals to its rank (which checkpoints first: they would
+    otherwise kill the worker under it) and dies with the rank."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
+
+
 class TrainBatches:
     """Micro-batches [mbs, seq_len + 1] (int64) for one data-parallel rank, from a global sample count."""
 
@@ -155,7 +165,7 @@ class TrainBatches:
         # collate_fn=identity: workers send numpy arrays as they are (no tensor per item in shared memory).
         loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                             prefetch_factor=max(2, prefetch // chunk) if num_workers else None,
-                            persistent_workers=num_workers > 0)
+                            persistent_workers=num_workers > 0, worker_init_fn=_worker_init)
         self._chunks: Iterator = iter(loader)
         self._pending: list[tuple[int, np.ndarray]] = []
         self.mbs, self.device = micro_batch_size, device

@@ -26,7 +26,9 @@ def deepspeed_config(cfg: RunConfig, dp: int, precision: str) -> dict:
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero_config(cfg),
-        "bf16": {"enabled": precision == "bf16"},
+        # check_grad_overflow: bf16 under ZeRO-1/2 skips an update whose gradient norm is not finite,
+        # as every other path does (megallm.engine.engine).
+        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,  # megallm reports progress itself
         "wall_clock_breakdown": False,

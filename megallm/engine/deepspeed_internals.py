@@ -17,6 +17,8 @@ and tests/integration exercise each function).
 
 from __future__ import annotations
 
+import functools
+import math
 from contextlib import nullcontext
 from typing import Callable, Optional
 
@@ -86,10 +88,23 @@ def set_step_counters(ds_engine, counters: dict) -> None:
         setattr(ds_engine, key, value)
 
 
-def replace_fp32_clipping(ds_engine, clip: Callable[[], None]) -> None:
-    """Make DeepSpeed call `clip` where it clips fp32 gradients without ZeRO (at the step boundary,
-    when gradient_clipping > 0), so that megallm computes and keeps the norm."""
-    ds_engine.clip_fp32_gradients = clip
+def guard_fp32_step(ds_engine, clip: Callable[[], float]) -> None:
+    """Without ZeRO in fp32 DeepSpeed neither keeps the gradient norm nor skips a non-finite step:
+    its own clipping becomes a no-op and the torch optimizer's `step` first calls `clip` (the
+    norm, clipping when asked) and skips the update when the norm is not finite. The skip sets
+    the optimizer's `overflow`, which DeepSpeed reads as it does its ZeRO and bf16 optimizers':
+    no LR step, one more `skipped_steps`, `was_step_applied()` False."""
+    ds_engine.clip_fp32_gradients = lambda: None
+    optimizer = ds_engine.optimizer
+    step = optimizer.step
+    optimizer.overflow = False
+
+    @functools.wraps(step)  # keeps the marks torch's LR scheduler put on `step` (else it warns)
+    def guarded_step(*args, **kwargs):
+        optimizer.overflow = not math.isfinite(clip())
+        return None if optimizer.overflow else step(*args, **kwargs)
+
+    optimizer.step = guarded_step
 
 
 def pipeline_loss(ds_engine) -> torch.Tensor:

@@ -14,6 +14,13 @@ Without ZeRO in fp32 it clips in `clip_fp32_gradients` and discards the norm, an
 pipeline parallelism counts only the first stage's replicated weights; there megallm
 clips itself (`clip_gradients`) and keeps the norm.
 
+Non-finite gradients: an update whose gradient norm is NaN or infinite is never applied,
+on every path: DeepSpeed's ZeRO and bf16 optimizers skip it (bf16 under ZeRO-1/2 once
+`check_grad_overflow` is on, megallm.engine.deepspeed_config), megallm's own fp32 step
+likewise (deepspeed_internals.guard_fp32_step). The norm is the one the clipping already
+all-reduces, so this costs no extra communication (fp32 without ZeRO and with
+optim.grad_clip=0 computes the norm for it); `update_applied` tells the loop.
+
 State: `save` / `load` write and read this rank's DeepSpeed files (weights, optimizer,
 LR schedule); `master` / `set_master` and the optimizer accessors below them give
 conversions (megallm.checkpoint.portable) each parameter's fp32 master and Adam state
@@ -53,7 +60,7 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
 
     Each weight counts once: tensor-parallel shards on every TP rank, replicated weights
     on TP rank 0, and a tied weight only on the stage that owns it (DeepSpeed marks the
-    other copy). Call after the data-parallel gradient reduction.
+    other copy). Call after the data-parallel gradient reduction. max_norm 0: the norm only.
     """
     tp_rank = ps.get_tensor_model_parallel_rank()
     counted = [p.grad.detach() for p in params if p.grad is not None and not internals.pipe_replicated(p)
@@ -63,10 +70,10 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
         squares = torch.stack(torch._foreach_norm(counted)).float().square().sum()
     dist.all_reduce(squares, group=ps.get_model_parallel_group())  # the TP x PP ranks of this replica
     norm = squares.sqrt()
-    # In float64, as a Python float would be; a coefficient of exactly 1 leaves the gradients bitwise unchanged.
-    coefficient = (max_norm / (norm.double() + 1e-6)).clamp(max=1.0)
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    torch._foreach_mul_(grads, coefficient.float())
+    if max_norm > 0:
+        # In float64, as a Python float would be; a coefficient of exactly 1 leaves the gradients bitwise unchanged.
+        coefficient = (max_norm / (norm.double() + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_([p.grad.detach() for p in params if p.grad is not None], coefficient.float())
     return norm
 
 
@@ -108,7 +115,7 @@ class ParallelEngine:
         self.clips_itself = self.dims.zero_stage == 0 and precision == "fp32"
         self._grad_norm: Optional[torch.Tensor] = None
         if self.clips_itself:
-            internals.replace_fp32_clipping(self.engine, self._clip)
+            internals.guard_fp32_step(self.engine, self._clip)
 
     def _partitioned_at_construction(self, ds_config: dict, mpu):
         """Under ZeRO-3 each layer's weights are partitioned as soon as it is built
@@ -118,14 +125,29 @@ class ParallelEngine:
         return deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu,
                                    data_parallel_group=ps.get_data_parallel_group())
 
-    def _clip(self) -> None:
+    def _clip(self) -> float:
         self._grad_norm = clip_gradients(list(self.engine.module.parameters()), self.engine.gradient_clipping())
+        return self._grad_norm
 
     @property
     def grad_norm(self) -> float:
         """The last step's global gradient norm (reading it waits for the device: log steps only)."""
         norm = self._grad_norm if self.clips_itself else self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else math.nan
+
+    @property
+    def update_applied(self) -> bool:
+        """Whether the last optimizer step updated the weights: False when its gradient norm was
+        not finite (see the module docstring). A host-side flag: reading it costs no sync."""
+        return self.engine.was_step_applied()
+
+    def weights_finite(self) -> bool:
+        """Collective: whether every weight the optimizer holds, on every rank, is finite."""
+        bad = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        for tensor in internals.optimized_tensors(self.engine):
+            bad += (~torch.isfinite(tensor.detach())).sum()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bad.item() == 0
 
     @property
     def learning_rate(self) -> float:

@@ -13,11 +13,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_console(record: dict) -> str:
     kind, step = record["kind"], record["step"]
     if kind == "eval":
         return f"eval  step {step} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
-    parts = [f"step {step}/{record['total_steps']}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
+    if kind != "train":  # e.g. "nonfinite": its fields as they are
+        return f"{kind} step {step} | " + " | ".join(f"{k} {v}" for k, v in record.items()
+                                                      if k not in ("kind", "step", "time"))
+    parts = [f"step {step}/{record['total_steps']}", f"loss {_number(record['loss'], '.4f')}", f"lr {record['lr']:.2e}",
              f"grad_norm {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s"]
     if record.get("mfu") is not None:
         parts.append(f"mfu {100 * record['mfu']:.1f}%")

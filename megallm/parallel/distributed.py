@@ -12,7 +12,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -100,6 +100,14 @@ def init_distributed(tp: int = 1, pp: int = 1, zero_stage: int = 0, timeout_minu
         ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                        backend=backend, device=device, dims=dims)
+
+
+def agree(problem: Optional[str]) -> Optional[str]:
+    """Collective: the first rank's problem (one line, or None), on every rank; so that all
+    raise together where one rank found something wrong (no rank is left waiting)."""
+    problems: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(problems, problem)
+    return next((p for p in problems if p), None)
 
 
 def shutdown() -> None:

@@ -14,32 +14,30 @@ from typing import Optional
 import numpy as np
 import torch
 
-from megallm.checkpoint.saving import load_checkpoint
-from megallm.checkpoint.state import (
-    RunState,
-    check_compatible,
-    find_resume_checkpoint,
-    read_state,
-)
-from megallm.config import RunConfig, batch_layout, resolved_precision
+from megallm.checkpoint.state import RunState, check_compatible, read_state
+from megallm.checkpoint.verify import choose_resume_checkpoint
+from megallm.config import ConfigError, RunConfig, batch_layout, resolved_precision
 from megallm.data.corpus import Corpus
 from megallm.data.loader import EvalBatches, TrainBatches
 from megallm.engine.engine import ParallelEngine
 from megallm.metrics.throughput import device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
-from megallm.parallel.distributed import DistContext
+from megallm.parallel.distributed import DistContext, agree
 from megallm.train.callbacks import (
     Callback,
     Checkpointer,
     ConsoleLogger,
     Evaluator,
     JsonlLogger,
+    NanGuard,
+    PreemptionHandler,
     SampleTrace,
     SpeedMonitor,
     TrainMetrics,
     WandbLogger,
 )
 from megallm.train.run_folder import RunFolder
+from megallm.train.run_lock import RunLock
 from megallm.train.trainer import Trainer
 
 
@@ -54,11 +52,13 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
     """The Trainer of this rank, resumed if train.resume finds a checkpoint. `extra_callbacks`
     run beside the standard ones (tests and tools plug in here)."""
     folder = RunFolder.of(cfg)
+    lock = _lock_run_folder(folder, ctx)  # before anything in the folder is read or written
     precision = resolved_precision(cfg.train.precision, ctx.device.type == "cuda")
     global_sequences, grad_accum = batch_layout(cfg.train, ctx.dims.dp)
     state = RunState(layout=ctx.dims, model=cfg.model.to_dict(), tokenizer_sha256=corpus.manifest.tokenizer_sha256,
                      seq_len=cfg.train.seq_len, data_streams=cfg.data.streams)
-    resume_from = find_resume_checkpoint(cfg.train.resume, folder.checkpoints)
+    resume_from = choose_resume_checkpoint(cfg.train.resume, folder.checkpoints, cfg.checkpoint.on_damaged,
+                                           distributed=True, say=lambda line: ctx.is_main and print(line, flush=True))
     if resume_from is not None:
         check_compatible(read_state(resume_from), state, resume_from)
 
@@ -69,15 +69,13 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
                               micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
                               device=ctx.device)
     callbacks = _callbacks(cfg, config_yaml, corpus, ctx, folder, precision, val_batches) + (extra_callbacks or [])
+    callbacks += [lock] if lock is not None else []
     trainer = Trainer(engine, state, lambda consumed: _open_train_batches(cfg, corpus, ctx, consumed),
                       steps=cfg.train.steps, stop_at_step=cfg.train.stop_at_step, log_every=cfg.logging.every,
                       seq_len=cfg.train.seq_len, global_sequences=global_sequences, grad_accum=grad_accum,
                       callbacks=callbacks)
     if resume_from is not None:
-        saved = load_checkpoint(engine, resume_from)
-        state.step, state.consumed_samples, state.tokens_seen = saved.step, saved.consumed_samples, saved.tokens_seen
-        state.hf_model_files = saved.hf_model_files  # an imported model's config.json etc., for its export
-        trainer.load_callback_states(saved.callbacks)
+        saved = trainer.restore(resume_from)
         trainer.say(f"resumed from {resume_from} at step {saved.step} "
                     f"(sample {saved.consumed_samples:,} of the data order)")
     params = parameter_count(cfg.model)
@@ -90,6 +88,23 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
     return trainer
 
 
+def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> Optional[RunLock]:
+    """Collective: rank 0 takes the run folder's lock; every rank raises if another run holds it."""
+    lock, problem = None, None
+    if ctx.is_main:
+        try:
+            lock = RunLock(folder.root).acquire()
+        except ConfigError as error:
+            problem = str(error)
+    problem = agree(problem)
+    if problem:
+        raise ConfigError(problem)
+    if lock is not None and lock.took_over:
+        print(f"note: took over the lock of a run that ended (pid {lock.took_over.get('pid')} on "
+              f"{lock.took_over.get('host')})", flush=True)
+    return lock
+
+
 def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext, folder: RunFolder,
                precision: str, val_batches: EvalBatches) -> list[Callback]:
     callbacks: list[Callback] = [
@@ -98,6 +113,8 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
         Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
                      cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None),
+        NanGuard(cfg.nan_guard, folder.checkpoints),
+        PreemptionHandler(),
     ]
     if cfg.data.trace_samples and ctx.coords.tp == 0 and ctx.coords.pp == 0:
         callbacks.append(SampleTrace(folder.sample_trace(ctx.coords.dp)))

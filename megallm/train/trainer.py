@@ -9,8 +9,12 @@ order. megallm.train.build puts a run together from its config.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+
+from megallm.checkpoint.saving import load_checkpoint
 from megallm.checkpoint.state import RunState
 from megallm.data.loader import TrainBatches
 from megallm.engine.engine import ParallelEngine
@@ -36,6 +40,9 @@ class Trainer:
         self.batches: Optional[TrainBatches] = None  # opened by fit, at the (resumed) data position
         self.stop_reason: Optional[str] = None
         self.timer = StepTimer(engine.ctx.device)  # where each step's time goes (reported by SpeedMonitor)
+        self.exit_code = 0  # what the process exits with after fit (request_stop may set it)
+        # Set by a callback's pre_step: read this step's batch but do not train on it (no update).
+        self.skip_batch = False
 
     @property
     def ctx(self):
@@ -55,9 +62,23 @@ class Trainer:
         """This step ends the loop: the planned last step, or a stop was requested."""
         return self.state.step == self.last_step or self.stop_reason is not None
 
-    def request_stop(self, reason: str) -> None:
-        """End the loop after the current step (its post_step hooks still run, so it is saved)."""
-        self.stop_reason = reason
+    def request_stop(self, reason: str, exit_code: int = 0) -> None:
+        """End the loop after the current step (its post_step hooks still run, so it is saved); the
+        process then exits with `exit_code`."""
+        self.stop_reason, self.exit_code = reason, exit_code
+
+    def restore(self, path: Path) -> RunState:
+        """Collective: continue from the checkpoint `path`: the engine, this rank's RNG, the step and
+        data position, the callbacks' states; the training batches reopen at its data position
+        (when the loop runs). Returns the checkpoint's state."""
+        saved = load_checkpoint(self.engine, path)
+        self.state.step, self.state.consumed_samples = saved.step, saved.consumed_samples
+        self.state.tokens_seen = saved.tokens_seen
+        self.state.hf_model_files = saved.hf_model_files  # an imported model's config.json etc., for its export
+        self.load_callback_states(saved.callbacks)
+        if self.batches is not None:
+            self.batches = self.open_batches(self.state.consumed_samples)
+        return saved
 
     def say(self, message: str) -> None:
         if self.ctx.is_main:
@@ -85,6 +106,7 @@ class Trainer:
         self.batches = self.open_batches(self.state.consumed_samples)
         self._call("on_fit_start")
         while self.state.step < self.last_step and self.stop_reason is None:
+            self.skip_batch = False
             self._call("pre_step")
             self._call("post_train_batch", self._train_step())
             if self.is_log_step:
@@ -105,8 +127,12 @@ class Trainer:
             for _ in range(self.grad_accum):
                 micro_batches.append(self.batches.next_micro_batch())
                 samples += self.batches.last_samples
-        loss = self.engine.train_step(micro_batches, self.timer)
+        if self.skip_batch:
+            loss, applied = torch.zeros((), device=self.ctx.device, dtype=torch.float64), False
+        else:
+            loss, applied = self.engine.train_step(micro_batches, self.timer), self.engine.update_applied
         self.state.step += 1
         self.state.consumed_samples += self.global_sequences
         self.state.tokens_seen += self.tokens_per_step
-        return StepOutput(loss=loss, lr=lr, micro_batches=micro_batches, samples=samples)
+        return StepOutput(loss=loss, lr=lr, micro_batches=micro_batches, samples=samples, applied=applied,
+                          skipped_batch=self.skip_batch)

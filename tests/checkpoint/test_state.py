@@ -7,13 +7,14 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from megallm.checkpoint.state import (
-    STATE_FILE,
-    RunState,
-    check_compatible,
-    find_resume_checkpoint,
-)
+from megallm.checkpoint.state import STATE_FILE, RunState, check_compatible
+from megallm.checkpoint.verify import choose_resume_checkpoint
 from megallm.errors import CheckpointError
+
+
+def find(resume, root, on_damaged="fallback", said=None):
+    return choose_resume_checkpoint(resume, root, on_damaged, distributed=False,
+                                    say=(said.append if said is not None else print))
 
 
 def make_checkpoint(root, name, state=None):
@@ -24,17 +25,22 @@ def make_checkpoint(root, name, state=None):
     return path
 
 
-def test_auto_resume_takes_newest_complete_checkpoint(tmp_path):
-    assert find_resume_checkpoint("auto", tmp_path / "none-yet") is None
+def test_auto_resume_takes_newest_sound_checkpoint(tmp_path):
+    assert find("auto", tmp_path / "none-yet") is None
     make_checkpoint(tmp_path, "step_00000010", RunState(step=10))
     newest = make_checkpoint(tmp_path, "step_00000020", RunState(step=20))
     make_checkpoint(tmp_path, "step_00000030.partial", RunState(step=30))  # crashed mid-save
-    make_checkpoint(tmp_path, "step_00000040")  # no state file: not complete
-    assert find_resume_checkpoint("auto", tmp_path) == newest
-    assert find_resume_checkpoint("none", tmp_path) is None
-    assert find_resume_checkpoint(str(newest), tmp_path) == newest
-    with pytest.raises(CheckpointError, match="not a complete megallm checkpoint"):
-        find_resume_checkpoint(str(tmp_path / "step_00000040"), tmp_path)
+    make_checkpoint(tmp_path, "step_00000040")  # its state file deleted
+    with pytest.raises(CheckpointError, match="step_00000040 has no megallm_state.json"):
+        find("auto", tmp_path, on_damaged="stop")
+    with pytest.raises(CheckpointError, match="has no megallm_state.json"):
+        find(str(tmp_path / "step_00000040"), tmp_path)
+    said = []
+    assert find("auto", tmp_path, said=said) == newest
+    assert len(said) == 1 and said[0].startswith("warning: checkpoint") and "step_00000040.damaged" in said[0]
+    assert (tmp_path / "step_00000040.damaged").is_dir() and not (tmp_path / "step_00000040").exists()
+    assert find("none", tmp_path) is None
+    assert find(str(newest), tmp_path) == newest
 
 
 def test_incompatible_checkpoints_are_refused(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -77,3 +80,16 @@ def test_step_timer_reports_milliseconds_per_step_and_resets(monkeypatch):
         pass
     assert timer.report(steps=2) == {"data_ms": 250.0, "forward_backward_ms": 625.0}
     assert timer.report(steps=1) == {}
+
+
+def test_records_without_numbers_read_and_stay_strict_json():
+    """A step that updated nothing has loss None; a NaN grad norm is written as null, never as bare NaN."""
+    from megallm.train.callbacks.loggers import strict_json
+
+    record = {"kind": "train", "step": 3, "total_steps": 6, "loss": None, "lr": 1e-3, "grad_norm": math.nan,
+              "tokens_per_s": 10.0, "eta_s": 1.0}
+    assert "loss n/a" in format_console(record) and "grad_norm nan" in format_console(record)
+    line = strict_json(record)
+    assert json.loads(line)["grad_norm"] is None and "NaN" not in line
+    event = {"kind": "nonfinite", "step": 3, "grad_norm": None, "samples": [8, 12], "policy": "skip"}
+    assert format_console(event) == "nonfinite step 3 | grad_norm None | samples [8, 12] | policy skip"

@@ -6,7 +6,8 @@ no edit to the loop. The trainer calls, on every rank, in this order:
 
     on_fit_start(trainer)                     after set-up and resume, before the first step
     for each step:
-        pre_step(trainer)                     before the step's batches are read
+        pre_step(trainer)                     before the step's batches are read (may set
+                                          trainer.skip_batch: read them, train on none)
         post_train_batch(trainer, output)     right after the optimizer step (StepOutput)
         on log steps (trainer.is_log_step):
             collect_metrics(trainer, record)  add entries to the step's "train" record
@@ -41,6 +42,10 @@ class StepOutput:
     lr: float  # the learning rate the step applied
     micro_batches: list[torch.Tensor]  # the token windows [micro_batch_size, seq_len + 1] it trained on
     samples: list[int]  # their global sample indices (megallm.data.order)
+    # Whether the optimizer updated the weights: False when the gradient norm was not finite
+    # (megallm.engine) or the batch was skipped. The same on every rank; a host-side flag.
+    applied: bool = True
+    skipped_batch: bool = False  # a callback asked (trainer.skip_batch) not to train on this batch
 
 
 class Callback:

@@ -7,6 +7,7 @@ Each logger writes the records the trainer hands to `log_metrics`: flat dicts wi
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,15 +25,21 @@ class ConsoleLogger(Callback):
         print(format_console(record), file=sys.stdout, flush=True)
 
 
+def strict_json(record: dict) -> str:
+    """A record as one line of strict JSON: NaN and infinities (which JSON lacks) become null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()},
+                      allow_nan=False)
+
+
 class JsonlLogger(Callback):
-    """Appends every record to `path`, line-buffered: a crash loses at most a line."""
+    """Appends every record to `path` as strict JSON, line-buffered: a crash loses at most a line."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", buffering=1)
 
     def log_metrics(self, trainer: Trainer, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(strict_json(record) + "\n")
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._file.close()

@@ -14,8 +14,8 @@ if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
 
 
 class TrainMetrics(Callback):
-    """The loss averaged over the steps since the last record and over the data-parallel
-    replicas; the LR the last step applied and its gradient norm; tokens seen, the epoch
+    """The loss averaged over the steps since the last record that updated the weights (None if
+    none did) and over the data-parallel replicas; the LR the last step applied and its gradient norm; tokens seen, the epoch
     and the count of skipped shards (the largest over ranks)."""
 
     def __init__(self):
@@ -26,14 +26,15 @@ class TrainMetrics(Callback):
         self._loss_sum = torch.zeros((), device=trainer.ctx.device, dtype=torch.float64)
 
     def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
-        self._loss_sum += output.loss  # no host sync: reduced only when a record is made
-        self._steps += 1
         self._lr = output.lr
+        if output.applied:  # a skipped step's loss may be NaN (megallm.train.callbacks.nan_guard logs it)
+            self._loss_sum += output.loss  # no host sync: reduced only when a record is made
+            self._steps += 1
 
     def collect_metrics(self, trainer: Trainer, record: dict) -> None:
         engine, state = trainer.engine, trainer.state
         record.update(
-            loss=engine.mean_over_data_parallel(self._loss_sum / self._steps), lr=self._lr,
+            loss=engine.mean_over_data_parallel(self._loss_sum / self._steps) if self._steps else None, lr=self._lr,
             grad_norm=engine.grad_norm, tokens_seen=state.tokens_seen,
             epoch=trainer.batches.epoch(state.consumed_samples),
             skipped_shards=engine.max_over_ranks(len(trainer.batches.skipped_shards)),
