@@ -315,9 +315,10 @@ def describe(path: Path) -> str:
     state = read_state(checkpoint)
     verified = (f"{len(state.checksums)} files verified (SHA-256)" if state.checksums
                 else f"{len(state.files)} file sizes verified (no checksums: an older checkpoint)")
+    # After the first ": ", what a run resuming it needs (the model.* overrides); the tests parse it so.
     if state.weights_only:
-        return f"megallm weights-only checkpoint {checkpoint}; {verified}; {model_overrides(state.model)}"
-    return (f"megallm checkpoint {checkpoint}: step {state.step}, {state.layout}; {verified}; "
+        return f"megallm weights-only checkpoint {checkpoint} ({verified}): {model_overrides(state.model)}"
+    return (f"megallm checkpoint {checkpoint} (step {state.step}, {state.layout}; {verified}): "
             f"{model_overrides(state.model)}")
 
 
