@@ -63,11 +63,12 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
     other copy). Call after the data-parallel gradient reduction. max_norm 0: the norm only.
     """
     tp_rank = ps.get_tensor_model_parallel_rank()
-    counted = [p.grad.detach() for p in params if p.grad is not None and not internals.pipe_replicated(p)
-               and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
     squares = torch.zeros((), dtype=torch.float32, device=params[0].device)
-    if counted:  # one fused pass over all gradients (a stage may hold none that count)
-        squares = torch.stack(torch._foreach_norm(counted)).float().square().sum()
+    for p in params:  # per tensor: torch._foreach_norm is faster but 6e-5 off (relative) on real gradients here
+        if p.grad is None or internals.pipe_replicated(p):
+            continue
+        if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
+            squares += p.grad.detach().float().pow(2).sum()
     dist.all_reduce(squares, group=ps.get_model_parallel_group())  # the TP x PP ranks of this replica
     norm = squares.sqrt()
     if max_norm > 0:
