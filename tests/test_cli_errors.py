@@ -46,7 +46,7 @@ def pretrain(args: list[str], capsys):
         (["+model=tiny", "+parallel=tp2pp2", "kernels.loss=chunked"],
          ["kernels.loss=chunked needs parallel.pp=1", "kernels.loss=plain"]),
         (["+model=tiny", "parallel.tp=2", "kernels.loss=liger"], ["kernels.loss=liger needs parallel.tp=1"]),
-        (["+model=tiny", "kernels.loss_chunk_tokens=0"], ["kernels.loss_chunk_tokens must be positive"]),
+        (["+model=tiny", "kernels.loss_chunk_tokens=0"], ["kernels.loss_chunk_tokens must be > 0, got 0"]),
         # keys that `+` would add past the schema
         (["+model=tiny", "+train.foo=1"], ["unknown config key 'train.foo'"]),
         (["+model=tiny", "+optim.lrr=1"], ["unknown config key 'optim.lrr'", "did you mean optim.lr"]),

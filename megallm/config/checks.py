@@ -47,6 +47,7 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("checkpoint.keep_last", lambda v: v >= 0, ">= 0 (0 keeps all)"),
     ("logging.every", *_positive),
     ("nan_guard.max_events", *_non_negative),
+    ("kernels.loss_chunk_tokens", *_positive),
 ]
 
 

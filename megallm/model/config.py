@@ -160,8 +160,6 @@ class KernelConfig:
             problems.append(f"kernels.attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
         if self.loss not in LOSS_KERNELS:
             problems.append(f"kernels.loss must be one of {', '.join(LOSS_KERNELS)}, got {self.loss!r}")
-        if self.loss_chunk_tokens <= 0:
-            problems.append(f"kernels.loss_chunk_tokens must be positive, got {self.loss_chunk_tokens}")
         return problems
 
 
