@@ -11,7 +11,11 @@ cd "$root"
 out=${OUT:-$root/bench/results}
 mkdir -p "$out"
 site=/tmp/megallm-site
-python3 -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl 2>&1 | tail -2
+[ -d "$site" ] || python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH="$site:$root" DS_BUILD_OPS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
-python3 bench/gpu_suite.py --part "$part" --budget "$budget" --output "$out/gpu-$part.jsonl" 2>"$out/gpu-$part.log"
+# fp32 CPU references made beforehand on the development machine, where carried (bench/cpu-references)
+refs=()
+[ -d bench/cpu-references ] && refs=(--cpu-references bench/cpu-references)
+python3 bench/gpu_suite.py --part "$part" --budget "$budget" --output "$out/gpu-$part.jsonl" "${refs[@]}" \
+  2>"$out/gpu-$part.log"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ SPEED_VARIANTS = [
     ("+ fused AdamW", ["kernels.attention=flex", "kernels.compile=true", "optim.fused=true"]),
     ("+ chunked loss", ["kernels.attention=flex", *FAST]),
     ("+ liger loss", ["kernels.attention=flex", *LIGER]),
-    ("+ liger loss, micro-batch 8", ["kernels.attention=flex", *LIGER, "train.micro_batch_size=8"]),
+    ("+ liger loss, micro-batch 8", ["kernels.attention=flex", *LIGER, "train.micro_batch_size=8",
+                                     "train.global_batch_tokens=16384"]),
     ("no document masking, liger", ["data.document_masking=false", *LIGER]),
 ]
 BF16_LOSS_TOLERANCE = 0.02  # |bf16 - fp32| / fp32 per step, for 50 steps from the same initial weights
@@ -140,8 +142,17 @@ def correctness(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
         runs[f"{model} masked fast"] = ([*common, "kernels.attention=flex" if not args.smoke else "kernels.attention=sdpa",
                                         *FAST], f"{model} masked")
     runs["tiny unmasked"] = ([*model_overrides("tiny"), *base, "data.document_masking=false"], None)
-    references = {name: run_cpu_reference(overrides, tmp / f"cpu {name}".replace(" ", "_"))
-                  for name, (overrides, reference) in runs.items() if reference is None}
+    references = {}
+    for name, (overrides, reference) in runs.items():
+        if reference is not None:
+            continue
+        run_dir = tmp / f"cpu {name}".replace(" ", "_")
+        made = args.cpu_references / run_dir.name if args.cpu_references else None
+        if made is not None and (made / "metrics.jsonl").is_file():  # made beforehand on another CPU
+            shutil.copytree(made, run_dir)
+            out({"check": "cpu reference", "name": name, "from": str(made)})
+        else:
+            references[name] = run_cpu_reference(overrides, run_dir)
     gpu = {name: subprocess.Popen([sys.executable, str(REPO / "launch" / "pretrain.py"), *overrides,
                                    f"train.precision={gpu_precision}", f"run_dir={tmp / name.replace(' ', '_')}"],
                                   cwd=REPO, env=clean_environment(), stdout=subprocess.DEVNULL,
@@ -194,29 +205,36 @@ def speed(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
     from train_speed import measure
 
     if args.smoke:
-        plan = [("tiny", "plain", ["kernels.attention=sdpa"]), ("tiny", "fast (CPU-capable)", FAST)]
+        plan = [("tiny", "plain", ["kernels.attention=sdpa"]), ("tiny", "fast (CPU-capable)", FAST),
+                "framework_overhead", "profile"]
         settings = ["--model", "tiny", "--seq-len", "128", "--micro-batch-size", "2", "--warmup", "2", "--steps", "2",
                     "--log-every", "2", "--precision", "fp32"]
     else:
-        plan = [("1b", name, overrides) for name, overrides in SPEED_VARIANTS]
-        plan += [(model, "+ liger loss", SPEED_VARIANTS[5][1]) for model in ("125m", "3b")]
+        # most telling first, in case the budget runs out: plain against the whole fast path, the other
+        # sizes, what megallm adds and where the time goes; then the optimisations one at a time
+        variants = [("1b", *SPEED_VARIANTS[i]) for i in range(len(SPEED_VARIANTS))]
+        three_b = ("3b", "+ liger loss, micro-batch 2", [*SPEED_VARIANTS[5][1], "train.micro_batch_size=2"])
+        plan = [variants[0], variants[5], three_b, ("125m", *SPEED_VARIANTS[5]),
+                "profile", "framework_overhead", variants[4], variants[6], variants[1], variants[2], variants[3],
+                variants[7]]
         settings = ["--model", "1b", "--seq-len", "2048", "--micro-batch-size", "4", "--warmup", "4", "--steps", "12",
                     "--log-every", "4", "--precision", "bf16"]
     speed_args = speed_parser().parse_args(settings)
-    for index, (model, name, overrides) in enumerate(plan):
-        if clock.left() < args.per_run_s:
-            out({"bench": "train_speed", "model": model, "variant": name, "skipped": "out of time"})
-            continue
-        out(measure(speed_args, model, name, overrides, corpus, tmp / f"speed-{index}"))
     fast = [] if args.smoke else ["kernels.attention=flex", *LIGER]
-    for name, extra in (("framework_overhead", ["--compare", "--rounds", "1"]), ("profile", ["--profile", "2"])):
-        if clock.left() < 2 * args.per_run_s:
-            out({"bench": name, "skipped": "out of time"})
+    plain_loop = {"framework_overhead": ["--compare", "--rounds", "1"], "profile": ["--profile", "2"]}
+    for index, stage in enumerate(plan):
+        needed = args.per_run_s * (2 if stage == "framework_overhead" else 1)
+        if clock.left() < needed:
+            out({"bench": stage, "skipped": "out of time"} if isinstance(stage, str) else
+                {"bench": "train_speed", "model": stage[0], "variant": stage[1], "skipped": "out of time"})
             continue
-        plain = subprocess.run([sys.executable, str(REPO / "bench" / "plain_loop.py"), *extra, *settings, *fast],
-                               cwd=REPO, env=clean_environment(), capture_output=True, text=True)
-        lines = plain.stdout.strip().splitlines()
-        out({"bench": name, "error": plain.stderr[-500:]} if plain.returncode else json.loads(lines[-1]))
+        if isinstance(stage, tuple):
+            out(measure(speed_args, *stage, corpus, tmp / f"speed-{index}"))
+            continue
+        run = subprocess.run([sys.executable, str(REPO / "bench" / "plain_loop.py"), *plain_loop[stage], *settings,
+                              *fast], cwd=REPO, env=clean_environment(), capture_output=True, text=True)
+        lines = run.stdout.strip().splitlines()
+        out({"bench": stage, "error": run.stderr[-500:]} if run.returncode else json.loads(lines[-1]))
 
 
 def main(argv=None) -> int:
@@ -225,6 +243,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path)
     parser.add_argument("--budget", type=float, default=480, help="seconds this part may take")
     parser.add_argument("--per-run-s", type=float, default=75, help="a speed run's expected seconds")
+    parser.add_argument("--cpu-references", type=Path,
+                        help="folder of fp32 CPU runs made beforehand (cpu_<name>/metrics.jsonl), used instead of "
+                             "running them on the GPU machine's CPU")
     parser.add_argument("--smoke", action="store_true", help="on a CPU: tiny sizes, fp32, to test the script")
     args = parser.parse_args(argv)
     clock = Clock(args.budget)
