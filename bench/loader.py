@@ -25,6 +25,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+from harness import append_jsonl, environment
+
 from megallm.config import compose_config
 from megallm.data.corpus import open_corpus
 from megallm.data.loader import TrainBatches, read_shard_tokens
@@ -50,6 +52,19 @@ def timed(next_batch, seconds: float, tokens_per_batch: int) -> tuple[float, flo
     return batches * tokens_per_batch / (time.perf_counter() - start), first
 
 
+def checksum_cost(corpus, shards, rounds: int = 3) -> tuple[float, float]:
+    """(MB/s reading every shard with its sha256 checked, the same without), alternated `rounds` times."""
+    seconds = {True: 0.0, False: 0.0}
+    total = sum(Path(corpus.url(info.path)).stat().st_size for info in shards)
+    for _ in range(rounds):
+        for verify in (False, True):
+            start = time.perf_counter()
+            for info in shards:
+                read_shard_tokens(corpus.url(info.path), info, corpus.manifest.vocab_size, verify=verify)
+            seconds[verify] += time.perf_counter() - start
+    return rounds * total / 1e6 / seconds[True], rounds * total / 1e6 / seconds[False]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=str(REPO / "data" / "stdlib"))
@@ -58,6 +73,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--output", type=Path, help="append the figures as one JSON line (bench/results/loader.jsonl)")
     args = parser.parse_args()
     corpus = open_corpus(args.corpus, None, ("train",))
     tokens_per_batch = args.micro_batch_size * args.seq_len
@@ -93,6 +109,7 @@ def main() -> None:
 
         memmap_rate, _ = timed(memmap_batch, args.seconds, tokens_per_batch)
 
+    checked_mb_s, unchecked_mb_s = checksum_cost(corpus, shards)
     need = h100_consumption(args.seq_len)
     print(f"corpus {args.corpus}: {corpus.manifest.tokens('train'):,} train tokens in {len(shards)} shards; "
           f"micro-batch {args.micro_batch_size} x {args.seq_len}, {args.seconds:.0f} s each")
@@ -102,9 +119,19 @@ def main() -> None:
           f"(first batch after {loader_first:.2f} s)")
     print(f"numpy memmap baseline (1 process):   {memmap_rate:,.0f} tokens/s  -> loader / memmap = "
           f"{loader_rate / memmap_rate:.2f}x")
+    print(f"shard reads (1 process, every train shard, 3 rounds alternated): {checked_mb_s:,.0f} MB/s with the "
+          f"sha256 check, {unchecked_mb_s:,.0f} MB/s without -> the check costs "
+          f"{100 * (unchecked_mb_s / checked_mb_s - 1):.1f}% of a shard's first read (later reads skip it)")
     slowest = min(epoch_rate, loader_rate)
     print(f"125m on one H100 at 50% MFU consumes {need:,.0f} tokens/s; the loader's slower figure is "
           f"{slowest / need:.1f}x that (target >= 2x: {'met' if slowest >= 2 * need else 'NOT met'})")
+    if args.output:
+        append_jsonl(args.output, {
+            "bench": "loader", "workers": args.workers, "streams": args.streams, "seq_len": args.seq_len,
+            "micro_batch_size": args.micro_batch_size, "first_epoch_tokens_per_s": epoch_rate,
+            "steady_tokens_per_s": loader_rate, "memmap_tokens_per_s": memmap_rate,
+            "shard_read_mb_s_checked": checked_mb_s, "shard_read_mb_s_unchecked": unchecked_mb_s,
+            "h100_125m_tokens_per_s_at_50pct_mfu": need, **environment()})
 
 
 if __name__ == "__main__":

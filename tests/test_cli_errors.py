@@ -104,6 +104,19 @@ def test_manifest_listing_missing_shard(small_corpus, tmp_path, capsys):
     assert_one_line_error(pretrain(["+model=tiny", f"data.path={broken}"], capsys), "lacks 1 shard", first)
 
 
+@pytest.mark.parametrize("damage,phrases", [
+    (lambda text: text[: len(text) // 2], ["manifest.json is not valid JSON", "re-run tools/prepare_data.py"]),
+    (lambda text: json.dumps({**json.loads(text), "splits": {"train": [{"path": "x.tar"}]}}),
+     ["manifest.json is not a complete megallm manifest", "re-run tools/prepare_data.py"]),
+    (lambda text: "[]", ["manifest.json has format 'list'"]),
+])
+def test_invalid_manifest(damage, phrases, small_corpus, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(small_corpus, broken)
+    (broken / "manifest.json").write_text(damage((broken / "manifest.json").read_text()))
+    assert_one_line_error(pretrain(["+model=tiny", f"data.path={broken}"], capsys), *phrases)
+
+
 def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path, capsys):
     from megallm.data.tokenizer import train_bpe
 

@@ -36,9 +36,10 @@ from megallm.errors import DataError
 from megallm.parallel.lifetime import die_with_parent
 
 
-def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int) -> np.ndarray:
-    """One shard's documents, concatenated in order, checked against the manifest and the vocabulary."""
-    docs = list(read_documents(url))
+def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int, verify: bool = True) -> np.ndarray:
+    """One shard's documents, concatenated in order, checked against the manifest (its sha256 too,
+    with `verify`) and the vocabulary."""
+    docs = list(read_documents(url, info.sha256 if verify else None))
     tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint16)
     if len(tokens) != info.tokens:
         raise DataError(f"shard {url} holds {len(tokens)} tokens but the manifest lists {info.tokens}: it is "
@@ -50,28 +51,32 @@ def read_shard_tokens(url: str, info: ShardInfo, vocab_size: int) -> np.ndarray:
     return tokens
 
 
-def read_shard_windows(url: str, info: ShardInfo, vocab_size: int, seq_len: int) -> np.ndarray:
+def read_shard_windows(url: str, info: ShardInfo, vocab_size: int, seq_len: int, verify: bool = True) -> np.ndarray:
     """One shard packed into windows: [tokens // (seq_len + 1), seq_len + 1]."""
-    tokens = read_shard_tokens(url, info, vocab_size)
+    tokens = read_shard_tokens(url, info, vocab_size, verify)
     count = len(tokens) // (seq_len + 1)
     return tokens[:count * (seq_len + 1)].reshape(count, seq_len + 1)
 
 
 class ShardWindows:
-    """Reads shards on demand and keeps the most recently used ones' windows."""
+    """Reads shards on demand and keeps the most recently used ones' windows. A shard's sha256 is
+    checked against the manifest the first time this process reads it."""
 
     def __init__(self, corpus: Corpus, split: str, seq_len: int, capacity: int, skip_bad: bool):
         self.corpus, self.shards = corpus, corpus.manifest.splits[split]
         self.seq_len, self.capacity, self.skip_bad = seq_len, max(1, capacity), skip_bad
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.bad: set[int] = set()
+        self.verified: set[int] = set()
 
     def _windows(self, shard: int) -> np.ndarray:
         if shard in self.cache:
             self.cache.move_to_end(shard)
             return self.cache[shard]
         info = self.shards[shard]
-        windows = read_shard_windows(self.corpus.url(info.path), info, self.corpus.manifest.vocab_size, self.seq_len)
+        windows = read_shard_windows(self.corpus.url(info.path), info, self.corpus.manifest.vocab_size, self.seq_len,
+                                     verify=shard not in self.verified)
+        self.verified.add(shard)
         self.cache[shard] = windows
         if len(self.cache) > self.capacity:
             self.cache.popitem(last=False)

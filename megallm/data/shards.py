@@ -81,13 +81,22 @@ class Manifest:
     @classmethod
     def parse(cls, text: str, where: str) -> "Manifest":
         """A manifest from its JSON text (`where` names it in errors)."""
-        raw = json.loads(text)
-        if raw.get("format") != FORMAT:
-            raise DataError(f"{where} has format {raw.get('format')!r}, expected {FORMAT!r}; re-run tools/prepare_data.py")
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where} is not valid JSON ({exc}): it is damaged or was cut short; "
+                            "re-run tools/prepare_data.py to write it again") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise DataError(f"{where} has format {found!r}, expected {FORMAT!r}; re-run tools/prepare_data.py")
         known = {f.name for f in fields(cls)}
         raw = {k: v for k, v in raw.items() if k in known}  # fields added by newer writers
-        raw["splits"] = {k: [ShardInfo(**s) for s in v] for k, v in raw["splits"].items()}
-        return cls(**raw)
+        try:
+            raw["splits"] = {k: [ShardInfo(**s) for s in v] for k, v in raw["splits"].items()}
+            return cls(**raw)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{where} is not a complete megallm manifest ({type(exc).__name__}: {exc}); "
+                            "re-run tools/prepare_data.py to write it again") from exc
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -117,21 +126,35 @@ def write_shard(path: Path, documents: list[np.ndarray], first_index: int) -> Sh
     return ShardInfo(path.name, int(sum(len(d) for d in documents)), len(documents), file_sha256(path))
 
 
-def read_documents(url: str):
-    """Yield the token arrays of one shard in order, through WebDataset's tar reader.
+def read_documents(url: str, sha256: str | None = None):
+    """Yield the token arrays of one shard in order, through WebDataset's opener and tar reader.
 
-    `url` is a local path or any URL WebDataset opens (`https://`, `pipe:`, `gs://`).
-    A damaged shard raises `DataError` naming it.
+    `url` is a local path or any URL WebDataset opens (`https://`, `pipe:`, `gs://`). With
+    `sha256` (the manifest's), the shard's bytes are checked against it before any is parsed.
+    A damaged shard raises `DataError` naming it and what is wrong.
     """
-    from webdataset.tariterators import tarfile_samples  # deferred: imports torch; writing shards needs none
+    # deferred: webdataset imports torch; writing shards needs none
+    from webdataset.gopen import gopen
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
+    fix = "re-create it with tools/prepare_data.py, or set data.skip_bad_shards=true"
     try:
-        for sample in tarfile_samples([{"url": url}]):
+        with gopen(url, "rb") as source:
+            data = source.read()
+    except Exception as exc:  # any transport: a local file, curl, gsutil, a pipe's command
+        raise DataError(f"cannot read shard {url} ({type(exc).__name__}: {_reason(exc)}); check data.path") from exc
+    if sha256 is not None and (actual := hashlib.sha256(data).hexdigest()) != sha256:
+        raise DataError(f"shard {url} is damaged: its sha256 is {actual[:12]}, the manifest says {sha256[:12]} "
+                        f"(changed on disk since it was written); {fix}")
+    try:
+        for sample in group_by_keys(tar_file_expander([{"url": url, "stream": io.BytesIO(data)}])):
             yield np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:
-        reason = str(exc.args[0]).split(" @ ")[0] if exc.args else ""  # WebDataset appends the file object
-        raise DataError(f"shard {url} is unreadable ({type(exc).__name__}: {reason}); re-create it with "
-                        "tools/prepare_data.py, or set data.skip_bad_shards=true") from exc
+        raise DataError(f"shard {url} is unreadable ({type(exc).__name__}: {_reason(exc)}); {fix}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc.args[0]).split(" @ ")[0] if exc.args else ""  # WebDataset appends the file object
 
 
 def present_side_files(folder: Path) -> list[str]:

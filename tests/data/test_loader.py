@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from megallm.data.corpus import open_corpus
-from megallm.data.loader import TrainBatches, read_shard_windows
+from megallm.data.loader import TrainBatches, read_shard_tokens, read_shard_windows
 from megallm.data.order import SampleOrder
 from megallm.data.shards import Manifest, write_shard
 from megallm.errors import DataError
@@ -161,8 +162,35 @@ def test_truncated_shard_is_an_error_naming_it(corpus_copy):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     batches = train_batches(corpus_copy)  # through 2 worker processes: the error must still arrive whole
-    with pytest.raises(DataError, match=rf"shard .*{shard.name} (is unreadable|holds \d+ tokens but the manifest)"):
+    with pytest.raises(DataError, match=rf"shard .*{shard.name} is damaged: its sha256 is \w+, the manifest says"):
         batches.next_micro_batch()
+
+
+def flip_token_bytes(shard: Path, count: int, vocab_size: int) -> None:
+    """Change `count` bytes inside the token payloads of `shard`, each to a value that keeps every id
+    below the vocabulary (the bit rot that reading alone cannot see)."""
+    data = bytearray(shard.read_bytes())
+    with tarfile.open(shard) as tar:  # the first tokens after each .npy header (128 bytes)
+        positions = [m.offset_data + 128 + 2 * k for m in tar.getmembers()
+                     for k in range(0, (m.size - 128) // 2 - 1, 7)]  # never a document's last token (eos)
+    assert len(positions) >= count
+    for position in positions[:count]:
+        data[position] = (data[position] + 1) % min(256, vocab_size)  # low byte of a uint16 id
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("flipped", [1, 64])
+def test_bytes_flipped_inside_a_shard_are_named_as_damage(corpus_copy, flipped):
+    shard = first_shard_read(corpus_copy)
+    manifest = Manifest.load(corpus_copy)
+    flip_token_bytes(shard, flipped, manifest.vocab_size)
+    info = next(s for s in manifest.splits["train"] if s.path == shard.name)
+    # unchecked, the shard reads as well-formed tokens, every one inside the vocabulary
+    tokens = read_shard_tokens(str(shard), info, manifest.vocab_size, verify=False)
+    assert len(tokens) == info.tokens and int(tokens.max()) < manifest.vocab_size
+    with pytest.raises(DataError, match=rf"shard .*{shard.name} is damaged: its sha256 is \w+, the manifest says "
+                                        rf"{info.sha256[:12]} \(changed on disk since it was written\)"):
+        train_batches(corpus_copy).next_micro_batch()
 
 
 def test_token_ids_beyond_the_vocabulary_are_an_error(corpus_copy):
@@ -170,7 +198,8 @@ def test_token_ids_beyond_the_vocabulary_are_an_error(corpus_copy):
     manifest = Manifest.load(corpus_copy)
     info = next(s for s in manifest.splits["train"] if s.path == shard.name)
     tokens = np.full(info.tokens, manifest.vocab_size + 3, dtype=np.uint16)  # same size, foreign ids
-    write_shard(shard, [tokens], 0)
+    info.sha256 = write_shard(shard, [tokens], 0).sha256  # a consistent manifest: only the ids are wrong
+    manifest.save(corpus_copy)
     with pytest.raises(DataError, match=rf"{shard.name} holds token id {manifest.vocab_size + 3} >= vocab size"):
         train_batches(corpus_copy).next_micro_batch()
 
