@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (Python 3.12, torch + CUDA, no deepspeed / megatron-core / hydra):
-#   bash bench/gpu_run.sh correctness|speed [budget seconds, default 480]
+#   bash bench/gpu_run.sh correctness|speed [budget seconds, default 480] [more gpu_suite.py options]
 # installs the carried wheels (bench/gpu_prepare.sh) into a scratch folder, then runs that part
 # of bench/gpu_suite.py, its JSON lines and logs written to $OUT (default bench/results/).
 set -euo pipefail
 part=${1:?correctness or speed}
 budget=${2:-480}
+shift $(( $# < 2 ? $# : 2 ))
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 out=${OUT:-$root/bench/results}
@@ -17,5 +18,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # fp32 CPU references made beforehand on the development machine, where carried (bench/cpu-references)
 refs=()
 [ -d bench/cpu-references ] && refs=(--cpu-references bench/cpu-references)
-python3 bench/gpu_suite.py --part "$part" --budget "$budget" --output "$out/gpu-$part.jsonl" "${refs[@]}" \
+python3 bench/gpu_suite.py --part "$part" --budget "$budget" --output "$out/gpu-$part.jsonl" "${refs[@]}" "$@" \
   2>"$out/gpu-$part.log"

@@ -81,7 +81,7 @@ def flex_check(smoke: bool) -> list[dict]:
         dtypes = [torch.float32] if smoke else [torch.bfloat16]
 
         def run(backend, dtype, with_grad):
-            inputs = [t.to(dtype).requires_grad_(with_grad) for t in (q, k, v)]
+            inputs = [t.detach().to(dtype).clone().requires_grad_(with_grad) for t in (q, k, v)]
             out = causal_attention(*inputs, doc_ids, backend=backend)
             if not with_grad:
                 return out.float(), []
@@ -223,6 +223,8 @@ def speed(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
     fast = [] if args.smoke else ["kernels.attention=flex", *LIGER]
     plain_loop = {"framework_overhead": ["--compare", "--rounds", "1"], "profile": ["--profile", "2"]}
     for index, stage in enumerate(plan):
+        if args.stages is not None and index not in args.stages:
+            continue
         needed = args.per_run_s * (2 if stage == "framework_overhead" else 1)
         if clock.left() < needed:
             out({"bench": stage, "skipped": "out of time"} if isinstance(stage, str) else
@@ -246,6 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-references", type=Path,
                         help="folder of fp32 CPU runs made beforehand (cpu_<name>/metrics.jsonl), used instead of "
                              "running them on the GPU machine's CPU")
+    parser.add_argument("--stages", type=lambda text: {int(i) for i in text.split(",")},
+                        help="speed: only these stages of the plan (indices, e.g. 2,3,4), to finish a cut-short run")
     parser.add_argument("--smoke", action="store_true", help="on a CPU: tiny sizes, fp32, to test the script")
     args = parser.parse_args(argv)
     clock = Clock(args.budget)

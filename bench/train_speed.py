@@ -48,7 +48,7 @@ def speed_overrides(args, model: str, corpus: Path) -> list[str]:
     return [*model_overrides(model), f"data.path={corpus}", f"train.steps={args.warmup + args.steps}",
             f"train.seq_len={args.seq_len}", f"train.global_batch_tokens={tokens}",
             f"train.micro_batch_size={args.micro_batch_size}", f"train.precision={args.precision}",
-            "train.eval_every=0", "checkpoint.every=0", "train.resume=none", f"logging.every={args.log_every}",
+            "train.eval_every=0", "checkpoint.every=0", "checkpoint.save_last=false", "train.resume=none", f"logging.every={args.log_every}",
             "optim.warmup_steps=10"]
 
 

@@ -105,6 +105,7 @@ class DataConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 500  # steps between checkpoints; the last step is always saved; 0: only the last
+    save_last: bool = True  # false: not the planned last step either (benchmarks); a stop on a signal still saves
     keep_last: int = 3  # complete checkpoints kept (older ones are deleted); 0 keeps all
     dir: Optional[str] = None  # default: <run_dir>/checkpoints
     # Also write consolidated.pt: the full model in canonical names, gathered from every

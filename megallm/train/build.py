@@ -112,7 +112,8 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
         SpeedMonitor(flops_per_token(cfg.model, cfg.train.seq_len), device_peak_flops(ctx.device, precision)),
         Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
-                     cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None),
+                     cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None,
+                     save_last=cfg.checkpoint.save_last),
         NanGuard(cfg.nan_guard, folder.checkpoints),
         PreemptionHandler(),
     ]

@@ -32,8 +32,8 @@ class Checkpointer(Callback):
     `consolidated`, also the full model gathered into consolidated.pt."""
 
     def __init__(self, root: Path, every: int, keep_last: int, config_yaml: str, model: ModelConfig,
-                 consolidated: bool, tokenizer_files: Optional[dict]):
-        self.root, self.every, self.keep_last = root, every, keep_last
+                 consolidated: bool, tokenizer_files: Optional[dict], save_last: bool = True):
+        self.root, self.every, self.keep_last, self.save_last = root, every, keep_last, save_last
         self.config_yaml, self.model = config_yaml, model
         self.consolidated, self.tokenizer_files = consolidated, tokenizer_files
 
@@ -45,7 +45,8 @@ class Checkpointer(Callback):
 
     def post_step(self, trainer: Trainer) -> None:
         step = trainer.state.step
-        if trainer.is_last_step or (self.every and step % self.every == 0):
+        at_end = trainer.stop_reason is not None or (self.save_last and trainer.is_last_step)
+        if at_end or (self.every and step % self.every == 0):
             path = self.save(trainer)
             if path:
                 trainer.say(f"saved checkpoint {path}")
