@@ -91,7 +91,10 @@ def flex_check(smoke: bool) -> list[dict]:
         with_grad = not smoke
         ref_out, ref_grads = run("sdpa", torch.float32, with_grad)
         for dtype in dtypes:
-            record = {"check": "flex_vs_sdpa_mask", "shape_b_s_nh_nkv_d": [b, s, nh, nkv, d], "dtype": str(dtype)}
+            record = {"check": "flex_vs_sdpa_mask", "shape_b_s_nh_nkv_d": [b, s, nh, nkv, d], "dtype": str(dtype),
+                      "reference_max_abs_out": ref_out.abs().max().item()}  # the scale the errors are read against
+            if ref_grads:
+                record["reference_max_abs_grad"] = max(g.abs().max().item() for g in ref_grads)
             for backend in ("flex", "sdpa"):
                 out, grads = run(backend, dtype, with_grad)
                 record[f"{backend}_max_abs_err_out"] = (out - ref_out).abs().max().item()
@@ -219,7 +222,9 @@ def speed(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
                 variants[7]]
         settings = ["--model", "1b", "--seq-len", "2048", "--micro-batch-size", "4", "--warmup", "4", "--steps", "12",
                     "--log-every", "4", "--precision", "bf16"]
-    speed_args = speed_parser().parse_args(settings)
+    # the plain loop steps its optimizer every micro-batch; megallm's runs may accumulate
+    accumulate = ["--global-batch-tokens", str(args.global_batch_tokens)] if args.global_batch_tokens else []
+    speed_args = speed_parser().parse_args([*settings, *accumulate])
     fast = [] if args.smoke else ["kernels.attention=flex", *LIGER]
     plain_loop = {"framework_overhead": ["--compare", "--rounds", "1"], "profile": ["--profile", "2"]}
     for index, stage in enumerate(plan):
@@ -250,6 +255,8 @@ def main(argv=None) -> int:
                              "running them on the GPU machine's CPU")
     parser.add_argument("--stages", type=lambda text: {int(i) for i in text.split(",")},
                         help="speed: only these stages of the plan (indices, e.g. 2,3,4), to finish a cut-short run")
+    parser.add_argument("--global-batch-tokens", type=int,
+                        help="speed: tokens per optimizer step (default: one micro-batch, no accumulation)")
     parser.add_argument("--smoke", action="store_true", help="on a CPU: tiny sizes, fp32, to test the script")
     args = parser.parse_args(argv)
     clock = Clock(args.budget)

@@ -63,13 +63,14 @@ class Recorder(Callback):
         self.restored = state
 
 
-def _fit(corpus: str, run_dir: str, stop_at: int) -> dict:
+def _fit(corpus: str, run_dir: str, stop_at: int, *overrides: str) -> dict:
     from megallm.config import check_config, compose_config
     from megallm.data.corpus import open_corpus
     from megallm.parallel.distributed import distributed
     from megallm.train.build import build_trainer
 
-    cfg, config_yaml = compose_config([*SMALL_MODEL, *SCHEDULE, f"data.path={corpus}", f"run_dir={run_dir}"])
+    cfg, config_yaml = compose_config([*SMALL_MODEL, *SCHEDULE, f"data.path={corpus}", f"run_dir={run_dir}",
+                                       *overrides])
     check_config(cfg, 1)
     data = open_corpus(cfg.data.path, None, ("train", "val"))
     cfg.model.vocab_size = data.manifest.vocab_size
@@ -109,3 +110,13 @@ def test_hooks_stop_and_callback_state_across_a_resume(small_corpus, tmp_path):
     assert second["step"] == 6 and sorted(p.name for p in checkpoints.iterdir()) == ["step_00000003", "step_00000006"]
     assert sorted(records(run_dir, "train")) == [1, 2, 3, 4, 6] and sorted(records(run_dir, "eval")) == [3, 6]
     assert Path(run_dir / "config.yaml").is_file()
+
+
+def test_without_save_last_only_a_stop_is_saved(small_corpus, tmp_path):
+    """checkpoint.save_last=false (benchmarks): the planned end writes nothing, a stop still does."""
+    run_dir = tmp_path / "run"
+    run_ranks(1, _fit, str(small_corpus), str(run_dir), 3, "checkpoint.save_last=false")
+    checkpoints = run_dir / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["step_00000003"]
+    assert run_ranks(1, _fit, str(small_corpus), str(run_dir), 0, "checkpoint.save_last=false")[0]["step"] == 6
+    assert [p.name for p in checkpoints.iterdir()] == ["step_00000003"]
