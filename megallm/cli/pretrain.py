@@ -23,6 +23,7 @@ from megallm.config import (
 )
 from megallm.data.corpus import Corpus, open_corpus
 from megallm.errors import DataError, MegallmError
+from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun, orphaned_by_launcher
 
 PROG = "megallm"
 USAGE = """usage: torchrun [--nproc_per_node N] launch/pretrain.py +model=NAME [key=value ...] [--cfg]
@@ -47,6 +48,10 @@ def resolve_vocab(cfg: RunConfig, corpus_vocab: int) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if launched_by_torchrun():  # first, before any slow import or start-up wait: a torchrun that dies
+        die_with_parent()       # at any moment (SIGKILL, SIGUSR1) takes its ranks along
+        if orphaned_by_launcher():
+            return report(PROG, MegallmError("torchrun exited before this rank started; nothing to do"))
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(models=", ".join(available("model"))))
         return 0
@@ -86,12 +91,8 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
     import torch
 
     from megallm.parallel.distributed import distributed, select_deepspeed_accelerator
-    from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun
 
     check_device_support(cfg, on_gpu=torch.cuda.is_available())
-
-    if launched_by_torchrun():  # a torchrun that dies (SIGKILL, SIGUSR1) takes its ranks along, via a checkpoint
-        die_with_parent()
     select_deepspeed_accelerator()
     # deferred: imports DeepSpeed, which reads the accelerator chosen just above
     from megallm.train.build import build_trainer

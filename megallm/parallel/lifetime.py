@@ -6,6 +6,8 @@ it does not handle such as SIGUSR1) leaves its ranks training with no supervisor
 Linux `die_with_parent` asks the kernel (prctl PR_SET_PDEATHSIG) to send a signal to this
 process when its parent exits: ranks take SIGTERM (they checkpoint and stop,
 megallm.train.callbacks.preemption), loader workers SIGKILL (they hold nothing to save).
+A rank whose torchrun died before the request took effect finds itself `orphaned_by_launcher`
+and stops at once, instead of waiting in init_process_group for a rendezvous that is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -29,6 +32,17 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     if os.getppid() != parent:  # the parent exited before the request took effect
         os.kill(os.getpid(), sig)
     return True
+
+
+def orphaned_by_launcher() -> bool:
+    """True when the process that started this one (a torchrun, which loads libtorch) is gone and
+    this one was handed to a reaper: a torchrun killed in the instant between starting a rank and
+    the rank's `die_with_parent`. Unknown (parent's memory map unreadable) counts as not orphaned."""
+    try:
+        maps = Path(f"/proc/{os.getppid()}/maps").read_text()
+    except OSError:
+        return False
+    return "libtorch" not in maps
 
 
 def launched_by_torchrun() -> bool:

@@ -114,7 +114,7 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
                      cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None,
                      save_last=cfg.checkpoint.save_last),
-        NanGuard(cfg.nan_guard, folder.checkpoints),
+        NanGuard(cfg.nan_guard, folder.checkpoints, cfg.checkpoint.on_damaged),
         PreemptionHandler(),
     ]
     if cfg.data.trace_samples and ctx.coords.tp == 0 and ctx.coords.pp == 0:

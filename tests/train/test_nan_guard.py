@@ -45,7 +45,22 @@ class InjectNaN(Callback):
             self.hook = None
 
 
-def _fit(corpus: str, run_dir: str, inject_at: int, overrides: list[str]) -> dict:
+class DamageNewestCheckpoint(Callback):
+    """Flips 64 bytes of the newest checkpoint's model file during step `at`, before a rollback reads it."""
+
+    def __init__(self, at: int, checkpoints: Path):
+        self.at, self.checkpoints = at, checkpoints
+
+    def post_train_batch(self, trainer, output):
+        if trainer.state.step == self.at and trainer.ctx.is_main:
+            model_file = sorted(self.checkpoints.glob("step_*"))[-1] / "mp_rank_00_model_states.pt"
+            data = bytearray(model_file.read_bytes())
+            middle = len(data) // 2
+            data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+            model_file.write_bytes(bytes(data))
+
+
+def _fit(corpus: str, run_dir: str, inject_at: int, overrides: list[str], damage_at: int = 0) -> dict:
     from megallm.config import check_config, compose_config
     from megallm.data.corpus import open_corpus
     from megallm.errors import MegallmError
@@ -59,7 +74,9 @@ def _fit(corpus: str, run_dir: str, inject_at: int, overrides: list[str]) -> dic
     cfg.model.vocab_size = data.manifest.vocab_size
     with distributed() as ctx:
         try:
-            build_trainer(cfg, config_yaml, data, ctx, extra_callbacks=[InjectNaN(inject_at)]).fit()
+            extra = [InjectNaN(inject_at)] + ([DamageNewestCheckpoint(damage_at, Path(run_dir) / "checkpoints")]
+                                              if damage_at else [])
+            build_trainer(cfg, config_yaml, data, ctx, extra_callbacks=extra).fit()
         except MegallmError as error:
             return {"error": str(error), "exit_code": error.exit_code}
     return {"error": None}
@@ -118,3 +135,18 @@ def test_divergence_stops_with_one_line_and_finite_checkpoints(small_corpus, tmp
     for path in saved:  # every published checkpoint holds finite weights
         weights = torch.load(path, map_location="cpu", weights_only=False)["module"]
         assert all(torch.isfinite(w).all() for w in weights.values() if isinstance(w, torch.Tensor)), path
+
+
+def test_rollback_skips_a_damaged_newest_checkpoint(small_corpus, tmp_path):
+    """A NaN at step 5 while the newest checkpoint (step 4) has been damaged on disk: the rollback
+    verifies it as a resume would, moves it aside, goes back to step 2 and trains on; the steps
+    replayed from there give the same losses as a run that skipped step 5 from the start."""
+    reference = run_ranks(1, _fit, str(small_corpus), str(tmp_path / "reference"), 0, ["nan_guard.skip_steps=[5]"])
+    result = run_ranks(1, _fit, str(small_corpus), str(tmp_path / "run"), 5, ["nan_guard.policy=rollback"], 5)
+    assert reference[0]["error"] is None and result[0]["error"] is None, result
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")  # bitwise
+    checkpoints = tmp_path / "run" / "checkpoints"
+    # the damaged one moved aside (step 4 was saved again after the replay), the rollback went to step 2
+    assert (checkpoints / "step_00000004.damaged").is_dir() and (checkpoints / "step_00000004").is_dir()
+    train_steps = [r["step"] for r in strict_records(tmp_path / "run") if r["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 3, 4, 5, 6]  # step 5's batch skipped the second time

@@ -95,9 +95,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
-def test_killed_torchrun_leaves_no_process_and_a_checkpoint(small_corpus, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_signalled_torchrun_leaves_no_process_and_a_checkpoint(small_corpus, tmp_path, sig):
     """SIGUSR1 kills torchrun (it does not handle it): its ranks, in sessions of their own, get
-    SIGTERM from the kernel, checkpoint the step they are in and exit with their loader workers."""
+    SIGTERM from the kernel. SIGTERM torchrun handles: it passes SIGTERM on to its ranks. Either
+    way the ranks checkpoint the step they are in and exit with their loader workers."""
     run_dir = tmp_path / "run"
     args = [*SMALL_MODEL, *SCHEDULE, "train.steps=400", f"data.path={small_corpus}", f"run_dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
@@ -111,7 +113,7 @@ def test_killed_torchrun_leaves_no_process_and_a_checkpoint(small_corpus, tmp_pa
         time.sleep(0.2)
     ranks_and_workers = _descendants(launcher.pid)
     assert len(ranks_and_workers) >= 4  # 2 ranks, each with a loader worker
-    launcher.send_signal(signal.SIGUSR1)
+    launcher.send_signal(sig)
     output = launcher.communicate(timeout=120)[0]
     deadline = time.time() + 120
     while any(map(_alive, ranks_and_workers)) and time.time() < deadline:

@@ -7,8 +7,10 @@ no extra communication or host sync, and every rank sees the same flag. Then, by
 - stop: log the step and raise DivergenceError (exit code 3) naming it; nothing is saved,
   so the newest checkpoint stays the last good one;
 - skip: log it and go on;
-- rollback: log it, reload the newest checkpoint after the step's hooks ran, and skip
-  the bad step's batch when training reaches it again.
+- rollback: log it, reload the newest checkpoint that verifies (as a resume chooses it,
+  megallm.checkpoint.verify: a damaged newer one is reported and moved aside, or stops the
+  run under checkpoint.on_damaged=stop) after the step's hooks ran, and skip the bad step's
+  batch when training reaches it again.
 More than `max_events` such steps stop the run. `nan_guard.skip_steps` names steps whose
 batches are read but not trained on. The steps added by rollbacks are part of the
 callback's state, so a resumed run skips them too.
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from megallm.checkpoint.state import complete_checkpoints
+from megallm.checkpoint.verify import choose_resume_checkpoint
 from megallm.config import NanGuardConfig, step_ranges
 from megallm.errors import DivergenceError
 from megallm.train.callbacks.base import Callback, StepOutput
@@ -31,8 +34,9 @@ if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
 class NanGuard(Callback):
     priority = -100  # post_step after the other callbacks: a rollback comes after the step's records and saves
 
-    def __init__(self, cfg: NanGuardConfig, checkpoints: Path):
+    def __init__(self, cfg: NanGuardConfig, checkpoints: Path, on_damaged: str = "fallback"):
         self.policy, self.max_events, self.checkpoints = cfg.policy, cfg.max_events, checkpoints
+        self.on_damaged = on_damaged
         self.ranges = step_ranges(cfg.skip_steps)
         self.events = 0  # non-finite steps so far
         self.rolled_back_steps: set[int] = set()  # bad steps a rollback skips when they come again
@@ -75,7 +79,11 @@ class NanGuard(Callback):
             return
         bad, self._rollback_pending = self._rollback_pending, None
         self.rolled_back_steps.add(bad)
-        path = complete_checkpoints(self.checkpoints)[-1]
+        path = choose_resume_checkpoint("auto", self.checkpoints, self.on_damaged, distributed=True, say=trainer.say)
+        if path is None:
+            raise DivergenceError(f"step {bad}: the gradient norm is not finite and no checkpoint under "
+                                  f"{self.checkpoints} verifies to roll back to; lower optim.lr or use "
+                                  "nan_guard.policy=skip")
         trainer.restore(path)
         trainer.say(f"rolled back to {path} (step {trainer.state.step}); the batch of step {bad} will be skipped")
 

@@ -1,0 +1,182 @@
+"""Faults injected at random moments into a 2-rank torchrun job, which is then run again each time.
+
+Kills, in one run: SIGKILL of every process of the job at once (torchrun, ranks, loader
+workers: a node that dies, `scancel -s KILL`) at a random step, again in the middle of a
+checkpoint save, SIGKILL of torchrun alone during start-up and again mid-training (its ranks
+must not outlive it). Each time the job is started again with train.resume=auto. At the end,
+the weights and optimizer state of the last checkpoint are bitwise those of an uninterrupted
+run, and so is every step's loss. The random moments are drawn from a seed printed on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, SMALL_MODEL, records, run_pretrain
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")]
+
+STEPS = 16
+SCHEDULE = [*SMALL_MODEL, "model.num_layers=2", "train.seq_len=64", "train.micro_batch_size=2",
+            "train.global_batch_tokens=256", f"train.steps={STEPS}", "optim.warmup_steps=2", "logging.every=1",
+            "train.eval_every=0", "checkpoint.every=2", "checkpoint.keep_last=2", "data.num_workers=1",
+            "train.precision=fp32"]
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+
+
+def start_job(args: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below `pid` (ranks sit in sessions of their own, so not its group)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_everything(job: subprocess.Popen) -> None:
+    """SIGKILL to the launcher and all its descendants, as close to at once as a test can."""
+    for pid in [job.pid, *descendants(job.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait(timeout=60)
+
+
+def trained_steps(run_dir: Path) -> int:
+    return len(records(run_dir, "train")) if (run_dir / "metrics.jsonl").is_file() else 0
+
+
+def wait_until(condition, job: subprocess.Popen, seconds: float = 300, poll: float = 0.01) -> bool:
+    """True once `condition()` holds; False if the job ended first."""
+    deadline = time.time() + seconds
+    while not condition():
+        if job.poll() is not None:
+            return False
+        assert time.time() < deadline, "the job neither progressed nor ended"
+        time.sleep(poll)
+    return True
+
+
+def saved_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Model weights and optimizer state of a (ZeRO-0) checkpoint, flattened to named tensors."""
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    tensors = {f"module.{k}": v for k, v in state["module"].items() if torch.is_tensor(v)}
+    for index, per_param in state["optimizer"]["state"].items():
+        tensors.update({f"optimizer.{index}.{k}": v for k, v in per_param.items() if torch.is_tensor(v)})
+    return tensors
+
+
+def test_random_kills_resume_to_the_uninterrupted_weights(small_corpus, tmp_path):
+    seed = int(time.time())
+    rng = random.Random(seed)
+    args = [*SCHEDULE, f"data.path={small_corpus}"]
+    run_dir, log = tmp_path / "run", tmp_path / "job.log"
+    checkpoints = run_dir / "checkpoints"
+    kills = []
+
+    # 1. every process of the job, at a random step
+    job = start_job([*args, f"run_dir={run_dir}"], log)
+    at = rng.randint(3, 6)
+    assert wait_until(lambda: trained_steps(run_dir) >= at, job), log.read_text()[-3000:]
+    kill_everything(job)
+    kills.append(f"everything after step {trained_steps(run_dir)}")
+
+    # 2. every process of the job, while a checkpoint is being written
+    job = start_job([*args, f"run_dir={run_dir}"], log)
+    in_save = wait_until(lambda: any(checkpoints.glob("*.partial")), job)
+    kill_everything(job)
+    assert in_save, f"the run ended before a save was caught (seed {seed}): {log.read_text()[-3000:]}"
+    kills.append(f"everything mid-save of {next(checkpoints.glob('*.partial')).name}")
+
+    # 3. torchrun alone, at a random moment of the start-up (imports, config, rendezvous)
+    job = start_job([*args, f"run_dir={run_dir}"], log)
+    time.sleep(rng.uniform(0.5, 6.0))
+    ranks = descendants(job.pid)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    deadline = time.time() + 120
+    while any(map(alive, ranks)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, ranks)), f"ranks outlived a killed torchrun (seed {seed})"
+    kills.append(f"torchrun alone in start-up, {len(ranks)} processes below it")
+
+    # 4. torchrun alone mid-training: its ranks checkpoint (SIGTERM from the kernel) and exit
+    job = start_job([*args, f"run_dir={run_dir}"], log)
+    before = trained_steps(run_dir)
+    if wait_until(lambda: trained_steps(run_dir) >= before + rng.randint(1, 2), job):
+        ranks = descendants(job.pid)
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=60)
+        deadline = time.time() + 120
+        while any(map(alive, ranks)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(map(alive, ranks)), f"ranks outlived a killed torchrun (seed {seed})"
+        kills.append(f"torchrun alone after step {trained_steps(run_dir)}")
+
+    # to the end
+    job = start_job([*args, f"run_dir={run_dir}"], log)
+    assert job.wait(timeout=600) == 0, f"kills {kills} (seed {seed}): {log.read_text()[-3000:]}"
+    assert not list(checkpoints.glob("*.partial")), "a crashed save's .partial folder was left behind"
+
+    reference = tmp_path / "reference"
+    result = run_pretrain([*args, f"run_dir={reference}"], nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = f"step_{STEPS:08d}"
+    got, want = saved_state(checkpoints / last), saved_state(reference / "checkpoints" / last)
+    assert got.keys() == want.keys()
+    different = [name for name in want if not torch.equal(got[name], want[name])]
+    assert not different, f"kills {kills} (seed {seed}): {different[:5]} differ"
+    losses = {step: r["loss"] for step, r in records(run_dir, "train").items()}
+    assert losses == {step: r["loss"] for step, r in records(reference, "train").items()}, f"kills {kills}"
+    print(f"kills (seed {seed}): {kills}")
+
+
+def test_a_rank_whose_torchrun_is_gone_stops_at_once(small_corpus, tmp_path):
+    """A torchrun killed between starting a rank and the rank's parent-death request leaves it to a
+    reaper (here: a shell, which has no libtorch): the rank says so and stops instead of waiting
+    in init_process_group for a rendezvous that no longer exists."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env.update(TORCHELASTIC_RUN_ID="gone", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT="1")
+    began = time.time()
+    result = subprocess.run(["sh", "-c", f'"{sys.executable}" launch/pretrain.py "$@"; exit $?', "sh", *SCHEDULE,
+                             f"data.path={small_corpus}", f"run_dir={tmp_path / 'run'}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and time.time() - began < 60
+    assert result.stderr.strip() == "megallm: error: torchrun exited before this rank started; nothing to do"
+    assert not (tmp_path / "run").exists()
