@@ -1,9 +1,9 @@
 """Faults injected at random moments into a 2-rank torchrun job, which is then run again each time.
 
 Kills, in one run: SIGKILL of every process of the job at once (torchrun, ranks, loader
-workers: a node that dies, `scancel -s KILL`) at a random step, again in the middle of a
-checkpoint save, SIGKILL of torchrun alone during start-up and again mid-training (its ranks
-must not outlive it). Each time the job is started again with train.resume=auto. At the end,
+workers: a node that dies, `scancel -s KILL`) at a random step, in the middle of a checkpoint
+save and at a random moment; SIGKILL of torchrun alone during start-up and again mid-training
+(its ranks must not outlive it). Each time the job is started again with train.resume=auto. At the end,
 the weights and optimizer state of the last checkpoint are bitwise those of an uninterrupted
 run, and so is every step's loss. The random moments are drawn from a seed printed on failure.
 """
@@ -123,7 +123,14 @@ def test_random_kills_resume_to_the_uninterrupted_weights(small_corpus, tmp_path
     assert in_save, f"the run ended before a save was caught (seed {seed}): {log.read_text()[-3000:]}"
     kills.append(f"everything mid-save of {next(checkpoints.glob('*.partial')).name}")
 
-    # 3. torchrun alone, at a random moment of the start-up (imports, config, rendezvous)
+    # 3. every process of the job, at a random moment: start-up, a step or a save
+    job = start_job([*args, f"run_dir={run_dir}"], log)
+    before = trained_steps(run_dir)
+    time.sleep(rng.uniform(1.0, 12.0))
+    kill_everything(job)
+    kills.append(f"everything at a random moment, {trained_steps(run_dir) - before} steps logged in this attempt")
+
+    # 4. torchrun alone, at a random moment of the start-up (imports, config, rendezvous)
     job = start_job([*args, f"run_dir={run_dir}"], log)
     time.sleep(rng.uniform(0.5, 6.0))
     ranks = descendants(job.pid)
@@ -135,7 +142,7 @@ def test_random_kills_resume_to_the_uninterrupted_weights(small_corpus, tmp_path
     assert not any(map(alive, ranks)), f"ranks outlived a killed torchrun (seed {seed})"
     kills.append(f"torchrun alone in start-up, {len(ranks)} processes below it")
 
-    # 4. torchrun alone mid-training: its ranks checkpoint (SIGTERM from the kernel) and exit
+    # 5. torchrun alone mid-training: its ranks checkpoint (SIGTERM from the kernel) and exit
     job = start_job([*args, f"run_dir={run_dir}"], log)
     before = trained_steps(run_dir)
     if wait_until(lambda: trained_steps(run_dir) >= before + rng.randint(1, 2), job):
