@@ -37,12 +37,17 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
 def orphaned_by_launcher() -> bool:
     """True when the process that started this one (a torchrun, which loads libtorch) is gone and
     this one was handed to a reaper: a torchrun killed in the instant between starting a rank and
-    the rank's `die_with_parent`. Unknown (parent's memory map unreadable) counts as not orphaned."""
+    the rank's `die_with_parent`. The parent's memory map tells (libtorch in it or not); where it
+    cannot be read (init's often cannot), its command line (torchrun or torch.distributed.run)."""
+    parent = Path(f"/proc/{os.getppid()}")
     try:
-        maps = Path(f"/proc/{os.getppid()}/maps").read_text()
+        return "libtorch" not in (parent / "maps").read_text()
     except OSError:
-        return False
-    return "libtorch" not in maps
+        pass
+    try:
+        return b"torch" not in (parent / "cmdline").read_bytes()
+    except OSError:
+        return False  # nothing to go by: carry on
 
 
 def launched_by_torchrun() -> bool:

@@ -37,8 +37,9 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 def start_job(args: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+                             str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO,
+                            env={**env, "OMP_NUM_THREADS": "1"}, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def descendants(pid: int) -> set[int]:
@@ -59,6 +60,18 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def survivors(pids: set[int]) -> list[str]:
+    """The command lines of those of `pids` still running."""
+    lines = []
+    for pid in pids:
+        if alive(pid):
+            try:
+                lines.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            except OSError:
+                pass
+    return lines
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -68,13 +81,26 @@ def alive(pid: int) -> bool:
 
 
 def kill_everything(job: subprocess.Popen) -> None:
-    """SIGKILL to the launcher and all its descendants, as close to at once as a test can."""
-    for pid in [job.pid, *descendants(job.pid)]:
+    """SIGKILL to the launcher and all its descendants, as close to at once as a test can: torchrun
+    is stopped first, so that it starts no rank between the listing and the kill."""
+    job.send_signal(signal.SIGSTOP)
+    for pid in [*descendants(job.pid), job.pid]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     job.wait(timeout=60)
+
+
+def kill_launcher_alone(job: subprocess.Popen, grace_s: float = 120) -> set[int]:
+    """SIGKILL to torchrun only; the processes that were below it, once they ended or `grace_s` passed."""
+    below = descendants(job.pid)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    deadline = time.time() + grace_s
+    while any(map(alive, below)) and time.time() < deadline:
+        time.sleep(0.2)
+    return below
 
 
 def trained_steps(run_dir: Path) -> int:
@@ -133,26 +159,16 @@ def test_random_kills_resume_to_the_uninterrupted_weights(small_corpus, tmp_path
     # 4. torchrun alone, at a random moment of the start-up (imports, config, rendezvous)
     job = start_job([*args, f"run_dir={run_dir}"], log)
     time.sleep(rng.uniform(0.5, 6.0))
-    ranks = descendants(job.pid)
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=60)
-    deadline = time.time() + 120
-    while any(map(alive, ranks)) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(map(alive, ranks)), f"ranks outlived a killed torchrun (seed {seed})"
+    ranks = kill_launcher_alone(job)
+    assert not survivors(ranks), f"outlived a killed torchrun (seed {seed}): {survivors(ranks)}"
     kills.append(f"torchrun alone in start-up, {len(ranks)} processes below it")
 
     # 5. torchrun alone mid-training: its ranks checkpoint (SIGTERM from the kernel) and exit
     job = start_job([*args, f"run_dir={run_dir}"], log)
     before = trained_steps(run_dir)
     if wait_until(lambda: trained_steps(run_dir) >= before + rng.randint(1, 2), job):
-        ranks = descendants(job.pid)
-        job.send_signal(signal.SIGKILL)
-        job.wait(timeout=60)
-        deadline = time.time() + 120
-        while any(map(alive, ranks)) and time.time() < deadline:
-            time.sleep(0.2)
-        assert not any(map(alive, ranks)), f"ranks outlived a killed torchrun (seed {seed})"
+        ranks = kill_launcher_alone(job)
+        assert not survivors(ranks), f"outlived a killed torchrun (seed {seed}): {survivors(ranks)}"
         kills.append(f"torchrun alone after step {trained_steps(run_dir)}")
 
     # to the end
