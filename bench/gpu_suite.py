@@ -215,7 +215,7 @@ def speed(args, corpus: Path, tmp: Path, out, clock: Clock) -> None:
     else:
         # most telling first, in case the budget runs out: plain against the whole fast path, the other
         # sizes, what megallm adds and where the time goes; then the optimisations one at a time
-        variants = [("1b", *SPEED_VARIANTS[i]) for i in range(len(SPEED_VARIANTS))]
+        variants = [("1b", *variant) for variant in SPEED_VARIANTS]
         three_b = ("3b", "+ liger loss, micro-batch 2", [*SPEED_VARIANTS[5][1], "train.micro_batch_size=2"])
         plan = [variants[0], variants[5], three_b, ("125m", *SPEED_VARIANTS[5]),
                 "profile", "framework_overhead", variants[4], variants[6], variants[1], variants[2], variants[3],

@@ -41,7 +41,7 @@ class RunResult:
     stderr: str
 
 
-def _clean_environment() -> dict:
+def clean_environment() -> dict:
     """This process's environment without the rendezvous variables a world of one may have set."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -55,13 +55,13 @@ def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600) -> subproc
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(REPO / "launch" / "pretrain.py"), *args]
-    return subprocess.run(cmd, cwd=REPO, env=_clean_environment(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=clean_environment(), capture_output=True, text=True, timeout=timeout)
 
 
 def run_tool(tool: str, *args: Any, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python tools/<tool>.py ARGS` as a user does."""
     return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *map(str, args)], cwd=REPO,
-                          env=_clean_environment(), capture_output=True, text=True, timeout=timeout)
+                          env=clean_environment(), capture_output=True, text=True, timeout=timeout)
 
 
 def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout: float = 600) -> list[Any]:
@@ -103,6 +103,36 @@ def records(run_dir: Path, kind: str) -> dict[int, dict]:
     """The metrics.jsonl records of `kind` ("train", "eval") by step."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
+
+
+def logged_steps(run_dir: Path) -> set[int]:
+    """The train steps a running job has logged so far (none while metrics.jsonl is missing, or
+    while its last line is half written)."""
+    try:
+        return set(records(run_dir, "train"))
+    except (FileNotFoundError, ValueError):
+        return set()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below `pid` (torchrun's ranks sit in sessions of their own, so not its group)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def tree_digest(folder: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, SMALL_MODEL, records, run_pretrain
+from tests.helpers import REPO, SMALL_MODEL, alive, clean_environment, descendants, logged_steps, records, run_pretrain
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")]
@@ -31,33 +31,12 @@ SCHEDULE = [*SMALL_MODEL, "model.num_layers=2", "train.seq_len=64", "train.micro
             "train.global_batch_tokens=256", f"train.steps={STEPS}", "optim.warmup_steps=2", "logging.every=1",
             "train.eval_every=0", "checkpoint.every=2", "checkpoint.keep_last=2", "data.num_workers=1",
             "train.precision=fp32"]
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 
 def start_job(args: list[str], log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO,
-                            env={**env, "OMP_NUM_THREADS": "1"}, stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every living process below `pid` (ranks sit in sessions of their own, so not its group)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+                             str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO, env=clean_environment(),
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def survivors(pids: set[int]) -> list[str]:
@@ -70,14 +49,6 @@ def survivors(pids: set[int]) -> list[str]:
             except OSError:
                 pass
     return lines
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def kill_everything(job: subprocess.Popen) -> None:
@@ -104,7 +75,7 @@ def kill_launcher_alone(job: subprocess.Popen, grace_s: float = 120) -> set[int]
 
 
 def trained_steps(run_dir: Path) -> int:
-    return len(records(run_dir, "train")) if (run_dir / "metrics.jsonl").is_file() else 0
+    return len(logged_steps(run_dir))
 
 
 def wait_until(condition, job: subprocess.Popen, seconds: float = 300, poll: float = 0.01) -> bool:
@@ -193,7 +164,7 @@ def test_a_rank_whose_torchrun_is_gone_stops_at_once(small_corpus, tmp_path):
     """A torchrun killed between starting a rank and the rank's parent-death request leaves it to a
     reaper (here: a shell, which has no libtorch): the rank says so and stops instead of waiting
     in init_process_group for a rendezvous that no longer exists."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env = clean_environment()
     env.update(TORCHELASTIC_RUN_ID="gone", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT="1")
     began = time.time()

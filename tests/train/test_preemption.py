@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from megallm.checkpoint.state import check_complete, read_state
 from megallm.train.callbacks import PREEMPTED_EXIT_CODE, Callback
-from tests.helpers import REPO, SMALL_MODEL, records, run_ranks
+from tests.helpers import REPO, SMALL_MODEL, alive, clean_environment, descendants, logged_steps, records, run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -67,33 +66,6 @@ def test_signal_on_one_rank_stops_all_with_a_checkpoint_and_resumes_exactly(smal
     assert {s: r["loss"] for s, r in losses.items()} == {s: r["loss"] for s, r in expected.items()}  # bitwise
 
 
-def _logged(run_dir: Path, step: int) -> bool:
-    try:
-        return step in records(run_dir, "train")
-    except (FileNotFoundError, ValueError):  # not written yet, or a line half written
-        return False
-
-
-def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (task / "children").read_text().split() if (task / "children").exists() else []
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
 def test_signalled_torchrun_leaves_no_process_and_a_checkpoint(small_corpus, tmp_path, sig):
@@ -102,23 +74,21 @@ def test_signalled_torchrun_leaves_no_process_and_a_checkpoint(small_corpus, tmp
     way the ranks checkpoint the step they are in and exit with their loader workers."""
     run_dir = tmp_path / "run"
     args = [*SMALL_MODEL, *SCHEDULE, "train.steps=400", f"data.path={small_corpus}", f"run_dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
     launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO, env=env,
+                                 str(REPO / "launch" / "pretrain.py"), *args], cwd=REPO, env=clean_environment(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not _logged(run_dir, 2):
+    while 2 not in logged_steps(run_dir):
         assert launcher.poll() is None and time.time() < deadline, launcher.stdout.read()[-3000:]
         time.sleep(0.2)
-    ranks_and_workers = _descendants(launcher.pid)
+    ranks_and_workers = descendants(launcher.pid)
     assert len(ranks_and_workers) >= 4  # 2 ranks, each with a loader worker
     launcher.send_signal(sig)
     output = launcher.communicate(timeout=120)[0]
     deadline = time.time() + 120
-    while any(map(_alive, ranks_and_workers)) and time.time() < deadline:
+    while any(map(alive, ranks_and_workers)) and time.time() < deadline:
         time.sleep(0.5)
-    assert not any(map(_alive, ranks_and_workers)), output[-3000:]
+    assert not any(map(alive, ranks_and_workers)), output[-3000:]
     last = max(records(run_dir, "train"))
     assert last < 400 and f"stopped after step {last}: SIGTERM received" in output, output[-3000:]
     saved = run_dir / "checkpoints" / f"step_{last:08d}"
