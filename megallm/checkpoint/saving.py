@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import torch
@@ -108,8 +108,9 @@ def _agree(problem: Optional[str], distributed: bool) -> Optional[str]:
 
 def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_yaml: str, keep_last: int,
                     consolidated: Optional[dict] = None, tokenizer_files: Optional[dict] = None,
-                    estimated_bytes: int = 0) -> Optional[Path]:
-    """Collective: write `root/step_NNNNNNNN` and delete all but the newest `keep_last` (0: keep all).
+                    estimated_bytes: int = 0, keep_steps: Collection[int] = ()) -> Optional[Path]:
+    """Collective: write `root/step_NNNNNNNN` and delete all but the newest `keep_last` (0: keep all)
+    and those of `keep_steps`.
     Returns the published folder (None if it already existed: it is never overwritten).
     The free space must hold the newest checkpoint's size, or `estimated_bytes` for a first one."""
     final = root / tag_for(state.step)
@@ -123,8 +124,10 @@ def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_
     write_checkpoint(engine, final, state, config_yaml, rank, consolidated=consolidated,
                      tokenizer_files=tokenizer_files, needed_bytes=needed)
     if rank == 0 and keep_last > 0:
+        kept = {tag_for(step) for step in keep_steps}
         for old in complete_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name not in kept:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 

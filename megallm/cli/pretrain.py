@@ -20,6 +20,7 @@ from megallm.config import (
     check_config,
     check_device_support,
     compose_config,
+    config_to_yaml,
 )
 from megallm.data.corpus import Corpus, open_corpus
 from megallm.errors import DataError, MegallmError
@@ -69,6 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not (cfg.train.dry_run and cfg.model.vocab_size is not None):
             corpus = open_corpus(cfg.data.path, cfg.data.tokenizer, (cfg.data.train_split, cfg.data.val_split))
             resolve_vocab(cfg, corpus.manifest.vocab_size)
+            config_yaml = config_to_yaml(cfg)  # the run folder's config.yaml holds the vocabulary trained with
         if cfg.train.dry_run:
             return _dry_run(cfg, world_size)
         return _train(cfg, config_yaml, corpus)

@@ -6,7 +6,7 @@
 """
 
 from megallm.config.checks import batch_layout, check_config, check_device_support, planned_world_size
-from megallm.config.compose import available, compose_config, config_from_yaml
+from megallm.config.compose import available, compose_config, config_from_yaml, config_to_yaml
 from megallm.config.schema import (
     CheckpointConfig,
     DataConfig,
@@ -24,5 +24,5 @@ from megallm.errors import ConfigError
 
 __all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "NanGuardConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config",
-           "check_device_support", "compose_config", "config_from_yaml", "planned_world_size", "resolved_precision",
+           "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size", "resolved_precision",
            "step_ranges"]

@@ -19,6 +19,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("offline", "online", "disabled")
 PIPELINE_PARTITIONS = ("layers", "parameters")
 NAN_POLICIES = ("stop", "skip", "rollback")
+LR_SCHEDULES = ("cosine", "wsd")  # megallm.optim.schedule
+WSD_DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
 
 # Ranges of single values: (key, test, what the value must be). A bad value is reported as
 # "KEY must be WHAT, got VALUE" before anything starts (a negative LR or a zero interval would
@@ -34,6 +36,8 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("optim.beta2", lambda v: 0 <= v < 1, "within [0, 1)"),
     ("optim.eps", *_positive),
     ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    ("optim.decay_fraction", lambda v: 0 < v <= 1, "within (0, 1]"),
+    ("optim.decay_steps", lambda v: v >= 0, ">= 0 (0 takes optim.decay_fraction)"),
     ("train.steps", *_positive),
     ("train.seq_len", *_positive),
     ("train.global_batch_tokens", *_positive),
@@ -96,10 +100,20 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     if t.activation_checkpointing not in RECOMPUTE_MODES:
         problems.append(f"train.activation_checkpointing must be none, full or selective, "
                         f"got {t.activation_checkpointing!r}")
+    if cfg.optim.schedule not in LR_SCHEDULES:
+        problems.append(f"optim.schedule must be cosine or wsd, got {cfg.optim.schedule!r}")
+    if cfg.optim.decay_shape not in WSD_DECAY_SHAPES:
+        problems.append(f"optim.decay_shape must be 1-sqrt, linear or cosine, got {cfg.optim.decay_shape!r}")
+    if cfg.optim.schedule == "wsd" and cfg.optim.decay_steps > t.steps:
+        problems.append(f"optim.decay_steps={cfg.optim.decay_steps} exceeds train.steps={t.steps}; "
+                        "the decay is part of the run")
     if t.precision not in PRECISIONS:
         problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if t.stop_at_step < 0 or t.stop_at_step > t.steps:
         problems.append(f"train.stop_at_step={t.stop_at_step} must be between 0 and train.steps={t.steps}")
+    if any(not 1 <= step <= t.steps for step in cfg.checkpoint.at_steps):
+        problems.append(f"checkpoint.at_steps={list(cfg.checkpoint.at_steps)} must hold steps between 1 and "
+                        f"train.steps={t.steps}")
     if cfg.checkpoint.on_damaged not in ("fallback", "stop"):
         problems.append(f"checkpoint.on_damaged must be fallback or stop, got {cfg.checkpoint.on_damaged!r}")
     if cfg.nan_guard.policy not in NAN_POLICIES:

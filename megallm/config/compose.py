@@ -119,3 +119,8 @@ def config_from_yaml(config_yaml: str, overrides: Optional[dict] = None) -> tupl
     for key, value in (overrides or {}).items():
         OmegaConf.update(merged, key, value)
     return OmegaConf.to_object(merged), OmegaConf.to_yaml(merged)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The YAML of a RunConfig object (after values were resolved in code, e.g. the vocabulary)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

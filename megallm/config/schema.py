@@ -42,11 +42,18 @@ class ParallelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay to min_lr_ratio * lr."""
+    """AdamW with linear warmup, then cosine decay or warmup-stable-decay down to min_lr_ratio * lr
+    (megallm.optim.schedule)."""
 
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # the LR at the end of the decay, as a fraction of lr
     warmup_steps: int = 100
+    # "cosine": decay over the whole run after warmup; "wsd": warmup-stable-decay, the peak held until the
+    # final decay (a run can then be extended, and cool-downs branched from its stable phase).
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2  # wsd: the share of train.steps spent decaying (Hägele et al. 2024 use 0.2)
+    decay_steps: int = 0  # wsd: the decay's length in steps; 0 takes decay_fraction
+    decay_shape: str = "1-sqrt"  # wsd: the decay's shape: 1-sqrt (Hägele et al.'s best), linear or cosine
     weight_decay: float = 0.1  # not applied to norms (1-D weights)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -107,6 +114,9 @@ class CheckpointConfig:
     every: int = 500  # steps between checkpoints; the last step is always saved; 0: only the last
     save_last: bool = True  # false: not the planned last step either (benchmarks); a stop on a signal still saves
     keep_last: int = 3  # complete checkpoints kept (older ones are deleted); 0 keeps all
+    # Steps saved besides every `every`, and kept whatever keep_last says: e.g. the points a WSD run's
+    # cool-downs branch from (launch/sweep.py sets them).
+    at_steps: list[int] = field(default_factory=list)
     dir: Optional[str] = None  # default: <run_dir>/checkpoints
     # Also write consolidated.pt: the full model in canonical names, gathered from every
     # rank into rank 0's CPU memory (costly for large models; export can do it offline).

@@ -47,7 +47,7 @@ from megallm.errors import CheckpointError
 from megallm.metrics.step_timer import StepTimer
 from megallm.model.llama import LayerDef, LlamaModel, compile_blocks, layer_defs
 from megallm.model.packing import document_ids, with_doc_ids
-from megallm.optim.adamw import build_optimizer, keep_run_settings, param_groups
+from megallm.optim.adamw import build_optimizer, follow_schedule, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
 from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
 
@@ -107,6 +107,7 @@ class ParallelEngine:
                 module = LlamaModel(cfg.model, self.defs, kernels=cfg.kernels).to(ctx.device)
         if cfg.kernels.compile:
             compile_blocks(module)
+        self.peak_lr = cfg.optim.lr
         optimizer, scheduler = build_optimizer(
             param_groups(module, cfg.optim.weight_decay, internals.full_shape), cfg.optim, cfg.train.steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -222,13 +223,17 @@ class ParallelEngine:
         """Collective: read what `save` wrote into `folder`, which must be of this engine's layout.
 
         untrained: a checkpoint that has not trained yet (step 0, e.g. imported): take its weights
-        and optimizer state but keep this run's optimizer hyperparameters and LR schedule."""
+        and optimizer state but keep this run's optimizer hyperparameters and LR schedule. A trained
+        one continues at its step on this run's LR schedule and peak LR (the same as the checkpoint's
+        unless the run was extended, branched or changed: megallm.optim.schedule.schedule_change)."""
         kept = keep_run_settings(self.optimizer, self.scheduler) if untrained else contextlib.nullcontext()
         with kept:
             loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load {folder}: a rank's shard is missing or unreadable")
+        if not untrained:
+            follow_schedule(self.optimizer, self.scheduler, self.peak_lr)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

@@ -2,7 +2,9 @@
 
 `keep_run_settings` is the policy for a checkpoint that has not trained yet (step 0,
 e.g. imported from Hugging Face): loading it must not replace the resuming run's
-hyperparameters and schedule, only the weights.
+hyperparameters and schedule, only the weights. `follow_schedule` is the policy for a
+trained one: its step counts, but the LR from there on is this run's (an extended or
+branched WSD run, a changed peak LR), not the one the checkpoint saved.
 """
 
 from __future__ import annotations
@@ -48,3 +50,14 @@ def keep_run_settings(optimizer: torch.optim.Optimizer, scheduler) -> Iterator[N
     for group, saved in zip(optimizer.param_groups, settings):  # loading made new group dicts
         group.update(saved)
     scheduler.load_state_dict(schedule)
+
+
+def follow_schedule(optimizer: torch.optim.Optimizer, scheduler, peak_lr: float) -> None:
+    """Set every group's LR to this run's schedule at the scheduler's step, with `peak_lr`: a
+    loaded scheduler and optimizer bring the peak and the next LR of the run that saved them."""
+    scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
+    lrs = [base * schedule(scheduler.last_epoch) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+        group["initial_lr"] = peak_lr
+    scheduler._last_lr = lrs

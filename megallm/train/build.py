@@ -9,6 +9,7 @@ sample traces, and on rank 0 the console, JSONL and W&B loggers.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -16,12 +17,14 @@ import torch
 
 from megallm.checkpoint.state import RunState, check_compatible, read_state
 from megallm.checkpoint.verify import choose_resume_checkpoint
-from megallm.config import ConfigError, RunConfig, batch_layout, resolved_precision
+from megallm.config import ConfigError, RunConfig, batch_layout, config_from_yaml, resolved_precision
 from megallm.data.corpus import Corpus
 from megallm.data.loader import EvalBatches, TrainBatches
 from megallm.engine.engine import ParallelEngine
+from megallm.files import RUN_CONFIG_FILE
 from megallm.metrics.throughput import device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
+from megallm.optim.schedule import schedule_change
 from megallm.parallel.distributed import DistContext, agree
 from megallm.train.callbacks import (
     Callback,
@@ -78,6 +81,9 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         saved = trainer.restore(resume_from)
         trainer.say(f"resumed from {resume_from} at step {saved.step} "
                     f"(sample {saved.consumed_samples:,} of the data order)")
+        change = _schedule_change(cfg, resume_from, saved.step)
+        if change:
+            trainer.say(f"note: the LR schedule differs from the checkpoint's: {change}")
     params = parameter_count(cfg.model)
     trainer.say(
         f"model {cfg.model.name}: {params.total / 1e6:.1f}M parameters | "
@@ -86,6 +92,15 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         f"{global_sequences} x {cfg.train.seq_len} tokens per step, grad accumulation {grad_accum}"
     )
     return trainer
+
+
+def _schedule_change(cfg: RunConfig, checkpoint: Path, step: int) -> Optional[str]:
+    """How this run's LR schedule departs from the one `checkpoint` was trained with (None if it continues it)."""
+    saved_config = checkpoint / RUN_CONFIG_FILE
+    if step == 0 or not saved_config.is_file():  # an imported model: no schedule to continue
+        return None
+    saved, _ = config_from_yaml(saved_config.read_text())
+    return schedule_change(step, (saved.optim, saved.train.steps), (cfg.optim, cfg.train.steps))
 
 
 def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> Optional[RunLock]:
@@ -113,7 +128,7 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
         Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
                      cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None,
-                     save_last=cfg.checkpoint.save_last),
+                     save_last=cfg.checkpoint.save_last, at_steps=cfg.checkpoint.at_steps),
         NanGuard(cfg.nan_guard, folder.checkpoints, cfg.checkpoint.on_damaged),
         PreemptionHandler(),
     ]

@@ -1,4 +1,5 @@
-"""Checkpoints every `every` steps and at the last step (also when a stop was requested).
+"""Checkpoints every `every` steps, at the steps `at_steps` and at the last step (also when a stop
+was requested).
 
 A checkpoint whose weights are not all finite is never published: the save stops the run
 with DivergenceError instead, so the newest checkpoint is always one to go back to."""
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Collection, Optional
 
 from megallm.checkpoint.portable import gather_state
 from megallm.checkpoint.saving import save_checkpoint
@@ -29,11 +30,14 @@ BYTES_PER_PARAMETER = 16
 class Checkpointer(Callback):
     """Saves the engine, RNG states, run state and callback states under `root`
     (megallm.checkpoint.saving), keeping the newest `keep_last` (0: all). With
-    `consolidated`, also the full model gathered into consolidated.pt."""
+    `consolidated`, also the full model gathered into consolidated.pt. Those of `at_steps` are kept
+    besides the newest `keep_last`."""
 
     def __init__(self, root: Path, every: int, keep_last: int, config_yaml: str, model: ModelConfig,
-                 consolidated: bool, tokenizer_files: Optional[dict], save_last: bool = True):
+                 consolidated: bool, tokenizer_files: Optional[dict], save_last: bool = True,
+                 at_steps: Collection[int] = ()):
         self.root, self.every, self.keep_last, self.save_last = root, every, keep_last, save_last
+        self.at_steps = frozenset(at_steps)
         self.config_yaml, self.model = config_yaml, model
         self.consolidated, self.tokenizer_files = consolidated, tokenizer_files
 
@@ -46,7 +50,7 @@ class Checkpointer(Callback):
     def post_step(self, trainer: Trainer) -> None:
         step = trainer.state.step
         at_end = trainer.stop_reason is not None or (self.save_last and trainer.is_last_step)
-        if at_end or (self.every and step % self.every == 0):
+        if at_end or (self.every and step % self.every == 0) or step in self.at_steps:
             path = self.save(trainer)
             if path:
                 trainer.say(f"saved checkpoint {path}")
@@ -63,4 +67,5 @@ class Checkpointer(Callback):
         trainer.state.callbacks = trainer.callback_states()
         return save_checkpoint(trainer.engine, self.root, trainer.state, self.config_yaml, self.keep_last,
                                consolidated=consolidated, tokenizer_files=self.tokenizer_files,
-                               estimated_bytes=BYTES_PER_PARAMETER * parameter_count(self.model).total)
+                               estimated_bytes=BYTES_PER_PARAMETER * parameter_count(self.model).total,
+                               keep_steps=self.at_steps)
