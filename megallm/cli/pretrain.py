@@ -33,6 +33,7 @@ Pretrain a Llama-style model. NAME is one of: {models}.
 Overrides use Hydra syntax, e.g. train.steps=2000 parallel.zero_stage=2 data.path=data/mycorpus.
   train.dry_run=true   build on the meta device and print parameters, FLOPs and memory per rank
   --cfg                print the composed config (every key) and exit
+  --multirun, -m       a sweep, as in Hydra: +model=a,b train.steps=100,200 (see launch/sweep.py --help)
 Keys and their meaning: megallm/config/schema.py; model shapes: conf/model/."""
 
 
@@ -56,6 +57,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(models=", ".join(available("model"))))
         return 0
+    if any(a in ("-m", "--multirun") for a in argv):  # Hydra's sweep flag: launch/sweep.py's job
+        from megallm.cli.sweep import main as sweep
+
+        if launched_by_torchrun():
+            return report(PROG, ConfigError("a sweep starts its own runs: use python launch/pretrain.py --multirun "
+                                            "... --nproc N (each run then uses torchrun), not torchrun"))
+
+        return sweep([a for a in argv if a not in ("-m", "--multirun")])
     print_cfg = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]
     world_size = int(os.environ.get("WORLD_SIZE", 1))

@@ -1,0 +1,173 @@
+"""A sweep's runs: Hydra's sweep grammar expanded, folders named, WSD branches planned.
+
+`+model=ladder_2,ladder_4 train.steps=100,200,400` is 6 runs, in the order Hydra's basic
+sweeper gives them (the cartesian product, the first key slowest). Each run's folder is
+`<run_dir>/<swept key=value,...>` (Hydra's `override_dirname` of the swept keys), so its name
+says what differs; `run_dir` (default runs/sweep) is the sweep's folder.
+
+Runs under optim.schedule=wsd that differ only in train.steps share their stable phase: the
+longest is trained (the trunk, saving a checkpoint where each shorter run's decay starts) and
+each shorter one is a cool-down branched from that checkpoint, which gives the same weights as
+training it alone (megallm.optim.schedule) at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from megallm.checkpoint.state import tag_for
+from megallm.config import RunConfig, check_config, compose_config
+from megallm.errors import ConfigError
+from megallm.model.flops import flops_per_token
+from megallm.optim.schedule import decay_start
+from megallm.train.run_folder import RunFolder
+
+DEFAULT_SWEEP_DIR = "runs/sweep"
+PLAN_FILE = "sweep.json"  # in the sweep's folder: every run, its overrides, branch point and compute
+
+
+@dataclass
+class PlannedRun:
+    name: str  # the swept key=value pairs: the run's folder name under the sweep's
+    overrides: list[str]  # what launch/pretrain.py is given (the sweep's fixed ones, then this run's)
+    run_dir: Path
+    steps: int
+    tokens: int  # trained in the run's schedule (train.steps x global batch)
+    flops: Optional[float]  # training FLOPs of the schedule; None when the vocabulary is unknown
+    group: int  # runs that differ only in train.steps (one SLURM array task)
+    branch_of: Optional[str] = None  # the trunk this cool-down resumes from
+    branch_step: int = 0  # the trunk's step it resumes from (0: trained from scratch)
+    branch_checkpoint: Optional[Path] = None
+    at_steps: list[int] = field(default_factory=list)  # a trunk's branch points
+
+    @property
+    def trained_flops(self) -> Optional[float]:
+        """FLOPs this run itself trains: all its steps, or a branch's steps after its branch point."""
+        return None if self.flops is None else self.flops * (self.steps - self.branch_step) / self.steps
+
+
+@dataclass
+class SweepPlan:
+    sweep_dir: Path
+    runs: list[PlannedRun]
+
+    @property
+    def groups(self) -> list[list[PlannedRun]]:
+        return [[run for run in self.runs if run.group == g] for g in sorted({run.group for run in self.runs})]
+
+    def compute(self) -> tuple[Optional[float], Optional[float]]:
+        """(training FLOPs of the sweep as planned, of the same runs each trained from scratch)."""
+        if any(run.flops is None for run in self.runs):
+            return None, None
+        return sum(run.trained_flops for run in self.runs), sum(run.flops for run in self.runs)
+
+    def to_json(self) -> str:
+        planned, separate = self.compute()
+        return json.dumps({
+            "sweep_dir": str(self.sweep_dir), "flops_planned": planned, "flops_separate_runs": separate,
+            "runs": [{"name": r.name, "run_dir": str(r.run_dir), "overrides": r.overrides, "steps": r.steps,
+                      "tokens": r.tokens, "flops": r.flops, "trained_flops": r.trained_flops, "group": r.group,
+                      "branch_of": r.branch_of, "branch_step": r.branch_step} for r in self.runs],
+        }, indent=1)
+
+
+def expand(overrides: list[str]) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """(the fixed overrides, each run's swept (key, value) pairs) in Hydra's basic-sweeper order."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(f"cannot parse the sweep's overrides: {str(error).splitlines()[0]}") from None
+    fixed, axes = [], []
+    for override in parsed:
+        if override.is_sweep_override():
+            axes.append([(override.get_key_element(), value) for value in override.sweep_string_iterator()])
+        else:
+            fixed.append(override.input_line)
+    return fixed, [list(combination) for combination in itertools.product(*axes)]
+
+
+def run_name(swept: list[tuple[str, str]]) -> str:
+    """Hydra's override_dirname of the swept keys: `model=ladder_2,train.steps=100` (no `+`, no `/`)."""
+    if not swept:
+        return "run"
+    return ",".join(f"{key.lstrip('+~')}={value}".replace("/", "_") for key, value in sorted(swept))
+
+
+def quoted(path: Path) -> str:
+    """A path as a Hydra override value: quoted, since run names hold `=` and `,`."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def plan_sweep(overrides: list[str], world_size: int = 1, branch: bool = True) -> SweepPlan:
+    """Expand `overrides` (Hydra's sweep grammar) into runs, each composed and checked now, so a
+    mistake in any of them is found before the first starts."""
+    fixed, combinations = expand(overrides)
+    sweep_dir = Path(next((o.split("=", 1)[1] for o in fixed if o.startswith("run_dir=")), DEFAULT_SWEEP_DIR))
+    fixed = [o for o in fixed if not o.startswith("run_dir=")]
+    if any(key.lstrip("+~") == "run_dir" for swept in combinations for key, _ in swept):
+        raise ConfigError("run_dir names the sweep's folder and cannot be swept; each run gets a folder in it")
+    runs, groups, configs = [], {}, {}
+    for swept in combinations:
+        name = run_name(swept)
+        run_overrides = [*fixed, *(f"{key}={value}" for key, value in swept), f"run_dir={quoted(sweep_dir / name)}"]
+        cfg = _composed(run_overrides, name, world_size)
+        group_key = tuple(sorted((k, v) for k, v in swept if k != "train.steps"))
+        runs.append(PlannedRun(name=name, overrides=run_overrides, run_dir=sweep_dir / name, steps=cfg.train.steps,
+                               tokens=cfg.train.steps * cfg.train.global_batch_tokens,
+                               flops=_flops(cfg), group=groups.setdefault(group_key, len(groups))))
+        configs[name] = cfg
+    if branch:
+        for group in {run.group for run in runs}:
+            _plan_branches([run for run in runs if run.group == group], configs)
+    # A group's trunk before its branches; groups in the sweep's order.
+    runs.sort(key=lambda r: (r.group, r.branch_of is not None, -r.steps))
+    return SweepPlan(sweep_dir, runs)
+
+
+def _composed(overrides: list[str], name: str, world_size: int) -> RunConfig:
+    try:
+        cfg, _ = compose_config(overrides)
+        check_config(cfg, world_size)
+    except ConfigError as error:
+        raise ConfigError(f"run {name}: {error}") from None
+    return cfg
+
+
+def _flops(cfg: RunConfig) -> Optional[float]:
+    """Training FLOPs of the run's schedule; the vocabulary comes from the corpus when the model leaves it open."""
+    model = cfg.model
+    if model.vocab_size is None:
+        try:
+            vocab = json.loads((Path(cfg.data.path) / "manifest.json").read_text())["vocab_size"]
+        except (OSError, ValueError, KeyError):
+            return None
+        model = type(model)(**{**model.to_dict(), "vocab_size": vocab})
+    return float(flops_per_token(model, cfg.train.seq_len) * cfg.train.steps * cfg.train.global_batch_tokens)
+
+
+def _plan_branches(group: list[PlannedRun], configs: dict[str, RunConfig]) -> None:
+    """The longest WSD run of `group` trains; each shorter one branches where its own decay starts."""
+    trunk = max(group, key=lambda r: r.steps)
+    trunk_cfg = configs[trunk.name]
+    if trunk_cfg.optim.schedule != "wsd" or len({r.steps for r in group}) < 2:
+        return
+    trunk_checkpoints = RunFolder.of(trunk_cfg).checkpoints
+    for run in group:
+        if run is trunk or run.steps == trunk.steps:
+            continue
+        point = decay_start(configs[run.name].optim, run.steps)
+        if not 0 < point <= decay_start(trunk_cfg.optim, trunk.steps):
+            continue  # no stable phase to share (all decay, or a decay longer than the trunk's plateau)
+        run.branch_of, run.branch_step = trunk.name, point
+        run.branch_checkpoint = trunk_checkpoints / tag_for(point)
+        trunk.at_steps.append(point)
+    if trunk.at_steps:
+        trunk.at_steps.sort()
+        trunk.overrides.append(f"checkpoint.at_steps=[{','.join(map(str, trunk.at_steps))}]")
