@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def run_sweep(plan: SweepPlan, nproc: int = 1, groups: Optional[list[int]] = Non
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     (plan.sweep_dir / PLAN_FILE).write_text(plan.to_json())
     runs = [run for run in plan.runs if groups is None or run.group in groups]
+    signal.signal(signal.SIGTERM, _interrupt)  # scancel, kill: the current run checkpoints before the sweep ends
     failed: dict[str, str] = {}
     started = time.time()
     for index, run in enumerate(runs, 1):
@@ -85,6 +87,10 @@ def run_sweep(plan: SweepPlan, nproc: int = 1, groups: Optional[list[int]] = Non
     return 0
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _train(cmd: list[str], run_dir: Path) -> tuple[int, float]:
     """Run `cmd`, its output shown and appended to the run's log; (exit code, seconds)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,8 +102,8 @@ def _train(cmd: list[str], run_dir: Path) -> tuple[int, float]:
             for line in process.stdout:
                 sys.stdout.write(line)
                 log.write(line)
-        except BaseException:
-            process.terminate()  # Ctrl-C: the run saves a checkpoint on SIGTERM (megallm's preemption handling)
+        except BaseException:  # Ctrl-C or SIGTERM: the run saves a checkpoint on SIGTERM, then the sweep ends
+            process.terminate()
             process.wait()
             raise
         return process.wait(), time.time() - start

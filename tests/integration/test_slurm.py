@@ -5,12 +5,14 @@ The script is submitted unchanged for a 2-rank CPU run; mid-run the batch shell 
 must pass the signal on, the ranks checkpoint the step they are in and exit 75, the job
 requeues itself, and the requeued job resumes from that checkpoint and trains exactly the
 uninterrupted run. prepare_data.sbatch with PARTS=2 runs its array and merge with the
-resources given to the first sbatch. Skipped, with the reason, only where SLURM cannot be installed.
+resources given to the first sbatch. A sweep submitted with launch/sweep.py --slurm runs as a job
+array, one task per WSD trunk and its branches. Skipped, with the reason, only where SLURM cannot be installed.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -111,3 +113,24 @@ def test_prepare_in_parts_keeps_the_submitters_resources(cluster, tmp_path):
     assert {f"megallm-prepare-{array}_0.out", f"megallm-prepare-{array}_1.out", f"megallm-prepare-{merge}.out"} <= names
     assert "mem=2G" in cluster.run("scontrol", "show", "job", merge) or "MinMemoryNode=2G" in \
         cluster.run("scontrol", "show", "job", merge)
+
+
+def test_a_sweep_runs_as_a_job_array_one_task_per_trunk(cluster, small_corpus, tmp_path):
+    """`launch/sweep.py --slurm`: one array task per model size, each training its WSD trunk and then
+    the cool-down branched from it."""
+    sweep_dir = tmp_path / "sweep"
+    args = [*SCHEDULE, "optim.schedule=wsd", "optim.decay_fraction=0.25", "train.eval_every=100",
+            "train.eval_batches=2", "model.hidden_size=32,64", "train.steps=8,16", f"data.path={small_corpus}",
+            f"run_dir={sweep_dir}"]
+    args = [a for a in args if a != f"train.steps={STEPS}"]
+    submitted = cluster.run(sys.executable, str(REPO / "launch" / "sweep.py"), *args, "--slurm",
+                            "--sbatch=--time=15", "--sbatch=--mem=4G", cwd=REPO)
+    array = re.search(r"submitted job array (\d+) \(2 tasks\)", submitted)
+    assert array, submitted
+    wait_for(lambda: cluster.run("squeue", "-h", "-j", array.group(1)) == "", 600, f"job array {array.group(1)}")
+    logs = "\n".join(p.read_text() for p in sorted(sweep_dir.glob("slurm-*.out")))
+    assert len(list(sweep_dir.glob("slurm-*.out"))) == 2, logs[-3000:]
+    for width in (32, 64):
+        trunk, branch = (sweep_dir / f"model.hidden_size={width},train.steps={steps}" for steps in (16, 8))
+        assert max(records(trunk, "train")) == 16 and sorted(records(branch, "train")) == [7, 8], logs[-3000:]
+        assert 8 in records(branch, "eval")
