@@ -28,7 +28,7 @@ def pretrain(args: list[str], capsys):
     [
         (["+model=tiny", "train.stpes=3"], ["unknown config key 'train.stpes'", "did you mean train.steps"]),
         (["+model=tiny", "optimm.lr=1"], ["unknown config key 'optimm'", "did you mean optim"]),
-        (["+model=2b"], ["unknown model '2b'", "tiny, 125m, 350m, 1b, 3b, 7b, 8b, 13b, 70b, smollm2_135m"]),
+        (["+model=2b"], ["unknown model '2b'", "tiny, 125m, 350m, 1b, 3b, 7b, 8b, 13b, 70b, ladder_2"]),
         ([], ["no model chosen", "+model=NAME"]),
         (["model=tiny"], ["+model=NAME"]),
         (["+model=tiny", "train.steps=many"], ["train.steps=many"]),

@@ -58,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(USAGE.format(models=", ".join(available("model"))))
         return 0
     if any(a in ("-m", "--multirun") for a in argv):  # Hydra's sweep flag: launch/sweep.py's job
-        from megallm.cli.sweep import main as sweep
+        from megallm.cli.sweep import main as sweep  # deferred: only sweeps need it
 
         if launched_by_torchrun():
             return report(PROG, ConfigError("a sweep starts its own runs: use python launch/pretrain.py --multirun "

@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    # deferred: Hydra and the training stack's modules, after --help and argument mistakes
     from megallm.sweep.execute import run_sweep
     from megallm.sweep.plan import plan_sweep
 
@@ -76,7 +77,7 @@ def describe(plan) -> str:
 
 
 def _submit(plan, args) -> int:
-    from megallm.sweep.execute import slurm_script
+    from megallm.sweep.execute import slurm_script  # deferred: as in main
 
     sweep_args = [*args.overrides, *(["--no-branch"] if args.no_branch else [])]
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Callable
+import os
+from typing import Callable, Mapping
 
 from megallm.config.schema import RunConfig, TrainConfig, step_ranges
 from megallm.errors import ConfigError
@@ -123,11 +124,23 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     except ValueError as bad:
         problems.append(f"nan_guard.skip_steps: {str(bad)!r} is not a step N >= 1 or a range A-B of steps; "
                         "write e.g. nan_guard.skip_steps=[100-120,250]")
-    if cfg.logging.wandb.mode not in WANDB_MODES:
-        problems.append(f"logging.wandb.mode must be offline, online or disabled, got {cfg.logging.wandb.mode!r}")
+    problems += wandb_mode_problems(cfg, os.environ)
     if problems:
         raise ConfigError(problems[0])
     batch_layout(t, p.dims(world).dp)
+
+
+def wandb_mode_problems(cfg: RunConfig, environ: Mapping[str, str]) -> list[str]:
+    """A W&B mode outside WANDB_MODES: logging.wandb.mode's, or where it is null and W&B is enabled,
+    WANDB_MODE's (megallm.config.schema.WandbConfig.resolved)."""
+    wandb = cfg.logging.wandb
+    if wandb.mode is not None and wandb.mode not in WANDB_MODES:
+        return [f"logging.wandb.mode must be offline, online or disabled, got {wandb.mode!r}"]
+    mode = wandb.resolved(environ).mode
+    if wandb.enabled and mode not in WANDB_MODES:
+        return [f"the environment's WANDB_MODE must be offline, online or disabled (logging.wandb.mode is null), "
+                f"got {mode!r}; set logging.wandb.mode or WANDB_MODE"]
+    return []
 
 
 def kernel_layout_problems(cfg: RunConfig) -> list[str]:

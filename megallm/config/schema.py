@@ -10,7 +10,7 @@ inconsistent before any process group starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 from omegaconf import MISSING
 
@@ -146,10 +146,38 @@ class NanGuardConfig:
 
 @dataclass
 class WandbConfig:
+    """W&B logging on rank 0 (megallm.train.callbacks.loggers.WandbLogger).
+
+    A value set here wins; a null one follows W&B's environment variable, else megallm's default:
+    mode WANDB_MODE else offline (no network, no account; `wandb sync` uploads later), project
+    WANDB_PROJECT else megallm, entity WANDB_ENTITY else the account's default, name WANDB_NAME else the
+    run folder's name, group WANDB_RUN_GROUP, tags WANDB_TAGS (comma-separated; an empty list here
+    is unset), notes WANDB_NOTES. One run folder is one W&B run: its id is kept in
+    `<run_dir>/wandb_run_id`, so a resumed or requeued job continues it.
+    """
+
     enabled: bool = False
-    project: str = "megallm"
-    mode: str = "offline"  # offline needs no network or account; `wandb sync` uploads later
+    mode: Optional[str] = None  # online, offline or disabled
+    project: Optional[str] = None
     entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None  # e.g. one scaling study's runs
+    tags: list[str] = field(default_factory=list)
+    notes: Optional[str] = None
+
+    def resolved(self, environ: Mapping[str, str]) -> WandbConfig:
+        """This config with each unset value taken from `environ` (os.environ), else the default
+        (name stays None where WANDB_NAME is unset: the logger names the run after its folder).
+        W&B's legacy WANDB_MODE values dryrun and run read as offline and online."""
+        def pick(value: Optional[str], variable: str, default: Optional[str] = None) -> Optional[str]:
+            return value if value is not None else environ.get(variable) or default
+
+        mode = pick(self.mode, "WANDB_MODE", "offline")
+        tags = list(self.tags) or [t.strip() for t in environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+        return WandbConfig(enabled=self.enabled, mode={"dryrun": "offline", "run": "online"}.get(mode, mode),
+                           project=pick(self.project, "WANDB_PROJECT", "megallm"),
+                           entity=pick(self.entity, "WANDB_ENTITY"), name=pick(self.name, "WANDB_NAME"),
+                           group=pick(self.group, "WANDB_RUN_GROUP"), tags=tags, notes=pick(self.notes, "WANDB_NOTES"))
 
 
 @dataclass

@@ -8,6 +8,7 @@ sample traces, and on rank 0 the console, JSONL and W&B loggers.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,7 @@ from megallm.train.callbacks import (
     TrainMetrics,
     WandbLogger,
 )
+from megallm.train.callbacks.loggers import wandb_config
 from megallm.train.run_folder import RunFolder
 from megallm.train.run_lock import RunLock
 from megallm.train.trainer import Trainer
@@ -122,10 +124,11 @@ def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> Optional[RunLock]:
 
 def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext, folder: RunFolder,
                precision: str, val_batches: EvalBatches) -> list[Callback]:
+    model_flops = flops_per_token(cfg.model, cfg.train.seq_len)  # training FLOPs per token
     callbacks: list[Callback] = [
-        TrainMetrics(),
-        SpeedMonitor(flops_per_token(cfg.model, cfg.train.seq_len), device_peak_flops(ctx.device, precision)),
-        Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches),
+        TrainMetrics(model_flops),
+        SpeedMonitor(model_flops, device_peak_flops(ctx.device, precision)),
+        Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches, model_flops),
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
                      cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None,
                      save_last=cfg.checkpoint.save_last, at_steps=cfg.checkpoint.at_steps),
@@ -137,9 +140,9 @@ def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContex
     if ctx.is_main:  # the loggers: rank 0 alone writes
         folder.write_config(config_yaml)
         callbacks += [ConsoleLogger(), JsonlLogger(folder.metrics)]
-        wandb = cfg.logging.wandb
+        wandb = cfg.logging.wandb.resolved(os.environ)  # null values follow WANDB_MODE, WANDB_PROJECT, ...
         if wandb.enabled and wandb.mode != "disabled":
-            callbacks.append(WandbLogger(wandb, folder.root, {"config": config_yaml}))
+            callbacks.append(WandbLogger(wandb, folder.root, wandb_config(cfg, ctx, precision)))
     return callbacks
 
 

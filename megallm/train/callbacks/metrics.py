@@ -13,12 +13,21 @@ if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
     from megallm.train.trainer import Trainer
 
 
+def flops_seen(tokens_seen: int, flops_per_token: int) -> float:
+    """The training FLOPs of `tokens_seen` tokens. A float: past 9.2e18 (a 1B model's 1.5B tokens) the
+    count overflows the int64 that JSON readers (pandas) and W&B store, and 53 bits of mantissa are plenty."""
+    return float(tokens_seen * flops_per_token)
+
+
 class TrainMetrics(Callback):
     """The loss averaged over the steps since the last record that updated the weights (None if
-    none did) and over the data-parallel replicas; the LR the last step applied and its gradient norm; tokens seen, the epoch
-    and the count of skipped shards (the largest over ranks)."""
+    none did) and over the data-parallel replicas; the LR the last step applied and its gradient norm;
+    tokens seen, the epoch and the count of skipped shards (the largest over ranks); the training FLOPs
+    so far, `flops_seen` = tokens_seen x `flops_per_token` (cumulative over resumes: tokens_seen comes
+    back with the checkpoint)."""
 
-    def __init__(self):
+    def __init__(self, flops_per_token: int):
+        self.flops_per_token = flops_per_token
         self._loss_sum: Optional[torch.Tensor] = None
         self._steps, self._lr = 0, 0.0
 
@@ -36,6 +45,7 @@ class TrainMetrics(Callback):
         record.update(
             loss=engine.mean_over_data_parallel(self._loss_sum / self._steps) if self._steps else None, lr=self._lr,
             grad_norm=engine.grad_norm, tokens_seen=state.tokens_seen,
+            flops_seen=flops_seen(state.tokens_seen, self.flops_per_token),
             epoch=trainer.batches.epoch(state.consumed_samples),
             skipped_shards=engine.max_over_ranks(len(trainer.batches.skipped_shards)),
         )
