@@ -3,7 +3,8 @@
 `+model=ladder_2,ladder_4 train.steps=100,200,400` is 6 runs, in the order Hydra's basic
 sweeper gives them (the cartesian product, the first key slowest). Each run's folder is
 `<run_dir>/<swept key=value,...>` (Hydra's `override_dirname` of the swept keys), so its name
-says what differs; `run_dir` (default runs/sweep) is the sweep's folder.
+says what differs; `run_dir` (default runs/sweep) is the sweep's folder, whose name is the runs'
+W&B group (unless logging.wandb.group or WANDB_RUN_GROUP says otherwise).
 
 Runs under optim.schedule=wsd that differ only in train.steps share their stable phase: the
 longest is trained (the trunk, saving a checkpoint where each shorter run's decay starts) and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -111,6 +113,8 @@ def plan_sweep(overrides: list[str], world_size: int = 1, branch: bool = True) -
     fixed, combinations = expand(overrides)
     sweep_dir = Path(next((o.split("=", 1)[1] for o in fixed if o.startswith("run_dir=")), DEFAULT_SWEEP_DIR))
     fixed = [o for o in fixed if not o.startswith("run_dir=")]
+    if not any(o.startswith("logging.wandb.group=") for o in fixed) and not os.environ.get("WANDB_RUN_GROUP"):
+        fixed.append(f"logging.wandb.group={sweep_dir.name}")  # W&B shows the sweep's runs together
     if any(key.lstrip("+~") == "run_dir" for swept in combinations for key, _ in swept):
         raise ConfigError("run_dir names the sweep's folder and cannot be swept; each run gets a folder in it")
     runs, groups, configs = [], {}, {}

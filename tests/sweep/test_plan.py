@@ -31,7 +31,7 @@ def test_wsd_runs_of_one_size_share_a_trunk(tmp_path):
                                                "model=ladder_2,train.steps=100"]
     trunk, b200, b100 = plan.runs[:3]
     assert trunk.branch_of is None and trunk.at_steps == [80, 160]
-    assert "checkpoint.at_steps=[80,160]" in trunk.overrides
+    assert "checkpoint.at_steps=[80,160]" in trunk.overrides and "logging.wandb.group=ladder" in trunk.overrides
     assert (b200.branch_of, b200.branch_step, b100.branch_step) == (trunk.name, 160, 80)
     assert b200.branch_checkpoint == tmp_path / "ladder" / trunk.name / "checkpoints" / "step_00000160"
     assert b200.run_dir == tmp_path / "ladder" / "model=ladder_2,train.steps=200"
