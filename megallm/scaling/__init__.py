@@ -1,0 +1,13 @@
+"""Scaling laws from finished runs: Chinchilla's three approaches, bootstrap intervals, predictions.
+
+- points.py     finished megallm runs or a CSV -> points (N, D, C, final loss)
+- fit.py        approach 1 (loss frontier) and approach 2 (IsoFLOP parabolas): N_opt(C), D_opt(C) power laws
+- parametric.py approach 3: L(N, D) = E + A/N^alpha + B/D^beta by summed Huber loss, L-BFGS-B from a grid
+- bootstrap.py  resampling the points, refitting, percentile intervals
+- study.py      all of it on one set of points
+- predict.py    compute-optimal N and D, expected loss and nearest conf/model/ preset; holdout error
+- report.py     the printed table and fit.json
+- plots.py      PNG figures (matplotlib, Agg)
+
+tools/scaling_law.py (megallm.cli.scaling_law) is the command line.
+"""
