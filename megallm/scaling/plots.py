@@ -18,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from megallm.scaling.predict import Holdout
 from megallm.scaling.study import Study
@@ -26,6 +27,10 @@ DPI = 100
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    for ax in figure.axes:  # a log axis spanning under a decade labels its minor ticks, which then overlap
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_minor_formatter(NullFormatter())
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=DPI)
     return path
@@ -90,9 +95,10 @@ def parametric(study: Study, path: Path, held: Optional[Holdout] = None) -> Path
                    label=f"held out ({held.rule}), law fitted without them")
     low, high = min(p.loss.min(), fitted.min()), max(p.loss.max(), fitted.max())
     ax.plot([low, high], [low, high], "k--", linewidth=1, label="fitted = observed")
-    ax.set(xlabel="observed final loss", ylabel="L(N, D)", title=(
-        f"Approach 3: E {law.E:.3g} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}"))
-    ax.legend()
+    ax.set(xlabel="observed final loss", ylabel="L(N, D)")
+    ax.set_title(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta\nE {law.E:.3g}, A {law.A:.4g}, alpha {law.alpha:.3f}, "
+                 f"B {law.B:.4g}, beta {law.beta:.3f}", fontsize="medium")
+    ax.legend(loc="lower right", fontsize="small")
     return _save(figure, path)
 
 

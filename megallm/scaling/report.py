@@ -69,11 +69,24 @@ def render(study: Study, source: str, predictions: Sequence[Prediction] = (), he
     lines.append(f"  a = beta/(alpha+beta)   {_with_interval(law.a, intervals.get('approach3.a'), 3)}")
     lines.append(f"  b = alpha/(alpha+beta)  {_with_interval(law.b, intervals.get('approach3.b'), 3)}")
     lines.append(f"  G (N_opt = G (C/6)^a)   {_with_interval(law.G, intervals.get('approach3.G'), 3)}")
+    lines += [f"  note: {note}" for note in law_warnings(study)]
     for prediction in predictions:
         lines += [""] + describe_prediction(study, prediction)
     if held is not None:
         lines += [""] + describe_holdout(held)
     return "\n".join(lines)
+
+
+def law_warnings(study: Study) -> list[str]:
+    """What makes approach 3's law untrustworthy beyond its points: an irreducible loss the points do not pin."""
+    points, law = study.points, study.law.law
+    if law.E >= 0.05 * float(points.loss.min()):
+        return []
+    per_parameter = points.d / points.n
+    return [f"E ran to {law.E:.3g}: these points do not pin the irreducible loss (they are at "
+            f"{per_parameter.min():.2g}-{per_parameter.max():.2g} tokens per parameter, far from convergence; "
+            "Chinchilla's optimum is about 20), so the law interpolates, but its predictions far outside the "
+            "points and its compute-optimal split are not to be trusted; train longer budgets"]
 
 
 def describe_prediction(study: Study, p: Prediction) -> list[str]:
