@@ -12,7 +12,7 @@ from pytest import approx
 
 from megallm.cli.scaling_law import main
 from megallm.scaling.predict import nearest_preset
-from tests.helpers import RunResult, run_main
+from tests.helpers import REPO, RunResult, run_main
 from tests.scaling.inputs import CHINCHILLA_CSV
 
 PLOTS = ("loss_vs_compute.png", "isoflop.png", "parametric.png", "n_opt.png")
@@ -76,6 +76,21 @@ def test_the_plots_are_pngs(fitted):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         image = imread(path)
         assert image.ndim == 3 and min(image.shape[:2]) > 300, name
+
+
+def test_the_cpu_ladder_sweep_law_predicts_its_largest_rung_and_says_what_it_cannot(fitted, capsys):
+    """docs/scaling/ladder_points.csv, the README's sweep (4 rungs x 3 WSD budgets): the law fitted on
+    3 rungs predicts the 4th within 2%, and warns that such short runs leave E unidentified (the
+    Chinchilla points, near convergence, get no such warning)."""
+    result = run_main(main, [REPO / "docs" / "scaling" / "ladder_points.csv", "--bootstrap", "10", "--starts", "8",
+                             "--holdout-largest"], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "12 points from" in result.stdout and "4 model sizes" in result.stdout
+    assert "E ran to" in result.stdout and "tokens per parameter" in result.stdout
+    errors = [float(line.split("error")[-1].strip(" %+")) for line in result.stdout.splitlines()
+              if line.strip().startswith("row") or "observed" in line and "predicted" in line]
+    assert len(errors) == 3 and max(abs(e) for e in errors) < 2.0, result.stdout
+    assert "E ran to" not in fitted[0].stdout
 
 
 def test_a_prediction_beyond_the_fitted_points_says_so(capsys):
