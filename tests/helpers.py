@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from megallm.parallel.distributed import LAUNCHER_VARIABLES
+from megallm.parallel.lifetime import LAUNCHER_VARIABLES
 
 REPO = Path(__file__).resolve().parent.parent
 # A few stdlib packages: enough text to train a 512-token BPE and a few hundred steps.

@@ -19,8 +19,6 @@ from megatron.core import parallel_state
 
 from megallm.parallel.dims import ParallelDims, RankCoordinates
 
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
 
 @dataclass(frozen=True)
 class DistContext:

@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What a launcher (torchrun, megallm.parallel.local_world) gives each rank: a process that starts a world
+# of its own passes its children an environment without them.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:

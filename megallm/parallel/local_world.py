@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch.multiprocessing as mp
 
 from megallm.errors import MegallmError, WorldError
-from megallm.parallel.distributed import LAUNCHER_VARIABLES, free_port, shutdown
+from megallm.parallel.distributed import free_port, shutdown
+from megallm.parallel.lifetime import LAUNCHER_VARIABLES
 
 # The heavy imports every rank makes anyway, paid once in the fork server (megallm first: it
 # silences megatron-core's warning about Transformer Engine).

@@ -11,6 +11,7 @@ other runs go on, and the sweep exits 1 naming the failures.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from megallm.checkpoint.state import complete_checkpoints
+from megallm.parallel.lifetime import LAUNCHER_VARIABLES
 from megallm.sweep.plan import PLAN_FILE, PlannedRun, SweepPlan, quoted
 from megallm.train.run_folder import METRICS_FILE
 
@@ -97,7 +99,11 @@ def _train(cmd: list[str], run_dir: Path) -> tuple[int, float]:
     start = time.time()
     with open(run_dir / LOG_FILE, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        # Each run is a world of its own: a MASTER_PORT or RANK inherited from the submitting shell would
+        # make runs started side by side (SLURM array tasks on one node) rendezvous on one port.
+        env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                   env=env)
         try:
             for line in process.stdout:
                 sys.stdout.write(line)

@@ -117,14 +117,17 @@ def test_prepare_in_parts_keeps_the_submitters_resources(cluster, tmp_path):
 
 def test_a_sweep_runs_as_a_job_array_one_task_per_trunk(cluster, small_corpus, tmp_path):
     """`launch/sweep.py --slurm`: one array task per model size, each training its WSD trunk and then
-    the cool-down branched from it."""
+    the cool-down branched from it. The submitting shell's launcher variables (a MASTER_PORT in a
+    user's profile) reach both tasks on this one node and must not make their runs share a port."""
     sweep_dir = tmp_path / "sweep"
     args = [*SCHEDULE, "optim.schedule=wsd", "optim.decay_fraction=0.25", "train.eval_every=100",
             "train.eval_batches=2", "model.hidden_size=32,64", "train.steps=8,16", f"data.path={small_corpus}",
             f"run_dir={sweep_dir}"]
     args = [a for a in args if a != f"train.steps={STEPS}"]
     submitted = cluster.run(sys.executable, str(REPO / "launch" / "sweep.py"), *args, "--slurm",
-                            "--sbatch=--time=15", "--sbatch=--mem=4G", cwd=REPO)
+                            "--sbatch=--time=15", "--sbatch=--mem=4G", cwd=REPO,
+                            extra_env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531", "RANK": "0",
+                                       "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
     array = re.search(r"submitted job array (\d+) \(2 tasks\)", submitted)
     assert array, submitted
     wait_for(lambda: cluster.run("squeue", "-h", "-j", array.group(1)) == "", 600, f"job array {array.group(1)}")
