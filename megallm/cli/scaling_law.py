@@ -32,8 +32,8 @@ Fit how the final loss scales with model size N and training tokens D, three way
      with a free scale; the summed Huber loss gives A 477.8, B 2143 on their data.)
 with bootstrap percentile intervals (points resampled with replacement) for every number.
 
-INPUT is a CSV file (columns `Model Size` or `N`, `Training FLOP` or `C`, optionally `D` or `tokens`
-(else D = C / 6N), `loss`) or a folder searched for megallm runs (config.yaml + metrics.jsonl). A run
+INPUT is a CSV file (columns, in any case: `Model Size`/`N`/`params`, `Training FLOP`/`C`/`FLOPs`
+and/or `D`/`tokens` (C = 6ND, D = C / 6N for the missing one), `loss`/`final_loss`, optionally `name`) or a folder searched for megallm runs (config.yaml + metrics.jsonl). A run
 counts when finished: its eval at the last step gives the loss; N is the total parameter count,
 embeddings included (Chinchilla's convention); C = FLOPs per token (megallm.model.flops) x tokens.
 Unfinished runs are left out with a note.

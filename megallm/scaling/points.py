@@ -37,8 +37,13 @@ MANIFEST_FILE = "manifest.json"  # a prepared corpus's manifest (megallm.data.sh
 # off a published figure (the Chinchilla CSV) scatter by a fraction of a percent around each size.
 SAME_SIZE_TOLERANCE = 0.005
 
-# CSV columns, case-sensitive: each quantity's accepted names, first match wins.
-CSV_COLUMNS = {"N": ("Model Size", "N"), "C": ("Training FLOP", "C"), "D": ("D", "tokens"), "loss": ("loss",)}
+# CSV columns: each quantity's accepted names (any case; the first match wins): Epoch AI's, single
+# letters, and the usual spellings elsewhere.
+CSV_COLUMNS = {"N": ("Model Size", "N", "params", "parameters", "n_params", "model_size"),
+               "C": ("Training FLOP", "C", "FLOPs", "compute", "training_flops"),
+               "D": ("D", "tokens", "training_tokens", "n_tokens"),
+               "loss": ("loss", "final_loss", "val_loss")}
+NAME_COLUMNS = ("name", "run")  # optional: a row's name in the holdout table (else FILE:LINE)
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,16 @@ def read_csv(path: Path) -> Points:
     if not rows:
         raise DataError(f"{path} is empty; expected a header row and one row per training run")
     header = [name.strip() for name in rows[0]]
-    found = {key: next((header.index(name) for name in names if name in header), None)
+    folded = [name.lower() for name in header]
+    found = {key: next((folded.index(name.lower()) for name in names if name.lower() in folded), None)
              for key, names in CSV_COLUMNS.items()}
+    name_column = next((folded.index(name) for name in NAME_COLUMNS if name in folded), None)
     missing = [key for key in ("N", "loss") if found[key] is None]
     if found["C"] is None and found["D"] is None:
         missing.append("C")
     if missing:
         wanted = "; ".join(f"{key}: {' or '.join(repr(n) for n in CSV_COLUMNS[key])}" for key in missing)
-        raise DataError(f"{path} lacks the column(s) for {wanted} (names are case-sensitive); its columns are "
+        raise DataError(f"{path} lacks the column(s) for {wanted} (in any case); its columns are "
                         f"{', '.join(repr(h) for h in header)}")
     values: dict[str, list[float]] = {key: [] for key, column in found.items() if column is not None}
     names = []
@@ -115,7 +122,8 @@ def read_csv(path: Path) -> Points:
             if not np.isfinite(value) or value <= 0:
                 raise DataError(f"{path}:{line}: column {header[column]!r} must hold a positive number, got {cell!r}")
             values[key].append(value)
-        names.append(f"{path.name}:{line}")
+        named = row[name_column].strip() if name_column is not None and name_column < len(row) else ""
+        names.append(named or f"{path.name}:{line}")
     if not names:
         raise DataError(f"{path} has a header but no rows")
     n, loss = np.array(values["N"]), np.array(values["loss"])

@@ -169,9 +169,9 @@ def bad_input(tmp_path, configs, case: str):
         return [root], [f"{folder / 'metrics.jsonl'}:2 is not a JSON object"]
     if case == "csv columns":
         csv = tmp_path / "points.csv"
-        csv.write_text("params,Training FLOP,final\n1e8,1e19,3.0\n")
-        return [csv], ["lacks the column(s) for N: 'Model Size' or 'N'; loss: 'loss'",
-                       "its columns are 'params', 'Training FLOP', 'final'"]
+        csv.write_text("size,Training FLOP,final\n1e8,1e19,3.0\n")
+        return [csv], ["lacks the column(s) for N: 'Model Size' or 'N' or 'params'", "loss: 'loss' or",
+                       "its columns are 'size', 'Training FLOP', 'final'"]
     if case == "csv value":
         csv = tmp_path / "points.csv"
         csv.write_text("N,C,loss\n1e8,1e19,3.0\n2e8,lots,2.9\n")
@@ -208,3 +208,15 @@ def test_bad_input_is_one_line(tmp_path, configs, capsys, case):
     args, phrases = bad_input(tmp_path, configs, case)
     result = cli(args, capsys)
     assert_one_line_error(result, *phrases, prefix="scaling_law: error: ")
+
+
+def test_csv_columns_by_their_usual_names_in_any_case(tmp_path):
+    """Tables from other tools: `params`/`Tokens`/`Final_Loss` and a `name` column; C = 6ND when absent."""
+    from megallm.scaling.points import read_csv
+
+    path = tmp_path / "other.csv"
+    path.write_text("name,Params,Tokens,Final_Loss\nsmall,1e8,2e9,3.1\nlarge,4e8,8e9,2.7\n")
+    points = read_csv(path)
+    assert points.names == ("small", "large")
+    assert list(points.n) == [1e8, 4e8] and list(points.d) == [2e9, 8e9] and list(points.loss) == [3.1, 2.7]
+    assert list(points.c) == approx([6 * 1e8 * 2e9, 6 * 4e8 * 8e9])
