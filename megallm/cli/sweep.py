@@ -18,7 +18,6 @@ from megallm.cli import report
 from megallm.errors import ConfigError, MegallmError
 
 PROG = "megallm sweep"
-SWEEP_FLAGS = ("--dry-run", "--slurm", "--no-branch")
 
 
 def parser() -> argparse.ArgumentParser:

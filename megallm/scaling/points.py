@@ -27,12 +27,11 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from megallm.config.compose import config_from_yaml
+from megallm.data.shards import MANIFEST as MANIFEST_FILE
 from megallm.errors import ConfigError, DataError, UsageError
-from megallm.files import RUN_CONFIG_FILE
+from megallm.files import METRICS_FILE, RUN_CONFIG_FILE
 from megallm.model.flops import flops_per_token, parameter_count
 
-METRICS_FILE = "metrics.jsonl"  # as megallm.train.run_folder.METRICS_FILE (that module imports torch)
-MANIFEST_FILE = "manifest.json"  # a prepared corpus's manifest (megallm.data.shards.MANIFEST)
 # Model sizes whose parameter counts differ by less than this fraction are one size: points read
 # off a published figure (the Chinchilla CSV) scatter by a fraction of a percent around each size.
 SAME_SIZE_TOLERANCE = 0.005

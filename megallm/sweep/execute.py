@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Optional
 
 from megallm.checkpoint.state import complete_checkpoints
+from megallm.files import METRICS_FILE
 from megallm.parallel.lifetime import LAUNCHER_VARIABLES
 from megallm.sweep.plan import PLAN_FILE, PlannedRun, SweepPlan, quoted
-from megallm.train.run_folder import METRICS_FILE
 
 PRETRAIN = Path(__file__).resolve().parents[2] / "launch" / "pretrain.py"
 LOG_FILE = "train.log"
@@ -49,7 +49,7 @@ def last_logged_step(run_dir: Path) -> int:
 def command(run: PlannedRun, nproc: int) -> list[str]:
     """launch/pretrain.py with the run's overrides; a branch resumes from its trunk until it has checkpoints of its own."""
     overrides = list(run.overrides)
-    if run.branch_checkpoint is not None and not complete_checkpoints(run.run_dir / "checkpoints"):
+    if run.branch_checkpoint is not None and not complete_checkpoints(run.checkpoints):
         overrides.append(f"train.resume={quoted(run.branch_checkpoint)}")
     if nproc == 1:
         return [sys.executable, str(PRETRAIN), *overrides]

@@ -26,7 +26,8 @@ from hydra.errors import HydraException
 
 from megallm.checkpoint.state import tag_for
 from megallm.config import RunConfig, check_config, compose_config
-from megallm.errors import ConfigError
+from megallm.data.shards import Manifest
+from megallm.errors import ConfigError, DataError
 from megallm.model.flops import flops_per_token
 from megallm.optim.schedule import decay_start
 from megallm.train.run_folder import RunFolder
@@ -40,6 +41,7 @@ class PlannedRun:
     name: str  # the swept key=value pairs: the run's folder name under the sweep's
     overrides: list[str]  # what launch/pretrain.py is given (the sweep's fixed ones, then this run's)
     run_dir: Path
+    checkpoints: Path  # its checkpoint folder (checkpoint.dir, else <run_dir>/checkpoints)
     steps: int
     tokens: int  # trained in the run's schedule (train.steps x global batch)
     flops: Optional[float]  # training FLOPs of the schedule; None when the vocabulary is unknown
@@ -123,7 +125,8 @@ def plan_sweep(overrides: list[str], world_size: int = 1, branch: bool = True) -
         run_overrides = [*fixed, *(f"{key}={value}" for key, value in swept), f"run_dir={quoted(sweep_dir / name)}"]
         cfg = _composed(run_overrides, name, world_size)
         group_key = tuple(sorted((k, v) for k, v in swept if k != "train.steps"))
-        runs.append(PlannedRun(name=name, overrides=run_overrides, run_dir=sweep_dir / name, steps=cfg.train.steps,
+        runs.append(PlannedRun(name=name, overrides=run_overrides, run_dir=sweep_dir / name,
+                               checkpoints=RunFolder.of(cfg).checkpoints, steps=cfg.train.steps,
                                tokens=cfg.train.steps * cfg.train.global_batch_tokens,
                                flops=_flops(cfg), group=groups.setdefault(group_key, len(groups))))
         configs[name] = cfg
@@ -149,8 +152,8 @@ def _flops(cfg: RunConfig) -> Optional[float]:
     model = cfg.model
     if model.vocab_size is None:
         try:
-            vocab = json.loads((Path(cfg.data.path) / "manifest.json").read_text())["vocab_size"]
-        except (OSError, ValueError, KeyError):
+            vocab = Manifest.load(cfg.data.path).vocab_size
+        except (DataError, OSError):  # no corpus there (yet): the plan shows no FLOPs
             return None
         model = type(model)(**{**model.to_dict(), "vocab_size": vocab})
     return float(flops_per_token(model, cfg.train.seq_len) * cfg.train.steps * cfg.train.global_batch_tokens)
@@ -162,7 +165,6 @@ def _plan_branches(group: list[PlannedRun], configs: dict[str, RunConfig]) -> No
     trunk_cfg = configs[trunk.name]
     if trunk_cfg.optim.schedule != "wsd" or len({r.steps for r in group}) < 2:
         return
-    trunk_checkpoints = RunFolder.of(trunk_cfg).checkpoints
     for run in group:
         if run is trunk or run.steps == trunk.steps:
             continue
@@ -170,7 +172,7 @@ def _plan_branches(group: list[PlannedRun], configs: dict[str, RunConfig]) -> No
         if not 0 < point <= decay_start(trunk_cfg.optim, trunk.steps):
             continue  # no stable phase to share (all decay, or a decay longer than the trunk's plateau)
         run.branch_of, run.branch_step = trunk.name, point
-        run.branch_checkpoint = trunk_checkpoints / tag_for(point)
+        run.branch_checkpoint = trunk.checkpoints / tag_for(point)
         trunk.at_steps.append(point)
     if trunk.at_steps:
         trunk.at_steps.sort()

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from megallm.checkpoint.state import CHECKPOINTS_DIR
 from megallm.config import RunConfig
-from megallm.files import RUN_CONFIG_FILE
+from megallm.files import METRICS_FILE, RUN_CONFIG_FILE
 
-METRICS_FILE = "metrics.jsonl"  # every logged record, one JSON object per line
 SAMPLES_DIR = "samples"  # data.trace_samples: dp_rank_RRRRR.jsonl
 
 
