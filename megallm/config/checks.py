@@ -105,9 +105,10 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
         problems.append(f"optim.schedule must be cosine or wsd, got {cfg.optim.schedule!r}")
     if cfg.optim.decay_shape not in WSD_DECAY_SHAPES:
         problems.append(f"optim.decay_shape must be 1-sqrt, linear or cosine, got {cfg.optim.decay_shape!r}")
-    if cfg.optim.schedule == "wsd" and cfg.optim.decay_steps > t.steps:
-        problems.append(f"optim.decay_steps={cfg.optim.decay_steps} exceeds train.steps={t.steps}; "
-                        "the decay is part of the run")
+    if cfg.optim.schedule == "wsd" and cfg.optim.warmup_steps + cfg.optim.wsd_decay_steps(t.steps) > t.steps:
+        problems.append(f"optim.warmup_steps={cfg.optim.warmup_steps} and the WSD decay's "
+                        f"{cfg.optim.wsd_decay_steps(t.steps)} steps exceed train.steps={t.steps}, so the run would "
+                        "not decay to its floor; lower optim.warmup_steps or optim.decay_steps / optim.decay_fraction")
     if t.precision not in PRECISIONS:
         problems.append(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if t.stop_at_step < 0 or t.stop_at_step > t.steps:

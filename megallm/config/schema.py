@@ -54,6 +54,10 @@ class OptimConfig:
     decay_fraction: float = 0.2  # wsd: the share of train.steps spent decaying (Hägele et al. 2024 use 0.2)
     decay_steps: int = 0  # wsd: the decay's length in steps; 0 takes decay_fraction
     decay_shape: str = "1-sqrt"  # wsd: the decay's shape: 1-sqrt (Hägele et al.'s best), linear or cosine
+
+    def wsd_decay_steps(self, total_steps: int) -> int:
+        """Steps of a WSD run's final decay: decay_steps, else decay_fraction of the run's `total_steps`."""
+        return self.decay_steps if self.decay_steps > 0 else max(1, round(self.decay_fraction * total_steps))
     weight_decay: float = 0.1  # not applied to norms (1-D weights)
     beta1: float = 0.9
     beta2: float = 0.95

@@ -26,15 +26,10 @@ DECAY_SHAPES = {
 }
 
 
-def wsd_decay_steps(cfg: OptimConfig, total_steps: int) -> int:
-    """Steps of a WSD run's final decay: optim.decay_steps, else optim.decay_fraction of the run."""
-    return cfg.decay_steps if cfg.decay_steps > 0 else max(1, round(cfg.decay_fraction * total_steps))
-
-
 def decay_start(cfg: OptimConfig, total_steps: int) -> int:
     """The first step (0-based) whose LR is below the peak's plateau: for WSD the end of the stable phase."""
     if cfg.schedule == "wsd":
-        return max(cfg.warmup_steps, total_steps - wsd_decay_steps(cfg, total_steps))
+        return max(cfg.warmup_steps, total_steps - cfg.wsd_decay_steps(total_steps))
     return cfg.warmup_steps
 
 

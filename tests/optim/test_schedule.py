@@ -54,3 +54,17 @@ def test_which_resumes_continue_the_schedule():
     # The same schedule: nothing to report; another peak LR: reported.
     assert schedule_change(50, (cosine, 100), (cosine, 100)) is None
     assert "optim settings changed" in schedule_change(50, (cosine, 100), (OptimConfig(lr=2e-3, warmup_steps=10), 100))
+
+
+def test_a_wsd_run_too_short_for_its_warmup_and_decay_is_refused():
+    """With warmup 100 and 20% decay, a 100-step run would be all warmup: no cool-down, a wrong budget point."""
+    from megallm.config import check_config, compose_config
+    from megallm.errors import ConfigError
+
+    cfg, _ = compose_config(["+model=tiny", "model.vocab_size=512", "optim.schedule=wsd", "train.steps=100",
+                             "train.seq_len=64", "train.global_batch_tokens=512", "train.micro_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"optim.warmup_steps=100 and the WSD decay's 20 steps exceed "
+                                          r"train.steps=100"):
+        check_config(cfg, 1)
+    cfg.optim.warmup_steps = 80
+    check_config(cfg, 1)  # warmup 80 + decay 20 fits exactly
