@@ -66,7 +66,7 @@ def flex_check(smoke: bool) -> list[dict]:
     """FlexAttention against the SDPA-mask reference on random packed batches."""
     import torch
 
-    from megallm.model.attention import causal_attention
+    from megallm.model.attention import self_attention
     from megallm.model.packing import document_ids
 
     device = "cpu" if smoke else "cuda"
@@ -82,7 +82,7 @@ def flex_check(smoke: bool) -> list[dict]:
 
         def run(backend, dtype, with_grad):
             inputs = [t.detach().to(dtype).clone().requires_grad_(with_grad) for t in (q, k, v)]
-            out = causal_attention(*inputs, doc_ids, backend=backend)
+            out = self_attention(*inputs, doc_ids, backend=backend)
             if not with_grad:
                 return out.float(), []
             out.float().square().mean().backward()

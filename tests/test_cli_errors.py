@@ -28,7 +28,7 @@ def pretrain(args: list[str], capsys):
     [
         (["+model=tiny", "train.stpes=3"], ["unknown config key 'train.stpes'", "did you mean train.steps"]),
         (["+model=tiny", "optimm.lr=1"], ["unknown config key 'optimm'", "did you mean optim"]),
-        (["+model=2b"], ["unknown model '2b'", "tiny, 125m, 350m, 1b, 3b, 7b, 8b, 13b, 70b, ladder_2"]),
+        (["+model=2b"], ["unknown model '2b'", "tiny, 125m, 350m, 1b, 3b, 7b, 8b, 13b, 70b, bert_base, ladder_2"]),
         ([], ["no model chosen", "+model=NAME"]),
         (["model=tiny"], ["+model=NAME"]),
         (["+model=tiny", "train.steps=many"], ["train.steps=many"]),
@@ -71,6 +71,15 @@ def pretrain(args: list[str], capsys):
         (["+model=tiny", "logging.every=0"], ["logging.every must be > 0, got 0"]),
         (["+model=tiny", "nan_guard.policy=retry"], ["nan_guard.policy must be stop, skip or rollback"]),
         (["+model=tiny", "nan_guard.skip_steps=[9-7]"], ["nan_guard.skip_steps: '9-7' is not a step"]),
+        # the objective
+        (["+model=tiny", "train.objective=bert"], ["train.objective must be causal or mlm, got 'bert'"]),
+        (["+model=tiny", "model.bidirectional=true"], ["model tiny is bidirectional", "train.objective=mlm"]),
+        (["+model=bert_base"], ["model bert_base is bidirectional", "train.objective=mlm"]),
+        (["+model=tiny", "mlm.nsp=true"], ["mlm.nsp=true needs train.objective=mlm"]),
+        (["+model=tiny", "train.objective=mlm", "mlm.nsp=true"], ["mlm.nsp=true needs data.document_masking=false"]),
+        (["+model=tiny", "train.objective=mlm", "mlm.mask_prob=1.5"], ["mlm.mask_prob must be within (0, 1), got 1.5"]),
+        (["+model=tiny", "train.objective=mlm", "mlm.replace_with_mask=0.95"],
+         ["mlm.replace_with_mask + mlm.replace_with_random must be <= 1"]),
     ],
 )
 def test_config_mistakes(args, phrases, tmp_path, capsys):
@@ -127,6 +136,19 @@ def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path, capsys):
         "does not match corpus", "vocab 512",
     )
     assert str(other) in line
+
+
+def test_mlm_on_a_corpus_without_mask_token(small_corpus, tmp_path, capsys):
+    """A corpus prepared before tokenizers had a mask token (its manifest has no mask_id) is refused for MLM."""
+    old = tmp_path / "old"
+    shutil.copytree(small_corpus, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["mask_id"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(pretrain(["+model=tiny", "train.objective=mlm", f"data.path={old}",
+                                    f"run_dir={tmp_path}/run"], capsys),
+                          "train.objective=mlm needs a mask token", str(old), "--mask-token")
+    assert not (tmp_path / "run").exists()
 
 
 def test_model_vocab_smaller_than_tokenizer(small_corpus, capsys):

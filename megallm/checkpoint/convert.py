@@ -227,9 +227,13 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
     if tokenizer is None or not tokenizer.is_file():
         raise ConversionError(f"no tokenizer found for {checkpoint} (no {TOKENIZER_FILE} in it or in its corpus); "
                               "pass --tokenizer PATH/tokenizer.json")
+    saved = read_state(checkpoint)
+    if saved.model.get("bidirectional"):
+        raise ConversionError(f"{checkpoint} is a bidirectional encoder (train.objective=mlm): transformers' "
+                              "LlamaForCausalLM attends causally and would compute another model, so it is not "
+                              "exported; fine-tune and evaluate it with megallm (launch/finetune.py)")
     weights, cfg, _ = read_model(checkpoint)
     weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in weights.items()}
-    saved = read_state(checkpoint)
     folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, max_positions=saved.seq_len or 2048,
                              original=saved.hf_model_files, max_shard_bytes=max_shard_bytes)
     return folder, (verify_hf(folder, weights, cfg) if verify else None)

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "begin with the bos its post-processor adds, as Llama 3's <|begin_of_text|>)")
     parser.add_argument("--eos-token", help="end-of-document token (default: the tokenizer's declared eos_token, "
                                             "else <|endoftext|>)")
+    parser.add_argument("--mask-token", help="masked-LM mask token (train.objective=mlm): added to a --tokenizer that "
+                                             "lacks it, e.g. '<|mask|>' (trained tokenizers always have <|mask|>; "
+                                             "default: the tokenizer's declared mask_token)")
     parser.add_argument("--tokenizer-train-bytes", type=int, default=defaults.tokenizer_train_bytes,
                         help="text used to train the tokenizer (a prefix of the inputs)")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of documents held out")
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     options = PrepareOptions(
-        vocab_size=args.vocab_size, tokenizer_path=args.tokenizer, eos_token=args.eos_token, val_fraction=args.val_fraction,
+        vocab_size=args.vocab_size, tokenizer_path=args.tokenizer, eos_token=args.eos_token, mask_token=args.mask_token,
+        val_fraction=args.val_fraction,
         shard_tokens=args.shard_tokens, tokenizer_train_bytes=args.tokenizer_train_bytes,
         text_field=args.text_field, unit_bytes=round(args.unit_mb * (1 << 20)), workers=args.workers,
         progress_every=args.progress_every)

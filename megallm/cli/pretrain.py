@@ -79,6 +79,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not (cfg.train.dry_run and cfg.model.vocab_size is not None):
             corpus = open_corpus(cfg.data.path, cfg.data.tokenizer, (cfg.data.train_split, cfg.data.val_split))
             resolve_vocab(cfg, corpus.manifest.vocab_size)
+            if cfg.train.objective == "mlm":
+                corpus.manifest.require_mask_token(cfg.data.path)
             config_yaml = config_to_yaml(cfg)  # the run folder's config.yaml holds the vocabulary trained with
         if cfg.train.dry_run:
             return _dry_run(cfg, world_size)

@@ -5,12 +5,20 @@
 - checks.py   values that are well-typed but inconsistent; the batch arithmetic
 """
 
-from megallm.config.checks import batch_layout, check_config, check_device_support, planned_world_size
+from megallm.config.checks import (
+    OBJECTIVES,
+    apply_objective,
+    batch_layout,
+    check_config,
+    check_device_support,
+    planned_world_size,
+)
 from megallm.config.compose import available, compose_config, config_from_yaml, config_to_yaml
 from megallm.config.schema import (
     CheckpointConfig,
     DataConfig,
     LoggingConfig,
+    MLMConfig,
     NanGuardConfig,
     OptimConfig,
     ParallelConfig,
@@ -22,7 +30,7 @@ from megallm.config.schema import (
 )
 from megallm.errors import ConfigError
 
-__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "NanGuardConfig", "OptimConfig",
-           "ParallelConfig", "RunConfig", "TrainConfig", "WandbConfig", "available", "batch_layout", "check_config",
+__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "MLMConfig", "NanGuardConfig", "OBJECTIVES", "OptimConfig",
+           "ParallelConfig", "RunConfig", "TrainConfig", "WandbConfig", "apply_objective", "available", "batch_layout", "check_config",
            "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size", "resolved_precision",
            "step_ranges"]

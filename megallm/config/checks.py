@@ -22,6 +22,7 @@ PIPELINE_PARTITIONS = ("layers", "parameters")
 NAN_POLICIES = ("stop", "skip", "rollback")
 LR_SCHEDULES = ("cosine", "wsd")  # megallm.optim.schedule
 WSD_DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
+OBJECTIVES = ("causal", "mlm")  # train.objective
 
 # Ranges of single values: (key, test, what the value must be). A bad value is reported as
 # "KEY must be WHAT, got VALUE" before anything starts (a negative LR or a zero interval would
@@ -53,6 +54,9 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("logging.every", *_positive),
     ("nan_guard.max_events", *_non_negative),
     ("kernels.loss_chunk_tokens", *_positive),
+    ("mlm.mask_prob", lambda v: 0 < v < 1, "within (0, 1)"),
+    ("mlm.replace_with_mask", lambda v: 0 <= v <= 1, "within [0, 1]"),
+    ("mlm.replace_with_random", lambda v: 0 <= v <= 1, "within [0, 1]"),
 ]
 
 
@@ -125,10 +129,44 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     except ValueError as bad:
         problems.append(f"nan_guard.skip_steps: {str(bad)!r} is not a step N >= 1 or a range A-B of steps; "
                         "write e.g. nan_guard.skip_steps=[100-120,250]")
+    problems += objective_problems(cfg)
     problems += wandb_mode_problems(cfg, os.environ)
     if problems:
         raise ConfigError(problems[0])
     batch_layout(t, p.dims(world).dp)
+
+
+def apply_objective(cfg: RunConfig) -> None:
+    """The model's shape follows the objective: train.objective=mlm makes it an encoder
+    (model.bidirectional) and mlm.nsp gives it the next-sentence head (model.nsp_head)."""
+    if cfg.train.objective == "mlm":
+        cfg.model.bidirectional = True
+        cfg.model.nsp_head = cfg.mlm.nsp
+
+
+def objective_problems(cfg: RunConfig) -> list[str]:
+    """train.objective and the mlm settings against the model and the data."""
+    t, m = cfg.train, cfg.mlm
+    if t.objective not in OBJECTIVES:
+        return [f"train.objective must be causal or mlm, got {t.objective!r}"]
+    if t.objective == "causal" and cfg.model.bidirectional:
+        return [f"model {cfg.model.name} is bidirectional (an encoder): train it with train.objective=mlm, "
+                "or set model.bidirectional=false"]
+    if t.objective == "causal" and m.nsp:
+        return ["mlm.nsp=true needs train.objective=mlm"]
+    problems = []
+    if m.replace_with_mask + m.replace_with_random > 1:
+        problems.append(f"mlm.replace_with_mask + mlm.replace_with_random must be <= 1 (the rest keep their token), "
+                        f"got {m.replace_with_mask} + {m.replace_with_random}")
+    if m.nsp and cfg.data.document_masking:
+        problems.append("mlm.nsp=true needs data.document_masking=false: a window's two halves must attend to "
+                        "each other")
+    if m.nsp and t.micro_batch_size < 2:
+        problems.append("mlm.nsp=true needs train.micro_batch_size >= 2 (a window's second half is swapped with "
+                        "another window's of its micro-batch)")
+    if m.nsp and cfg.parallel.sequence_parallel:
+        problems.append("mlm.nsp=true needs parallel.sequence_parallel=false")
+    return problems
 
 
 def wandb_mode_problems(cfg: RunConfig, environ: Mapping[str, str]) -> list[str]:

@@ -22,6 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from megallm.config.checks import apply_objective
 from megallm.config.schema import RunConfig
 from megallm.errors import ConfigError
 
@@ -105,11 +106,11 @@ def compose_config(overrides: list[str]):
         unknown = _keys_outside_schema(cfg)
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0]))
-        yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
         run_config = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
-    return run_config, yaml_text
+    apply_objective(run_config)
+    return run_config, config_to_yaml(run_config)
 
 
 def config_from_yaml(config_yaml: str, overrides: Optional[dict] = None) -> tuple[RunConfig, str]:

@@ -68,9 +68,30 @@ class OptimConfig:
 
 
 @dataclass
+class MLMConfig:
+    """Masked language modelling (train.objective=mlm), as BERT (Devlin et al. 2019): of each window,
+    `mask_prob` of the tokens are selected (never an end- or start-of-document token); of those,
+    `replace_with_mask` become the mask token, `replace_with_random` a random token, and the rest keep
+    their token. The loss is the cross-entropy on the selected positions only (megallm.data.masking).
+    Which tokens are selected depends only on (train.seed, the window's global sample index): the
+    same in every layout and after a resume."""
+
+    mask_prob: float = 0.15
+    replace_with_mask: float = 0.8
+    replace_with_random: float = 0.1
+    # Next-sentence prediction: each window's second half is, for half the windows, swapped for another
+    # window's second half; a head on the first position says which (its loss is added to the MLM loss).
+    # Needs data.document_masking=false (the halves must see each other) and train.micro_batch_size >= 2.
+    nsp: bool = False
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000  # optimizer steps of the run (the LR schedule's length)
     seq_len: int = 2048
+    # "causal": next-token prediction (a decoder); "mlm": masked language modelling (an encoder: the model
+    # attends both ways, model.bidirectional; settings under `mlm`).
+    objective: str = "causal"
     global_batch_tokens: int = 524288  # tokens per optimizer step over all data-parallel ranks
     micro_batch_size: int = 4  # sequences per rank per forward pass
     seed: int = 1234
@@ -197,6 +218,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)  # train.objective=mlm only
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

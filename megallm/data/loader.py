@@ -223,7 +223,11 @@ class EvalBatches:
         self.windows = ShardWindows(corpus, split, seq_len, capacity=len(shards), skip_bad=False)
         self.mbs, self.dp_rank, self.dp, self.device = micro_batch_size, dp_rank, dp, device
 
-    def micro_batch(self, index: int) -> torch.Tensor:
+    def samples(self, index: int) -> list[int]:
+        """The sample indices of micro-batch `index` of this rank."""
         first = (index * self.dp + self.dp_rank) * self.mbs
-        rows = [self.windows.window(self.order, self.order.address(first + i)) for i in range(self.mbs)]
+        return list(range(first, first + self.mbs))
+
+    def micro_batch(self, index: int) -> torch.Tensor:
+        rows = [self.windows.window(self.order, self.order.address(g)) for g in self.samples(index)]
         return token_batch(rows, self.device)

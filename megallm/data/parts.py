@@ -18,7 +18,7 @@ from typing import Callable
 
 from megallm.data.plan import Plan
 from megallm.data.shards import MANIFEST, Manifest, ShardInfo, present_side_files, token_dtype
-from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
+from megallm.data.tokenizer import load_tokenizer, mask_token_id, tokenizer_hash
 from megallm.data.units import (
     RECORDS,
     SHARD_NAME,
@@ -102,6 +102,7 @@ def merge(output: Path, count: int | None = None, plan: Plan | None = None,
         raise DataError(f"{output / TOKENIZER_FILE} is not the tokenizer the parts used; re-run the parts with it")
     manifest = Manifest(vocab_size=tok.get_vocab_size(), tokenizer_sha256=settings.tokenizer_sha256,
                         eos_id=settings.eos_id, bos_id=settings.bos_id,
+                        mask_id=mask_token_id(output / TOKENIZER_FILE, tok),
                         tokenizer_side_files=present_side_files(output), dtype=token_dtype(tok.get_vocab_size()).name,
                         splits={split: [] for split in SPLITS}, text_field=settings.text_field,
                         val_fraction=settings.val_fraction, shard_tokens=settings.shard_tokens,

@@ -32,7 +32,7 @@ from megallm.data.parts import Part, merge, write_part_record
 from megallm.data.plan import Plan, plan_units
 from megallm.data.progress import Progress
 from megallm.data.shards import MANIFEST, Manifest
-from megallm.data.tokenizer import load_tokenizer, special_tokens, tokenizer_hash, train_bpe
+from megallm.data.tokenizer import add_mask_token, load_tokenizer, special_tokens, tokenizer_hash, train_bpe
 from megallm.data.units import UnitSettings, init_worker, run_unit
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES, atomic_write_bytes
@@ -50,6 +50,9 @@ class PrepareOptions:
     vocab_size: int = 8192  # BPE vocabulary when training a tokenizer
     tokenizer_path: Path | None = None  # use this tokenizer.json instead of training one
     eos_token: str | None = None  # end-of-document token, instead of the one the tokenizer declares
+    # Masked-LM's mask token: added to a --tokenizer that lacks it and declared in OUTPUT/tokenizer_config.json
+    # (trained tokenizers always have <|mask|>).
+    mask_token: str | None = None
     val_fraction: float = 0.02  # share of documents held out, by a hash of each document's identity
     shard_tokens: int = 1 << 20  # target tokens per shard
     tokenizer_train_bytes: int = 64 << 20  # text (characters) the tokenizer is trained on: a prefix of the inputs
@@ -96,17 +99,21 @@ def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log
     else:
         raise DataError(f"--part needs a tokenizer: run `tools/prepare_data.py --tokenizer-only --output {output} "
                         "...` first, or pass --tokenizer FILE")
+    if options.mask_token is not None and add_mask_token(tok, options.mask_token):
+        log(f"added the mask token {options.mask_token!r} to the tokenizer (id {tok.token_to_id(options.mask_token)})")
     text = tok.to_str(pretty=True)
     if not installed.is_file() or installed.read_text() != text:
         atomic_write_bytes(installed, text.encode())
-    install_side_files(options.tokenizer_path, output, options.eos_token)
+    install_side_files(options.tokenizer_path, output, {"eos_token": options.eos_token,
+                                                        "mask_token": options.mask_token})
     special_tokens(installed, tok=tok)  # a trained tokenizer and --eos-token
     return tok
 
 
-def install_side_files(tokenizer_path: Path | None, output: Path, eos_token: str | None) -> None:
-    """OUTPUT gets the side files beside `tokenizer_path` (none for a trained tokenizer), and
-    `eos_token` in its tokenizer_config.json: the corpus then says how its documents end."""
+def install_side_files(tokenizer_path: Path | None, output: Path, declared: dict[str, str | None]) -> None:
+    """OUTPUT gets the side files beside `tokenizer_path` (none for a trained tokenizer), and the
+    special tokens `declared` ({"eos_token": ..., "mask_token": ...}, None: as the tokenizer says) in
+    its tokenizer_config.json: the corpus then says how its documents end and what masks a token."""
     for name in TOKENIZER_SIDE_FILES:
         source = tokenizer_path.with_name(name) if tokenizer_path is not None else None
         target = output / name
@@ -115,11 +122,12 @@ def install_side_files(tokenizer_path: Path | None, output: Path, eos_token: str
             target.unlink(missing_ok=True)
         elif not target.is_file() or target.read_bytes() != data:
             atomic_write_bytes(target, data)
-    if eos_token is not None:
+    declared = {key: value for key, value in declared.items() if value is not None}
+    if declared:
         target = output / TOKENIZER_CONFIG_FILE
         config = json.loads(target.read_text()) if target.is_file() else {}
-        if config.get("eos_token") != eos_token:
-            atomic_write_bytes(target, json.dumps({**config, "eos_token": eos_token}, indent=2).encode())
+        if any(config.get(key) != value for key, value in declared.items()):
+            atomic_write_bytes(target, json.dumps({**config, **declared}, indent=2).encode())
 
 
 def run_part(plan: Plan, output: Path, options: PrepareOptions, tok: Tokenizer, part: Part, log: Log) -> None:

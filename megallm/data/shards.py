@@ -55,12 +55,21 @@ class Manifest:
     units: int | None = None  # work units the inputs were cut into
     bos_id: int | None = None  # begins every document (tokenizers whose post-processor adds one)
     tokenizer_side_files: list[str] = field(default_factory=list)  # tokenizer_config.json etc. beside the tokenizer
+    mask_id: int | None = None  # masked-LM's mask token (train.objective=mlm); None: the tokenizer has none
 
     @property
     def segment_start_id(self) -> int:
         """The token that starts a document segment under document masking (megallm.model.packing):
         bos when documents carry one, else eos (megallm's own tokenizers)."""
         return self.bos_id if self.bos_id is not None else self.eos_id
+
+    def require_mask_token(self, where: str) -> int:
+        """The mask token's id, or a DataError saying how to give the corpus at `where` one."""
+        if self.mask_id is None:
+            raise DataError(f"train.objective=mlm needs a mask token, and the tokenizer of corpus {where} has none; "
+                            "prepare the corpus again with tools/prepare_data.py (trained tokenizers have <|mask|>; "
+                            "with --tokenizer add --mask-token '<|mask|>')")
+        return self.mask_id
 
     def tokens(self, split: str) -> int:
         return sum(s.tokens for s in self.splits.get(split, []))

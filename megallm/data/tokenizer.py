@@ -13,6 +13,11 @@ Special tokens (`special_tokens`): a document is `[bos] + text + [eos]`.
   special tokens (Llama 2's `<s>`, Llama 3's `<|begin_of_text|>`), so continued
   pretraining sees documents as the model saw them; None for megallm's own tokenizers,
   whose documents begin after the previous document's eos.
+- mask, the token masked-language modelling puts in place of hidden tokens
+  (train.objective=mlm; never in a document): `--mask-token` if given (added to a tokenizer
+  that lacks it), else the `mask_token` the Hugging Face files declare (BERT's `[MASK]`,
+  RoBERTa's `<mask>`), else megallm's own `<|mask|>`, which every tokenizer megallm trains
+  has; None when there is none.
 """
 
 from __future__ import annotations
@@ -23,25 +28,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES
 
 EOS_TOKEN = "<|endoftext|>"
+MASK_TOKEN = "<|mask|>"
 # Files that may declare the special tokens, in the order Hugging Face reads them.
 _DECLARING_FILES = (TOKENIZER_CONFIG_FILE, "special_tokens_map.json")
 _PROBE_TEXT = "a"  # any text: what the post-processor adds around it shows its bos
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train a byte-level BPE (GPT-2 style) with one special token, the end-of-document marker."""
+    """Train a byte-level BPE (GPT-2 style) with two special tokens: the end-of-document marker (id 0)
+    and the mask token of masked-language modelling (id 1)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
+        special_tokens=[EOS_TOKEN, MASK_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
         show_progress=False,
     )
@@ -110,6 +117,21 @@ def special_tokens(tokenizer_file: str | Path, eos_token: Optional[str] = None,
         raise DataError(f"end-of-document token {name!r} is not in tokenizer {tokenizer_file}; "
                         "pass --eos-token with one of its tokens")
     return SpecialTokens(eos_id=eos, bos_id=prepended_token(tok))
+
+
+def mask_token_id(tokenizer_file: str | Path, tok: Optional[Tokenizer] = None) -> Optional[int]:
+    """The id of the tokenizer's mask token (see the module docstring), or None when it has none."""
+    tok = tok or load_tokenizer(tokenizer_file)
+    name = declared_token(Path(tokenizer_file), "mask_token") or MASK_TOKEN
+    return tok.token_to_id(name)
+
+
+def add_mask_token(tok: Tokenizer, name: str) -> bool:
+    """Give `tok` the special token `name` (for masked-language modelling) unless it has it; whether it was added."""
+    if tok.token_to_id(name) is not None:
+        return False
+    tok.add_special_tokens([AddedToken(name, special=True, normalized=False)])
+    return True
 
 
 

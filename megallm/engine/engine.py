@@ -7,7 +7,12 @@
   which runs its own micro-batch schedule (one micro-batch per accumulation step).
   With document masking the first stage takes `(tokens, doc_ids)` and the stages pass
   `(hidden, doc_ids)` on: DeepSpeed sends tuples of tensors between stages, and
-  gradients for the floating-point ones only (none for the int64 doc ids).
+  gradients for the floating-point ones only (none for the int64 doc ids). The last
+  stage gets the targets as a tensor or a tuple (megallm.model.loss.Targets).
+
+What the windows are turned into (next-token or masked-LM inputs and targets) is the
+run's objective (megallm.engine.objective); masked-LM steps need each row's global sample
+index, which the loop passes along with the micro-batches.
 
 Gradient clipping: DeepSpeed clips inside ZeRO and bf16 optimizers and reports the norm.
 Without ZeRO in fp32 it clips in `clip_fp32_gradients` and discards the norm, and under
@@ -42,11 +47,11 @@ from megatron.core import parallel_state as ps
 from megallm.config import RunConfig
 from megallm.engine import deepspeed_internals as internals
 from megallm.engine.deepspeed_config import deepspeed_config
+from megallm.engine.objective import ModelInputs, Objective
 from megallm.engine.pipeline import build_pipeline, canonical_name
 from megallm.errors import CheckpointError
 from megallm.metrics.step_timer import StepTimer
 from megallm.model.llama import LayerDef, LlamaModel, compile_blocks, layer_defs
-from megallm.model.packing import document_ids, with_doc_ids
 from megallm.optim.adamw import build_optimizer, follow_schedule, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
 from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
@@ -81,15 +86,16 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
 class ParallelEngine:
     """The model under DeepSpeed for this rank's layout; steps on token windows.
 
-    `segment_start_id`: the token that starts a document in the corpus (its bos, else its
-    end-of-document token: megallm.data.shards.Manifest.segment_start_id); each packed
-    document then attends only within itself and its positions restart
-    (megallm.model.packing). None: plain causal attention over the whole window.
+    `objective` (megallm.engine.objective) turns windows into the model's inputs and targets;
+    its `segment_start_id` is the token that starts a document in the corpus (its bos, else
+    its end-of-document token: megallm.data.shards.Manifest.segment_start_id), so each packed
+    document attends only within itself and its positions restart (megallm.model.packing).
+    Default: next-token prediction with attention over the whole window.
     """
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, segment_start_id: Optional[int] = None):
+    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, objective: Optional[Objective] = None):
         self.ctx, self.dims, self.pipelined = ctx, ctx.dims, ctx.dims.pp > 1
-        self.segment_start_id = segment_start_id
+        self.objective = objective or Objective()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.defs: list[LayerDef] = layer_defs(
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
@@ -157,33 +163,44 @@ class ParallelEngine:
         return self.scheduler.get_last_lr()[0]
 
     # ---- steps: `micro_batches` are token windows [mbs, seq_len + 1] -------------------------
-    def _split(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """A token window -> (input tokens, labels, doc ids of the inputs or None), each [mbs, seq_len]."""
-        tokens, labels = window[:, :-1], window[:, 1:]
-        doc_ids = None if self.segment_start_id is None else document_ids(tokens, self.segment_start_id)
-        return tokens, labels, doc_ids
+    # `samples`: each micro-batch's rows' global sample indices (masked LM needs them; else optional).
+    def _inputs(self, micro_batches: list[torch.Tensor], samples: Optional[list[list[int]]]) -> list[ModelInputs]:
+        """The model's inputs of a step's micro-batches; with a loss mask, each gets the step's shared
+        denominator (megallm.model.loss.Targets): one all-reduce over the data-parallel group, no host sync."""
+        samples = samples if samples is not None else [None] * len(micro_batches)
+        inputs = [self.objective.inputs(window, rows) for window, rows in zip(micro_batches, samples, strict=True)]
+        masks = [batch.targets.loss_mask for batch in inputs if batch.targets.loss_mask is not None]
+        if masks:
+            scored = torch.stack([mask.sum() for mask in masks]).sum().to(torch.float32)
+            dist.all_reduce(scored, group=ps.get_data_parallel_group())
+            denominator = (scored / (self.dims.dp * len(micro_batches))).clamp(min=1e-6)
+            for batch in inputs:
+                batch.targets.denominator = denominator
+        return inputs
 
-    def _pipeline_batches(self, micro_batches: list[torch.Tensor]):
-        """(first stage's input, last stage's labels) per micro-batch, as DeepSpeed's pipeline takes them."""
-        for window in micro_batches:
-            tokens, labels, doc_ids = self._split(window)
-            yield with_doc_ids(tokens, doc_ids), labels
+    def _pipeline_batches(self, inputs: list[ModelInputs]):
+        """(first stage's input, last stage's targets) per micro-batch, as DeepSpeed's pipeline takes them."""
+        for batch in inputs:
+            yield batch.first_stage, batch.targets.as_tuple()
 
-    def _loss(self, window: torch.Tensor) -> torch.Tensor:
-        tokens, labels, doc_ids = self._split(window)
-        return self.engine(tokens, labels, doc_ids=doc_ids)
+    def _loss(self, batch: ModelInputs) -> torch.Tensor:
+        t = batch.targets
+        return self.engine(batch.tokens, t.labels, doc_ids=batch.doc_ids, loss_mask=t.loss_mask,
+                           nsp_labels=t.nsp_labels, denominator=t.denominator)
 
-    def train_step(self, micro_batches: list[torch.Tensor], timer: Optional[StepTimer] = None) -> torch.Tensor:
+    def train_step(self, micro_batches: list[torch.Tensor], timer: Optional[StepTimer] = None,
+                   samples: Optional[list[list[int]]] = None) -> torch.Tensor:
         """One optimizer step; returns this data-parallel replica's mean loss (no communication, no
         host-device sync). `timer` gets phases forward_backward (gradient reduction included) and
         optimizer; under pipeline parallelism DeepSpeed's schedule interleaves them: all is forward_backward."""
         timer = timer or StepTimer(self.ctx.device)
+        inputs = self._inputs(micro_batches, samples)
         if self.pipelined:
             with timer.phase("forward_backward"):
-                self.engine.train_batch(self._pipeline_batches(micro_batches))
+                self.engine.train_batch(self._pipeline_batches(inputs))
             return internals.pipeline_loss(self.engine).double()
         total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
-        for batch in micro_batches:
+        for batch in inputs:
             with timer.phase("forward_backward"):
                 loss = self._loss(batch)
                 self.engine.backward(loss)
@@ -193,14 +210,15 @@ class ParallelEngine:
         return total / len(micro_batches)
 
     @torch.no_grad()
-    def eval_loss(self, micro_batches: list[torch.Tensor]) -> float:
+    def eval_loss(self, micro_batches: list[torch.Tensor], samples: Optional[list[list[int]]] = None) -> float:
         """Mean loss over the micro-batches of every data-parallel replica (collective)."""
+        inputs = self._inputs(micro_batches, samples)
         if self.pipelined:
-            loss = self.engine.eval_batch(self._pipeline_batches(micro_batches), num_micro_batches=len(micro_batches))
+            loss = self.engine.eval_batch(self._pipeline_batches(inputs), num_micro_batches=len(micro_batches))
             self.engine.train()
             return float(loss)
         self.engine.eval()
-        total = sum(self._loss(b).double() for b in micro_batches) / len(micro_batches)
+        total = sum(self._loss(b).double() for b in inputs) / len(micro_batches)
         self.engine.train()
         return self.mean_over_data_parallel(total)
 

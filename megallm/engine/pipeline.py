@@ -22,7 +22,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
 from megallm.model.layers import TransformerBlock
 from megallm.model.llama import LayerDef
-from megallm.model.loss import lm_loss
+from megallm.model.loss import objective_loss
 
 PARTITION_METHODS = {"layers": f"type:{TransformerBlock.__name__}", "parameters": "parameters"}
 
@@ -70,7 +70,7 @@ def build_pipeline(defs: list[LayerDef], topology, partition: str, verbose: bool
     # no_grad: DeepSpeed broadcasts the tied weight in place at construction, which autograd must not record.
     # redirect_stdout: DeepSpeed prints seeds and its stage table on rank 0; megallm prints one line below.
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        module = LlamaPipeline(specs, topology=topology, loss_fn=lm_loss,
+        module = LlamaPipeline(specs, topology=topology, loss_fn=objective_loss,
                                partition_method=PARTITION_METHODS[partition], activation_checkpoint_interval=0)
     if verbose:
         print("pipeline stages: " + " | ".join(

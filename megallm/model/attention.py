@@ -4,16 +4,18 @@ Every caller passes per-rank tensors in Megatron's `[s, b, n, d]` layout (sequen
 batch, heads, head dim) and gets `[s, b, n * d]` back. Grouped-query attention is
 native to every kernel: `k` and `v` may have fewer heads than `q`.
 
-Attention is causal. Given document ids (megallm.model.packing) it is also confined to
-each token's own segment (block-diagonal causal), as each kernel best takes it:
+Attention is causal (a decoder), or bidirectional (`causal=False`: an encoder trained
+with train.objective=mlm, model.bidirectional). Given document ids (megallm.model.packing)
+it is also confined to each token's own segment (block-diagonal, causal or not), as each
+kernel best takes it:
 - flash-attn: `flash_attn_varlen_func` over the segments laid end to end, one
   [b * s, n, d] batch cut at the int32 offsets `cu_seqlens`; no mask exists.
 - FlexAttention (`torch.nn.attention.flex_attention`, compiled to a Triton kernel on
-  CUDA): a `BlockMask` from the document-causal `mask_mod`. Blocks of 128 x 128 that
+  CUDA): a `BlockMask` from the document(-causal) `mask_mod`. Blocks of 128 x 128 that
   are fully masked are skipped, so short documents cost less, and no s x s tensor
   exists. The CUDA path without flash-attn when documents are masked.
-- SDPA: plain causal (`is_causal`, SDPA's flash / cuDNN backends on CUDA), or a boolean
-  mask [b, 1, s, s] (True: may attend). The mask materialises b * s * s bytes
+- SDPA: plain causal (`is_causal`, SDPA's flash / cuDNN backends on CUDA), unmasked when
+  bidirectional, or a boolean mask [b, 1, s, s] (True: may attend). The mask materialises b * s * s bytes
   (8 x 4096 x 4096 = 128 MiB), one tensor shared by all layers of a forward pass; on CPU
   the math kernel builds the [b, n, s, s] scores anyway; on CUDA an arbitrary mask rules
   out SDPA's flash backend. The CPU path, and the reference the others are tested against.
@@ -53,7 +55,7 @@ def _flash_attn():
 
 
 def attention_backend(device: torch.device, dtype: torch.dtype, masked: bool, requested: str = "auto") -> str:
-    """Which kernel `causal_attention` uses for tensors on this device and dtype, with
+    """Which kernel `self_attention` uses for tensors on this device and dtype, with
     (`masked`) or without document masking, given the config's `kernels.attention`."""
     if requested != "auto":
         return requested
@@ -64,41 +66,45 @@ def attention_backend(device: torch.device, dtype: torch.dtype, masked: bool, re
     return "sdpa"
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     doc_ids: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
-    """Causal softmax(q k^T / sqrt(d)) v, within each token's own document if `doc_ids` are given.
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: Optional[torch.Tensor] = None,
+                   backend: str = "auto", causal: bool = True) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over earlier-or-same positions (`causal`) or all positions,
+    within each token's own document if `doc_ids` are given.
 
     q: [s, b, nh, d]; k, v: [s, b, nkv, d] with nh % nkv == 0; doc_ids: [b, s] int, or
-    None for plain causal attention over the whole sequence; backend: one of
+    None for attention over the whole sequence; backend: one of
     megallm.model.config.ATTENTION_BACKENDS. Returns [s, b, nh * d].
     """
     kernel = attention_backend(q.device, q.dtype, doc_ids is not None, backend)
     if kernel == "flash_attn":
-        return _flash_attention(q, k, v, doc_ids)
+        return _flash_attention(q, k, v, doc_ids, causal)
     if kernel == "flex":
-        return _flex_attention(q, k, v, doc_ids)
-    return _sdpa_attention(q, k, v, doc_ids)
+        return _flex_attention(q, k, v, doc_ids, causal)
+    return _sdpa_attention(q, k, v, doc_ids, causal)
 
 
-def _flash_attention(q, k, v, doc_ids):
+def _flash_attention(q, k, v, doc_ids, causal):
     s, b, nh, d = q.shape
     dense, varlen = _flash_attn()
     q_, k_, v_ = (t.transpose(0, 1) for t in (q, k, v))  # [b, s, n, d]; flash-attn handles nkv < nh itself
     if doc_ids is None:
-        out = dense(q_, k_, v_, causal=True)  # [b, s, nh, d]
+        out = dense(q_, k_, v_, causal=causal)  # [b, s, nh, d]
     else:
         segments = varlen_segments(doc_ids)
         # Rows end to end, [b * s, n, d], in the (b, s) order cu_seqlens counts.
         q_, k_, v_ = (t.reshape(b * s, t.shape[2], d) for t in (q_, k_, v_))
         out = varlen(q_, k_, v_, segments.cu_seqlens, segments.cu_seqlens, segments.max_seqlen,
-                     segments.max_seqlen, causal=True).view(b, s, nh, d)
+                     segments.max_seqlen, causal=causal).view(b, s, nh, d)
     return out.transpose(0, 1).reshape(s, b, nh * d)
 
 
-def _flex_attention(q, k, v, doc_ids):
+def _flex_attention(q, k, v, doc_ids, causal):
     s, b, nh, d = q.shape
     q_, k_, v_ = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, n, s, d]
-    mask = causal_block_mask(s, q.device) if doc_ids is None else document_block_mask(doc_ids)
+    if doc_ids is None:
+        mask = causal_block_mask(s, q.device) if causal else None
+    else:
+        mask = document_block_mask(doc_ids) if causal else document_bidirectional_block_mask(doc_ids)
     out = _flex_kernel(q.device.type)(q_, k_, v_, block_mask=mask, enable_gqa=k.shape[2] != nh)
     return out.permute(2, 0, 1, 3).reshape(s, b, nh * d)  # [b, nh, s, d] -> [s, b, nh*d]
 
@@ -141,6 +147,20 @@ def document_block_mask(doc_ids: torch.Tensor):
     return create_block_mask(document_causal, B=b, H=None, Q_LEN=s, KV_LEN=s, device=doc_ids.device)
 
 
+@once_per_doc_ids
+def document_bidirectional_block_mask(doc_ids: torch.Tensor):
+    """FlexAttention's BlockMask for doc_ids [b, s]: query i attends key j iff both are in the same segment."""
+    # deferred: as in _flex_kernel
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, s = doc_ids.shape
+
+    def same_document(batch, head, query, key):
+        return doc_ids[batch, query] == doc_ids[batch, key]
+
+    return create_block_mask(same_document, B=b, H=None, Q_LEN=s, KV_LEN=s, device=doc_ids.device)
+
+
 @functools.lru_cache(maxsize=8)
 def causal_block_mask(s: int, device: torch.device):
     """FlexAttention's BlockMask for plain causal attention over s positions (one per shape)."""
@@ -151,12 +171,15 @@ def causal_block_mask(s: int, device: torch.device):
                              device=device)
 
 
-def _sdpa_attention(q, k, v, doc_ids):
+def _sdpa_attention(q, k, v, doc_ids, causal):
     s, b, nh, d = q.shape
     # SDPA takes [b, n, s, d]; on CUDA it picks flash / cuDNN / efficient, on CPU the math kernel.
     q_, k_, v_ = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-    mask = None if doc_ids is None else block_causal_mask(doc_ids)
-    out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=mask is None,
+    if doc_ids is None:
+        mask = None
+    else:
+        mask = block_causal_mask(doc_ids) if causal else block_diagonal_mask(doc_ids)
+    out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=causal and mask is None,
                                          enable_gqa=k.shape[2] != nh)
     return out.permute(2, 0, 1, 3).reshape(s, b, nh * d)  # [b, nh, s, d] -> [s, b, nh*d]
 
@@ -181,6 +204,12 @@ def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()  # [s, s]
     same_document = doc_ids[:, :, None] == doc_ids[:, None, :]  # [b, s, s]
     return (same_document & causal)[:, None]
+
+
+@once_per_doc_ids
+def block_diagonal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[b, 1, s, s] bool, True where query i may attend key j in both directions: the same segment."""
+    return (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,12 @@ class ModelConfig:
     # The embedding table is padded to a multiple of this times the tensor-parallel degree
     # (Megatron's default 128: whole 64-wide tiles for GEMMs, even shards for TP).
     make_vocab_size_divisible_by: int = 128
+    # An encoder: every token attends to the whole sequence (its document, with document masking),
+    # as masked-language-model pretraining needs (train.objective=mlm sets it). No Hugging Face Llama
+    # equivalent: such a model is not exported to transformers.
+    bidirectional: bool = False
+    # BERT's next-sentence-prediction head on the first position (pooler + 2-way classifier; mlm.nsp sets it).
+    nsp_head: bool = False
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -124,6 +130,9 @@ class ModelConfig:
             )
         if self.vocab_size is not None and self.vocab_size <= 0:
             problems.append(f"model.vocab_size must be positive, got {self.vocab_size}")
+        if self.nsp_head and not self.bidirectional:
+            problems.append("model.nsp_head=true needs model.bidirectional=true (next-sentence prediction is an "
+                            "encoder's task: train.objective=mlm mlm.nsp=true)")
         if self.max_position_embeddings is not None and self.max_position_embeddings <= 0:
             problems.append(f"model.max_position_embeddings must be positive, got {self.max_position_embeddings}")
         problems += self.rope_scaling.problems()

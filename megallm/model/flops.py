@@ -19,7 +19,7 @@ class ParameterCount:
     total: int
     embedding: int  # input embedding table (shared with the output layer when tied)
     output: int  # untied output projection; 0 when tied
-    blocks: int  # transformer blocks and the final norm
+    blocks: int  # transformer blocks, the final norm and a next-sentence head
 
     @property
     def non_embedding(self) -> int:
@@ -44,6 +44,8 @@ def parameter_count(cfg: ModelConfig, tp: int = 1, padded: bool = True) -> Param
     embedding = vocab * cfg.hidden_size
     output = 0 if cfg.tie_embeddings else embedding
     blocks = cfg.num_layers * block_parameters(cfg) + cfg.hidden_size  # + final norm
+    if cfg.nsp_head:  # pooler (h x h + bias) and 2-way classifier (+ bias)
+        blocks += cfg.hidden_size * (cfg.hidden_size + 1) + 2 * (cfg.hidden_size + 1)
     return ParameterCount(total=embedding + output + blocks, embedding=embedding, output=output, blocks=blocks)
 
 

@@ -46,7 +46,7 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from torch.utils.checkpoint import checkpoint
 
-from megallm.model.attention import causal_attention, masked_attention
+from megallm.model.attention import masked_attention, self_attention
 from megallm.model.config import RECOMPUTE_MODES, RopeScaling
 from megallm.model.packing import Activations, document_positions, split_doc_ids, with_doc_ids
 
@@ -138,14 +138,16 @@ class KVCache:
 
 
 class GroupedQueryAttention(nn.Module):
-    """Causal self-attention with `num_kv_heads` key/value heads shared by query groups."""
+    """Self-attention with `num_kv_heads` key/value heads shared by query groups: causal, or
+    bidirectional for an encoder (model.bidirectional)."""
 
     def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, layer_init, out_init,
                  recompute_core: bool = False, attention: str = "auto"):
         super().__init__()
         tp = tp_group.size()
         self.recompute_core = recompute_core
-        self.attention = attention  # kernels.attention: which kernel causal_attention runs
+        self.attention = attention  # kernels.attention: which kernel self_attention runs
+        self.causal = not cfg.bidirectional
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.head_dim = cfg.head_dim
         self.q_per_kv = cfg.num_heads // cfg.num_kv_heads
@@ -165,9 +167,9 @@ class GroupedQueryAttention(nn.Module):
         positions = None if doc_ids is None else document_positions(doc_ids)
         q, k, v = self._project(x, positions)
         if self.recompute_core and torch.is_grad_enabled():
-            ctx = checkpoint(causal_attention, q, k, v, doc_ids, self.attention, use_reentrant=False)
+            ctx = checkpoint(self_attention, q, k, v, doc_ids, self.attention, self.causal, use_reentrant=False)
         else:
-            ctx = causal_attention(q, k, v, doc_ids, self.attention)  # [s, b, nh * d]
+            ctx = self_attention(q, k, v, doc_ids, self.attention, self.causal)  # [s, b, nh * d]
         out, _ = self.out(ctx)  # [s, b, h], all-reduced over tp (reduce-scattered to [s / tp, b, h] under SP)
         return out
 

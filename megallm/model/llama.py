@@ -1,5 +1,10 @@
 """The Llama decoder as a flat list of layers: embedding, N transformer blocks, final norm, output.
 
+An encoder (model.bidirectional, trained with train.objective=mlm) is the same list with
+attention that looks both ways, and, with model.nsp_head, BERT's next-sentence head
+between the final norm and the output: it passes `(hidden, nsp_logits)` on and the output
+layer `(logits, nsp_logits)`.
+
 `layer_defs` is the one definition of the model. `LlamaModel` builds and runs the whole
 list in one process; the pipeline-parallel wrapper (megallm.engine.pipeline) cuts the
 same list into stages. Each layer takes one value and returns one, as DeepSpeed's
@@ -41,7 +46,7 @@ from megatron.core.tensor_parallel import (
 
 from megallm.model.config import KernelConfig, ModelConfig, padded_vocab_size
 from megallm.model.layers import KVCache, RMSNorm, TransformerBlock, normal_init
-from megallm.model.loss import chunked_lm_loss, liger_lm_loss, lm_loss
+from megallm.model.loss import Targets, chunked_lm_loss, liger_lm_loss, lm_loss, nsp_loss
 from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
 
 # Canonical parameters with one row per vocabulary entry (padded for TP inside the model;
@@ -94,9 +99,10 @@ class EmbeddingLayer(VocabParallelEmbedding):
         return mask_padded_vocab(out, self.vocab_start_index, self.true_vocab_size)
 
 
-def tied_logits(embedding: EmbeddingLayer, x: torch.Tensor) -> torch.Tensor:
+def tied_logits(embedding: EmbeddingLayer, x: Activations) -> Activations:
     """Forward of the output position when it shares the embedding's weight."""
-    return embedding.logits(x)
+    hidden, nsp_logits = split_doc_ids(x)  # (hidden, nsp_logits) after a next-sentence head
+    return with_doc_ids(embedding.logits(hidden), nsp_logits)
 
 
 class OutputLayer(ColumnParallelLinear):
@@ -109,9 +115,10 @@ class OutputLayer(ColumnParallelLinear):
         self.true_vocab_size = cfg.vocab_size
         self.vocab_start_index = tp_group.rank() * self.output_size_per_partition
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, _ = super().forward(x)
-        return mask_padded_vocab(logits, self.vocab_start_index, self.true_vocab_size)
+    def forward(self, x: Activations) -> Activations:
+        hidden, nsp_logits = split_doc_ids(x)  # (hidden, nsp_logits) after a next-sentence head
+        logits, _ = super().forward(hidden)
+        return with_doc_ids(mask_padded_vocab(logits, self.vocab_start_index, self.true_vocab_size), nsp_logits)
 
 
 def mask_padded_vocab(logits: torch.Tensor, first_id: int, vocab_size: int) -> torch.Tensor:
@@ -136,6 +143,28 @@ class FinalNorm(RMSNorm):
     def forward(self, activations: Activations) -> torch.Tensor:
         x, _ = split_doc_ids(activations)
         return super().forward(x)
+
+
+class NextSentenceHead(nn.Module):
+    """BERT's next-sentence prediction: the first position's final hidden state through a pooler
+    (dense + tanh) and a 2-way classifier. Small and replicated on every tensor-parallel rank.
+    Passes `(hidden, nsp_logits [b, 2])` on to the output layer."""
+
+    def __init__(self, cfg: ModelConfig, mp_config: ModelParallelConfig, tp_group):
+        super().__init__()
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size, dtype=mp_config.params_dtype)
+        self.classifier = nn.Linear(cfg.hidden_size, 2, dtype=mp_config.params_dtype)
+        if mp_config.perform_initialization:
+            for linear in (self.pooler, self.classifier):
+                nn.init.normal_(linear.weight, std=cfg.init_std)
+                nn.init.zeros_(linear.bias)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [s, b, h] -> [b, 2]."""
+        return self.classifier(torch.tanh(self.pooler(hidden[0])))
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden, self.logits(hidden)
 
 
 def layer_seed(run_seed: int, index: int) -> int:
@@ -167,7 +196,8 @@ class LayerDef:
 
 def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dtype = torch.float32,
                recompute: str = "none", sequence_parallel: bool = False, attention: str = "auto") -> list[LayerDef]:
-    """The model as a flat list: embedding, `num_layers` blocks, final norm, output projection."""
+    """The model as a flat list: embedding, `num_layers` blocks, final norm, [next-sentence head,] output
+    projection."""
     assert cfg.vocab_size is not None, "model.vocab_size must be resolved before building the model"
     vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp_group.size())
     mp = megatron_config(tp_group.size(), params_dtype, initialize=True, sequence_parallel=sequence_parallel)
@@ -177,6 +207,8 @@ def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dty
         defs.append(LayerDef(f"blocks.{i}", TransformerBlock, {**common, "recompute": recompute,
                                                                "attention": attention}, layer_seed(seed, 1 + i)))
     defs.append(LayerDef("final_norm", FinalNorm, common, layer_seed(seed, cfg.num_layers + 1)))
+    if cfg.nsp_head:
+        defs.append(LayerDef("nsp_head", NextSentenceHead, common, layer_seed(seed, cfg.num_layers + 3)))
     if cfg.tie_embeddings:
         defs.append(LayerDef("output", EmbeddingLayer, {**common, "vocab": vocab}, defs[0].seed,
                              tied_to="embedding", forward_fn=tied_logits))
@@ -196,31 +228,47 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.kernels = kernels or KernelConfig()
-        self.embedding = defs[0].build(meta)
+        by_name = {d.name: d for d in defs}
+        self.embedding = by_name["embedding"].build(meta)
         self.blocks = nn.ModuleList(d.build(meta) for d in defs[1:1 + cfg.num_layers])
-        self.final_norm = defs[-2].build(meta)
-        self.output = None if defs[-1].tied_to else defs[-1].build(meta)
+        self.final_norm = by_name["final_norm"].build(meta)
+        self.nsp_head = by_name["nsp_head"].build(meta) if "nsp_head" in by_name else None
+        self.output = None if by_name["output"].tied_to else by_name["output"].build(meta)
 
     def forward(self, tokens: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits [s, b, vocab / tp] for tokens [b, s]; the mean loss if labels [b, s] are given.
+                doc_ids: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
+                nsp_labels: Optional[torch.Tensor] = None, denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [s, b, vocab / tp] for tokens [b, s]; the mean loss if labels [b, s] are given
+        (over the positions `loss_mask` [b, s] selects, plus the next-sentence loss with nsp_labels [b];
+        megallm.model.loss.Targets).
 
         With doc_ids [b, s] (megallm.model.packing.document_ids) each packed document attends
-        only within itself and its positions restart at 0; None: causal over the whole row.
+        only within itself and its positions restart at 0; None: attention over the whole row.
         """
+        hidden = self.hidden_states(tokens, doc_ids)
+        if labels is None:
+            return self._logits(hidden)
+        return self._loss(hidden, Targets(labels, loss_mask, nsp_labels, denominator))
+
+    def hidden_states(self, tokens: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The final norm's output [s, b, h] for tokens [b, s] (fine-tuning heads and embeddings read it)."""
         x = self.embedding(with_doc_ids(tokens, doc_ids))
         for block in self.blocks:
             x = block(x)
-        hidden = self.final_norm(x)
-        return self._logits(hidden) if labels is None else self._loss(hidden, labels)
+        return self.final_norm(x)
 
-    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, hidden: torch.Tensor, targets: Targets) -> torch.Tensor:
+        labels, mask, denominator = targets.labels, targets.loss_mask, targets.denominator
         if self.kernels.loss == "chunked":
-            return chunked_lm_loss(hidden, labels, self._logits, self.kernels.loss_chunk_tokens)
-        if self.kernels.loss == "liger":
+            loss = chunked_lm_loss(hidden, labels, self._logits, self.kernels.loss_chunk_tokens, mask, denominator)
+        elif self.kernels.loss == "liger":
             weight = self.embedding.weight if self.output is None else self.output.weight
-            return liger_lm_loss(hidden, labels, weight, self.cfg.vocab_size)
-        return lm_loss(self._logits(hidden), labels)
+            loss = liger_lm_loss(hidden, labels, weight, self.cfg.vocab_size, mask, denominator)
+        else:
+            loss = lm_loss(self._logits(hidden), labels, mask, denominator)
+        if self.nsp_head is not None and targets.nsp_labels is not None:
+            loss = loss + nsp_loss(self.nsp_head.logits(hidden), targets.nsp_labels)
+        return loss
 
     def forward_cached(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[KVCache], start: int,
                        mask: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The language-model loss from the final hidden states: plain, chunked or liger-kernel's fused.
 
-All three return the mean next-token cross-entropy over a micro-batch and differ only in
-memory and speed (kernels.loss, megallm.model.config.KernelConfig):
+All three return the mean cross-entropy over a micro-batch's scored positions (every
+position for next-token prediction; given a `loss_mask`, the masked-LM's selected
+positions, or a fine-tuning's response tokens) and differ only in memory and speed
+(kernels.loss, megallm.model.config.KernelConfig):
 - plain (`lm_loss`): the logits [s, b, vocab / tp] of the whole micro-batch, in fp32 for
   the cross-entropy. For Llama 3's vocabulary of 128,256 and 8192 tokens that is 4.2 GB
   in fp32, plus its gradient: more than the rest of a 1B model's activations.
@@ -13,43 +15,100 @@ memory and speed (kernels.loss, megallm.model.config.KernelConfig):
   also chunks and computes the gradient in its forward. Tensor parallelism 1 only.
 Padded vocabulary rows never take probability: plain and chunked mask their logits to
 -inf (megallm.model.llama.mask_padded_vocab), liger is given only the real rows.
+
+`Targets` are what a micro-batch is scored against: the labels [b, s], with the loss
+mask [b, s] (bool) and next-sentence labels [b] when the objective has them.
+`objective_loss` scores the pipeline's last stage output with them.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from torch.utils.checkpoint import checkpoint
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy. logits: [s, b, vocab / tp]; labels: [b, s]."""
+@dataclass
+class Targets:
+    """What a micro-batch is scored against.
+
+    With a loss mask the number of scored positions varies from micro-batch to micro-batch, so a
+    per-micro-batch mean would weigh tokens by how the batch was cut into micro-batches (the data-
+    parallel degree, the accumulation steps). `denominator` fixes that: the scored positions of the
+    whole optimizer step (all micro-batches, all data-parallel ranks) divided by the number of
+    micro-batches they form; the engine computes it (megallm.engine.engine). Averaging the micro-
+    batch losses then gives the mean over every scored token of the step, in every layout.
+    """
+
+    labels: torch.Tensor  # [b, s] token ids
+    loss_mask: Optional[torch.Tensor] = None  # [b, s] bool: the positions scored; None: all
+    nsp_labels: Optional[torch.Tensor] = None  # [b] int64: 1 where the second half is not the continuation
+    denominator: Optional[torch.Tensor] = None  # 0-dim float; None: this micro-batch's scored positions
+
+    def as_tuple(self) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """As DeepSpeed's pipeline carries labels: a tensor, or a tuple of tensors (see `from_tuple`)."""
+        if self.loss_mask is None and self.nsp_labels is None:
+            return self.labels
+        mask = self.loss_mask if self.loss_mask is not None else torch.ones_like(self.labels, dtype=torch.bool)
+        denominator = self.denominator if self.denominator is not None else mask.sum().float().clamp(min=1)
+        return (self.labels, mask, denominator) + (() if self.nsp_labels is None else (self.nsp_labels,))
+
+    @classmethod
+    def from_tuple(cls, value: Union[torch.Tensor, tuple[torch.Tensor, ...]]) -> "Targets":
+        if isinstance(value, torch.Tensor):
+            return cls(value)
+        labels, mask, denominator, *nsp = value
+        return cls(labels, mask, nsp[0] if nsp else None, denominator)
+
+
+def _masked_mean(per_token: torch.Tensor, loss_mask: Optional[torch.Tensor],
+                 denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sum of per_token [s, b] over loss_mask [b, s] divided by `denominator` (default: the positions
+    scored; a micro-batch that scores none gives 0); the plain mean when there is no mask."""
+    if loss_mask is None:
+        return per_token.mean()
+    weights = loss_mask.t().to(per_token.dtype)
+    return (per_token * weights).sum() / (weights.sum().clamp(min=1) if denominator is None else denominator)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+            denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean cross-entropy over the scored positions (see Targets.denominator). logits: [s, b, vocab / tp];
+    labels, loss_mask: [b, s]."""
     per_token = vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous())  # [s, b]
-    return per_token.mean()
+    return _masked_mean(per_token, loss_mask, denominator)
 
 
 def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor],
-                    chunk_tokens: int) -> torch.Tensor:
-    """`lm_loss(project(hidden), labels)` computed `chunk_tokens` positions (over the batch) at a time.
+                    chunk_tokens: int, loss_mask: Optional[torch.Tensor] = None,
+                    denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`lm_loss(project(hidden), labels, loss_mask, denominator)` computed `chunk_tokens` positions (over the
+    batch) at a time.
 
-    hidden: [s, b, h]; labels: [b, s]; project: hidden [c, b, h] -> logits [c, b, vocab / tp].
+    hidden: [s, b, h]; labels, loss_mask: [b, s]; project: hidden [c, b, h] -> logits [c, b, vocab / tp].
     """
     s, b = hidden.shape[0], hidden.shape[1]
     step = max(1, chunk_tokens // b)
+    weights = torch.ones_like(labels, dtype=torch.float32) if loss_mask is None else loss_mask.float()
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, s, step):
         chunk = slice(start, min(start + step, s))
-        total = total + checkpoint(_chunk_loss_sum, project, hidden[chunk], labels[:, chunk], use_reentrant=False)
-    return total / labels.numel()
+        total = total + checkpoint(_chunk_loss_sum, project, hidden[chunk], labels[:, chunk], weights[:, chunk],
+                                   use_reentrant=False)
+    return total / (weights.sum().clamp(min=1) if denominator is None else denominator)
 
 
-def _chunk_loss_sum(project, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return vocab_parallel_cross_entropy(project(hidden).float(), labels.t().contiguous()).sum()
+def _chunk_loss_sum(project, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    per_token = vocab_parallel_cross_entropy(project(hidden).float(), labels.t().contiguous())
+    return (per_token * weights.t()).sum()
 
 
-def liger_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def liger_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, vocab_size: int,
+                  loss_mask: Optional[torch.Tensor] = None, denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
     """liger-kernel's fused linear cross-entropy over the real vocabulary rows of `weight` [vocab, h]."""
     from liger_kernel.transformers.fused_linear_cross_entropy import (  # optional: liger-kernel, CUDA only
         LigerFusedLinearCrossEntropyLoss,
@@ -57,4 +116,26 @@ def liger_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
 
     s, b, h = hidden.shape
     flat = hidden.reshape(s * b, h)  # token (i, j) at row i * b + j, as labels.t() flattens
-    return LigerFusedLinearCrossEntropyLoss()(weight[:vocab_size], flat, labels.t().reshape(s * b))
+    if loss_mask is not None:  # liger skips ignore_index (-100) positions and averages over the rest
+        labels = labels.masked_fill(~loss_mask, -100)
+    loss = LigerFusedLinearCrossEntropyLoss()(weight[:vocab_size], flat, labels.t().reshape(s * b))
+    if loss_mask is not None and denominator is not None:
+        loss = loss * loss_mask.sum().clamp(min=1) / denominator
+    return loss
+
+
+def nsp_loss(nsp_logits: torch.Tensor, nsp_labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-sentence cross-entropy: logits [b, 2], labels [b]."""
+    return F.cross_entropy(nsp_logits.float(), nsp_labels)
+
+
+def objective_loss(outputs: Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]],
+                   targets: Union[torch.Tensor, tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """The pipeline's loss function: the last stage's logits [s, b, vocab / tp] (with the next-sentence
+    logits [b, 2] when the model has that head) against `Targets.as_tuple()`."""
+    target = Targets.from_tuple(targets)
+    logits, nsp_logits = (outputs, None) if isinstance(outputs, torch.Tensor) else outputs
+    loss = lm_loss(logits, target.labels, target.loss_mask, target.denominator)
+    if nsp_logits is not None:
+        loss = loss + nsp_loss(nsp_logits, target.nsp_labels)
+    return loss

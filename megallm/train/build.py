@@ -21,7 +21,10 @@ from megallm.checkpoint.verify import choose_resume_checkpoint
 from megallm.config import ConfigError, RunConfig, batch_layout, config_from_yaml, resolved_precision
 from megallm.data.corpus import Corpus
 from megallm.data.loader import EvalBatches, TrainBatches
+from megallm.data.masking import MaskingRule
+from megallm.data.shards import Manifest
 from megallm.engine.engine import ParallelEngine
+from megallm.engine.objective import Objective
 from megallm.files import RUN_CONFIG_FILE
 from megallm.metrics.throughput import device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
@@ -68,8 +71,7 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         check_compatible(read_state(resume_from), state, resume_from)
 
     seed_everything(cfg.train.seed)
-    engine = ParallelEngine(cfg, ctx, precision,
-                            segment_start_id=corpus.manifest.segment_start_id if cfg.data.document_masking else None)
+    engine = ParallelEngine(cfg, ctx, precision, objective=run_objective(cfg, corpus.manifest))
     val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
                               micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
                               device=ctx.device)
@@ -94,6 +96,19 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         f"{global_sequences} x {cfg.train.seq_len} tokens per step, grad accumulation {grad_accum}"
     )
     return trainer
+
+
+def run_objective(cfg: RunConfig, manifest: Manifest) -> Objective:
+    """What the run's windows train the model to predict (train.objective, data.document_masking)."""
+    start = manifest.segment_start_id if cfg.data.document_masking else None
+    if cfg.train.objective != "mlm":
+        return Objective(segment_start_id=start)
+    m = cfg.mlm
+    framing = tuple(t for t in (manifest.eos_id, manifest.bos_id) if t is not None)
+    rule = MaskingRule(m.mask_prob, m.replace_with_mask, m.replace_with_random,
+                       mask_id=manifest.require_mask_token(cfg.data.path), vocab_size=manifest.vocab_size,
+                       protected_ids=framing)
+    return Objective(segment_start_id=start, masking=rule, nsp=m.nsp, seed=cfg.train.seed)
 
 
 def _schedule_change(cfg: RunConfig, checkpoint: Path, step: int) -> Optional[str]:

@@ -122,15 +122,17 @@ class Trainer:
     def _train_step(self) -> StepOutput:
         """One optimizer step over `grad_accum` micro-batches; the state moves on by one step."""
         lr = self.engine.learning_rate  # the LR this step applies
-        micro_batches, samples = [], []
+        micro_batches, rows = [], []
         with self.timer.phase("data", device=False):
             for _ in range(self.grad_accum):
                 micro_batches.append(self.batches.next_micro_batch())
-                samples += self.batches.last_samples
+                rows.append(self.batches.last_samples)
+        samples = [sample for batch in rows for sample in batch]
         if self.skip_batch:
             loss, applied = torch.zeros((), device=self.ctx.device, dtype=torch.float64), False
         else:
-            loss, applied = self.engine.train_step(micro_batches, self.timer), self.engine.update_applied
+            loss = self.engine.train_step(micro_batches, self.timer, samples=rows)
+            applied = self.engine.update_applied
         self.state.step += 1
         self.state.consumed_samples += self.global_sequences
         self.state.tokens_seen += self.tokens_per_step

@@ -21,6 +21,10 @@ layouts train with document masking at work (on by default): many training windo
 span an end of document. A run with masking switched off
 (`data.document_masking=false`) shows that it is.
 
+The masked-LM objective is checked the same way: an encoder with BERT's next-sentence head
+at TP=2 and PP=2 (its TP=2 checkpoint resumes bit-identically), and with document masking
+at DP=2 under ZeRO-2.
+
 Also here: a checkpoint of a TP x PP run resumes under the same layout bit-identically,
 and resuming it under another layout stops with one line naming both layouts and the
 command that reshards it.
@@ -33,10 +37,12 @@ tests/integration/test_train_resume.py launches through torchrun.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers import (
     SMALL_MODEL,
@@ -55,6 +61,8 @@ SCHEDULE = ["train.precision=fp32", "train.seq_len=32", "train.micro_batch_size=
             "optim.lr=3e-3", "optim.warmup_steps=2", "logging.every=1", "train.eval_every=5", "train.eval_batches=2",
             "checkpoint.every=5", "checkpoint.keep_last=0", "checkpoint.consolidated=true"]
 UNTIED = ["model.tie_embeddings=false"]
+# Masked-LM with next-sentence prediction (an encoder with the NSP head; halves must see each other).
+MLM = ["train.objective=mlm", "mlm.nsp=true", "data.document_masking=false"]
 
 # name: (ranks, overrides, baseline). Recompute modes ride along on some layouts; their exact
 # equality to no recompute is tested in one process in tests/model/test_llama_reference.py.
@@ -66,6 +74,11 @@ LAYOUTS = {
     "dp2_zero3": (2, ["+parallel=zero3"], "single"),
     "tp2pp2": (4, ["+parallel=tp2pp2", "parallel.pipeline_partition=parameters"], "single"),
     "tp2dp2_zero3_untied": (4, ["parallel.tp=2", "parallel.zero_stage=3", *UNTIED], "single_untied"),
+    "mlm_tp2": (2, ["parallel.tp=2", *MLM], "single_mlm"),
+    "mlm_pp2": (2, ["+parallel=pp2", *MLM], "single_mlm"),
+    # Without next-sentence pairs (drawn within a micro-batch, so they follow its composition), masked LM
+    # is the same in data-parallel layouts too: each step's loss is normalised by its scored tokens.
+    "mlm_dp2_zero2": (2, ["parallel.zero_stage=2", "train.objective=mlm"], "single_mlm_documents"),
 }
 
 
@@ -83,11 +96,15 @@ def runs(short_documents, tmp_path_factory):
     out["single"] = run("single", 1, [])
     out["single_untied"] = run("single_untied", 1, UNTIED)
     out["single_unmasked"] = run("single_unmasked", 1, ["data.document_masking=false"])
+    out["single_mlm"] = run("single_mlm", 1, MLM)
+    out["single_mlm_documents"] = run("single_mlm_documents", 1, ["train.objective=mlm"])
     for name, (nproc, extra, _) in LAYOUTS.items():
         out[name] = run(name, nproc, extra)
     # The TP x PP run's step-5 checkpoint, resumed by new processes into another run folder.
     step5 = root / "tp2pp2" / "checkpoints" / "step_00000005"
     out["tp2pp2_resumed"] = run("tp2pp2_resumed", 4, [*LAYOUTS["tp2pp2"][1], f"train.resume={step5}"])
+    mlm_step5 = root / "mlm_tp2" / "checkpoints" / "step_00000005"
+    out["mlm_tp2_resumed"] = run("mlm_tp2_resumed", 2, [*LAYOUTS["mlm_tp2"][1], f"train.resume={mlm_step5}"])
     return out
 
 
@@ -137,16 +154,29 @@ def test_runs_report_their_layout(runs):
     assert runs["tp2pp2"].stdout.count("step 10/10 |") == 1  # rank 0 alone reports
 
 
-def test_tp_pp_checkpoint_resumes_exactly(runs):
+@pytest.mark.parametrize("layout", ["tp2pp2", "mlm_tp2"])
+def test_checkpoint_resumes_exactly(runs, layout):
+    """Resumed at step 5, the same losses bit for bit: the masked LM's masks and next-sentence pairs too."""
     root = runs["root"]
-    assert "resumed from" in runs["tp2pp2_resumed"].stdout
-    full, resumed = records(root / "tp2pp2", "train"), records(root / "tp2pp2_resumed", "train")
+    assert "resumed from" in runs[f"{layout}_resumed"].stdout
+    full, resumed = records(root / layout, "train"), records(root / f"{layout}_resumed", "train")
     assert sorted(resumed) == list(range(6, STEPS + 1))
     for step in resumed:
         assert resumed[step]["loss"] == full[step]["loss"], step  # bit-identical
         assert resumed[step]["grad_norm"] == full[step]["grad_norm"], step
-    a, b = final_weights(root / "tp2pp2"), final_weights(root / "tp2pp2_resumed")
+    a, b = final_weights(root / layout), final_weights(root / f"{layout}_resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mlm_runs_an_encoder_with_a_next_sentence_head(runs):
+    """The masked-LM runs train the encoder and its NSP head; their loss starts near the MLM loss of a
+    uniform guess plus ln 2 for the coin-flip NSP task."""
+    weights = final_weights(runs["root"] / "single_mlm")
+    assert {"nsp_head.pooler.weight", "nsp_head.classifier.weight"} <= set(weights)
+    first = records(runs["root"] / "single_mlm", "train")[1]["loss"]
+    assert first == pytest.approx(math.log(512) + math.log(2), rel=0.05)
+    saved = yaml.safe_load((runs["root"] / "single_mlm" / "config.yaml").read_text())
+    assert saved["model"]["bidirectional"] is True and saved["model"]["nsp_head"] is True
 
 
 def test_resume_under_another_layout_is_refused(runs):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from megallm.model import attention
-from megallm.model.attention import block_causal_mask, causal_attention, varlen_segments
+from megallm.model.attention import block_causal_mask, self_attention, varlen_segments
 from megallm.model.config import ModelConfig
 from megallm.model.packing import document_ids, document_positions
 
@@ -181,34 +181,35 @@ def stand_in_flash_attn():
     sequence i being rows cu_seqlens[i]:cu_seqlens[i + 1] (int32), max_seqlen its longest.
     """
     def dense(q, k, v, causal):
-        assert causal
-        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True,
+        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=causal,
                                              enable_gqa=True)
         return out.transpose(1, 2)
 
     def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal):
-        assert causal and cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32
+        assert cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32
         bounds = cu_seqlens_q.tolist()
         assert bounds == cu_seqlens_k.tolist() and bounds[0] == 0 and bounds[-1] == q.shape[0] == k.shape[0]
         assert max_seqlen_q == max_seqlen_k == max(e - s for s, e in zip(bounds, bounds[1:]))
-        return torch.cat([dense(q[None, s:e], k[None, s:e], v[None, s:e], causal=True)[0]
+        return torch.cat([dense(q[None, s:e], k[None, s:e], v[None, s:e], causal=causal)[0]
                           for s, e in zip(bounds, bounds[1:])])
 
     return dense, varlen
 
 
-def test_flash_attn_layouts_match_sdpa(monkeypatch):
+@pytest.mark.parametrize("causal", [True, False])
+def test_flash_attn_layouts_match_sdpa(monkeypatch, causal):
     """The flash-attn branch's reshapes and segment offsets, with stand-in kernels (no GPU here)."""
     s, b, nh, nkv, d = 24, 2, 4, 2, 8
     generator = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(s, b, n, d, generator=generator) for n in (nh, nkv, nkv))
     doc_ids = document_ids(packed_windows()[:, :-1], EOS)
-    expected = {name: causal_attention(q, k, v, ids) for name, ids in (("plain", None), ("masked", doc_ids))}
+    expected = {name: self_attention(q, k, v, ids, causal=causal) for name, ids in (("plain", None),
+                                                                                    ("masked", doc_ids))}
     assert not torch.allclose(expected["plain"], expected["masked"])
 
     monkeypatch.setattr(attention, "_flash_attn", stand_in_flash_attn)
     for name, ids in (("plain", None), ("masked", doc_ids)):
-        got = causal_attention(q, k, v, ids, backend="flash_attn")
+        got = self_attention(q, k, v, ids, backend="flash_attn", causal=causal)
         assert got.shape == (s, b, nh * d)
         torch.testing.assert_close(got, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
@@ -226,8 +227,8 @@ def test_flex_attention_forward_matches_sdpa(nkv):
     tokens[1, 100:140] = EOS  # a run of one-token documents
     doc_ids = document_ids(tokens, EOS)
     for ids in (doc_ids, None):
-        expected = causal_attention(q, k, v, ids, backend="sdpa")
-        got = causal_attention(q, k, v, ids, backend="flex")
+        expected = self_attention(q, k, v, ids, backend="sdpa")
+        got = self_attention(q, k, v, ids, backend="flex")
         assert got.shape == (s, b, nh * d)
         assert (got - expected).abs().max() < 1e-5, "masked" if ids is not None else "plain"
 

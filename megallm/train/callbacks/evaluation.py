@@ -30,7 +30,8 @@ class Evaluator(Callback):
         if not self.every or (step % self.every and step != trainer.last_step):
             return
         per_rank = -(-self.batches // trainer.engine.dims.dp)
-        val_loss = trainer.engine.eval_loss([self.val_batches.micro_batch(i) for i in range(per_rank)])
+        val_loss = trainer.engine.eval_loss([self.val_batches.micro_batch(i) for i in range(per_rank)],
+                                            samples=[self.val_batches.samples(i) for i in range(per_rank)])
         tokens = trainer.state.tokens_seen
         trainer.log({"kind": "eval", "step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)),
                      "tokens_seen": tokens, "flops_seen": flops_seen(tokens, self.flops_per_token)})
