@@ -149,16 +149,34 @@ def apply_state(engine: ParallelEngine, state: PortableState, model_cfg: ModelCo
     for name, param in engine.canonical_parameters():
         if name not in state.weights:
             raise KeyError(f"the state has no tensor {name!r} that this model needs")
-        rows = _full_rows(engine, param)
         sources = {None: state.weights, **(state.adam if with_optimizer else {})}
         for key, tensors in sources.items():
-            full = _pad_vocab(name, tensors[name], rows)
-            engine.set_master(param, key, tensor_parallel_slice(full, param))
+            _set_full(engine, name, param, key, tensors[name])
     if state.lr is not None:
         engine.set_learning_rate(state.lr)
     if state.scheduler is not None:
         engine.scheduler.load_state_dict(_fit_scheduler_state(state.scheduler, len(engine.scheduler.base_lrs)))
     engine.set_step_counters(state.counters)
+
+
+def apply_weights(engine: ParallelEngine, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Collective: every rank passes the same canonical `weights`; each parameter of this rank they hold
+    is set from them (the optimizer state is left as it is). Returns the canonical names of the
+    parameters they lack, which keep their initial values (a fine-tuning's new head)."""
+    missing = []
+    for name, param in engine.canonical_parameters():
+        if name in weights:
+            _set_full(engine, name, param, None, weights[name])
+        else:
+            missing.append(name)
+    return missing
+
+
+def _set_full(engine: ParallelEngine, name: str, param: torch.nn.Parameter, key: Optional[str],
+              full: torch.Tensor) -> None:
+    """This rank's piece of `param`'s master (key None) or Adam state `key` from the full tensor."""
+    full = _pad_vocab(name, full, _full_rows(engine, param))
+    engine.set_master(param, key, tensor_parallel_slice(full, param))
 
 
 def _fit_scheduler_state(saved: dict, groups: int) -> dict:

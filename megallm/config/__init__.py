@@ -17,6 +17,7 @@ from megallm.config.compose import available, compose_config, config_from_yaml, 
 from megallm.config.schema import (
     CheckpointConfig,
     DataConfig,
+    FinetuneConfig,
     LoggingConfig,
     MLMConfig,
     NanGuardConfig,
@@ -30,7 +31,7 @@ from megallm.config.schema import (
 )
 from megallm.errors import ConfigError
 
-__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig", "MLMConfig", "NanGuardConfig", "OBJECTIVES", "OptimConfig",
+__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "FinetuneConfig", "LoggingConfig", "MLMConfig", "NanGuardConfig", "OBJECTIVES", "OptimConfig",
            "ParallelConfig", "RunConfig", "TrainConfig", "WandbConfig", "apply_objective", "available", "batch_layout", "check_config",
            "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size", "resolved_precision",
            "step_ranges"]

@@ -55,6 +55,7 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("nan_guard.max_events", *_non_negative),
     ("kernels.loss_chunk_tokens", *_positive),
     ("mlm.mask_prob", lambda v: 0 < v < 1, "within (0, 1)"),
+    ("finetune.val_fraction", lambda v: 0 < v < 1, "within (0, 1)"),
     ("mlm.replace_with_mask", lambda v: 0 <= v <= 1, "within [0, 1]"),
     ("mlm.replace_with_random", lambda v: 0 <= v <= 1, "within [0, 1]"),
 ]
@@ -149,7 +150,7 @@ def objective_problems(cfg: RunConfig) -> list[str]:
     t, m = cfg.train, cfg.mlm
     if t.objective not in OBJECTIVES:
         return [f"train.objective must be causal or mlm, got {t.objective!r}"]
-    if t.objective == "causal" and cfg.model.bidirectional:
+    if t.objective == "causal" and cfg.model.bidirectional and not cfg.model.num_labels:  # a classifier: either
         return [f"model {cfg.model.name} is bidirectional (an encoder): train it with train.objective=mlm, "
                 "or set model.bidirectional=false"]
     if t.objective == "causal" and m.nsp:

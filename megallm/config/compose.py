@@ -14,17 +14,18 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from megallm.config.checks import apply_objective
 from megallm.config.schema import RunConfig
 from megallm.errors import ConfigError
+from megallm.model.config import ModelConfig
 
 CONF_DIR = Path(os.environ.get("MEGALLM_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 
@@ -95,12 +96,20 @@ def _keys_outside_schema(node, path: str = "") -> list[str]:
     return found
 
 
-def compose_config(overrides: list[str]):
-    """Compose and type-check; returns (RunConfig, resolved YAML text)."""
+def compose_config(overrides: list[str], config_name: str = "config",
+                   model_from: Optional[Callable[[DictConfig], dict]] = None):
+    """Compose and type-check; returns (RunConfig, resolved YAML text).
+
+    `config_name`: the primary config in conf/ (config.yaml: pretraining; finetune.yaml). `model_from`:
+    where no +model=NAME is given, the model's shape from the composed config (fine-tuning takes the
+    pretrained model's); without it a model must be chosen.
+    """
     _register_schema()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides)
+        if OmegaConf.is_missing(cfg, "model") and model_from is not None:
+            cfg.model = OmegaConf.structured(ModelConfig(**model_from(cfg)))
         if OmegaConf.is_missing(cfg, "model"):
             raise ConfigError(f"no model chosen: add +model=NAME, NAME one of {', '.join(available('model'))}")
         unknown = _keys_outside_schema(cfg)

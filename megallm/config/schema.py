@@ -86,6 +86,34 @@ class MLMConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning (launch/finetune.py; megallm.finetune): a pretrained model trained further on labelled data.
+
+    task "classify": rows `{text, label}` (JSON lines or CSV); a head of one output per label replaces the
+    language-model output and reads the pooled final hidden states; validation reports accuracy and
+    macro-F1. task "sft": rows `{prompt, response}`; next-token loss on the response tokens only, examples
+    packed into windows of train.seq_len with document masking (data.document_masking).
+    """
+
+    task: str = "classify"  # classify or sft
+    init: Optional[str] = None  # the pretrained model: a megallm checkpoint (any layout, a run folder) or HF folder
+    # false: the same model (shape, tokenizer) from random initial weights: the baseline that shows what
+    # pretraining brought to the task.
+    pretrained: bool = True
+    train_file: Optional[str] = None  # .jsonl / .json (one JSON object per line) or .csv with a header
+    # Validation rows; null: `val_fraction` of train_file's rows, chosen by a hash of each row's text.
+    val_file: Optional[str] = None
+    val_fraction: float = 0.1
+    text_field: str = "text"
+    label_field: str = "label"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    # classify: what the head reads: last (the last token), mean (all tokens), first (position 0) or auto:
+    # last for a decoder, mean for an encoder (model.bidirectional).
+    pooling: str = "auto"
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000  # optimizer steps of the run (the LR schedule's length)
     seq_len: int = 2048
@@ -219,6 +247,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlm: MLMConfig = field(default_factory=MLMConfig)  # train.objective=mlm only
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # launch/finetune.py only
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -52,6 +52,7 @@ from megallm.engine.pipeline import build_pipeline, canonical_name
 from megallm.errors import CheckpointError
 from megallm.metrics.step_timer import StepTimer
 from megallm.model.llama import LayerDef, LlamaModel, compile_blocks, layer_defs
+from megallm.model.loss import class_logits
 from megallm.optim.adamw import build_optimizer, follow_schedule, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
 from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
@@ -96,6 +97,7 @@ class ParallelEngine:
     def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, objective: Optional[Objective] = None):
         self.ctx, self.dims, self.pipelined = ctx, ctx.dims, ctx.dims.pp > 1
         self.objective = objective or Objective()
+        self.num_labels = cfg.model.num_labels  # a sequence classifier's classes (0: a language model)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.defs: list[LayerDef] = layer_defs(
             cfg.model, seed=cfg.train.seed, tp_group=ps.get_tensor_model_parallel_group(), params_dtype=dtype,
@@ -169,7 +171,7 @@ class ParallelEngine:
         denominator (megallm.model.loss.Targets): one all-reduce over the data-parallel group, no host sync."""
         samples = samples if samples is not None else [None] * len(micro_batches)
         inputs = [self.objective.inputs(window, rows) for window, rows in zip(micro_batches, samples, strict=True)]
-        masks = [batch.targets.loss_mask for batch in inputs if batch.targets.loss_mask is not None]
+        masks = [mask for batch in inputs if (mask := getattr(batch.targets, "loss_mask", None)) is not None]
         if masks:
             scored = torch.stack([mask.sum() for mask in masks]).sum().to(torch.float32)
             dist.all_reduce(scored, group=ps.get_data_parallel_group())
@@ -184,9 +186,7 @@ class ParallelEngine:
             yield batch.first_stage, batch.targets.as_tuple()
 
     def _loss(self, batch: ModelInputs) -> torch.Tensor:
-        t = batch.targets
-        return self.engine(batch.tokens, t.labels, doc_ids=batch.doc_ids, loss_mask=t.loss_mask,
-                           nsp_labels=t.nsp_labels, denominator=t.denominator)
+        return self.engine(batch.tokens, doc_ids=batch.doc_ids, **batch.targets.as_kwargs())
 
     def train_step(self, micro_batches: list[torch.Tensor], timer: Optional[StepTimer] = None,
                    samples: Optional[list[list[int]]] = None) -> torch.Tensor:
@@ -221,6 +221,34 @@ class ParallelEngine:
         total = sum(self._loss(b).double() for b in inputs) / len(micro_batches)
         self.engine.train()
         return self.mean_over_data_parallel(total)
+
+    @torch.no_grad()
+    def predict(self, micro_batches: list, samples: Optional[list[list[int]]] = None) -> torch.Tensor:
+        """A sequence classifier's pooled class logits [rows, classes] (float32) of this data-parallel
+        replica's micro-batches, on every rank of the replica (collective under pipeline parallelism:
+        the last stage's are broadcast to the others)."""
+        inputs = self._inputs(micro_batches, samples)
+        outputs = []
+        self.engine.eval()
+        for batch in inputs:
+            if self.pipelined:
+                logits = self._last_stage_logits(batch)
+            else:
+                logits = class_logits(self.engine(batch.tokens, doc_ids=batch.doc_ids), batch.targets.pool_weights)
+            outputs.append(logits)
+        self.engine.train()
+        return torch.cat(outputs)
+
+    def _last_stage_logits(self, batch: ModelInputs) -> torch.Tensor:
+        _, logits = self.engine.eval_batch(iter([(batch.first_stage, batch.targets.as_tuple())]), return_logits=True,
+                                           num_micro_batches=1)
+        rows = len(batch.targets.labels)
+        pooled = torch.zeros(rows, self.num_labels, device=self.ctx.device)
+        if self.engine.is_last_stage():
+            pooled = class_logits(logits, batch.targets.pool_weights)
+        dist.broadcast(pooled, src=ps.get_pipeline_model_parallel_last_rank(),
+                       group=ps.get_pipeline_model_parallel_group())
+        return pooled
 
     def mean_over_data_parallel(self, value: torch.Tensor) -> float:
         value = value.detach().clone().to(torch.float64)

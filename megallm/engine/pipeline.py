@@ -22,7 +22,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
 from megallm.model.layers import TransformerBlock
 from megallm.model.llama import LayerDef
-from megallm.model.loss import objective_loss
+from megallm.model.loss import classification_loss, objective_loss
 
 PARTITION_METHODS = {"layers": f"type:{TransformerBlock.__name__}", "parameters": "parameters"}
 
@@ -64,13 +64,15 @@ def _spec(layer: LayerDef, tied_keys: set[str]) -> LayerSpec:
 
 
 def build_pipeline(defs: list[LayerDef], topology, partition: str, verbose: bool) -> LlamaPipeline:
-    """Cut `defs` into `topology`'s pipeline stages; this rank builds only its own stage."""
+    """Cut `defs` into `topology`'s pipeline stages; this rank builds only its own stage. The last
+    stage scores with the language-model loss, or a classifier's (its last layer is the classifier)."""
     tied_keys = {d.tied_to for d in defs if d.tied_to}
     specs = [_spec(d, tied_keys) for d in defs]
     # no_grad: DeepSpeed broadcasts the tied weight in place at construction, which autograd must not record.
     # redirect_stdout: DeepSpeed prints seeds and its stage table on rank 0; megallm prints one line below.
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        module = LlamaPipeline(specs, topology=topology, loss_fn=objective_loss,
+        loss_fn = classification_loss if defs[-1].name == "classifier" else objective_loss
+        module = LlamaPipeline(specs, topology=topology, loss_fn=loss_fn,
                                partition_method=PARTITION_METHODS[partition], activation_checkpoint_interval=0)
     if verbose:
         print("pipeline stages: " + " | ".join(

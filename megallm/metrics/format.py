@@ -13,6 +13,10 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+# Scores an evaluation may add (a fine-tuned classifier's, megallm.finetune.validation), shown when present.
+EVAL_SCORES = ("val_accuracy", "val_macro_f1", "val_majority_accuracy")
+
+
 def _number(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -20,7 +24,9 @@ def _number(value, spec: str) -> str:
 def format_console(record: dict) -> str:
     kind, step = record["kind"], record["step"]
     if kind == "eval":
-        return f"eval  step {step} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
+        line = f"eval  step {step} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
+        scores = [f"{key} {record[key]:.4f}" for key in EVAL_SCORES if record.get(key) is not None]
+        return " | ".join([line, *scores])
     if kind != "train":  # e.g. "nonfinite": its fields as they are
         return f"{kind} step {step} | " + " | ".join(f"{k} {v}" for k, v in record.items()
                                                       if k not in ("kind", "step", "time"))

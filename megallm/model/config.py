@@ -19,6 +19,8 @@ LOSS_KERNELS = ("plain", "chunked", "liger")
 # RoPE types megallm computes (transformers' names, modeling_rope_utils.ROPE_INIT_FUNCTIONS):
 # "default" is plain RoPE, the others stretch its frequencies.
 ROPE_TYPES = ("default", "linear", "llama3")
+# What a sequence classifier's head reads (model.pooling), see megallm.model.loss.pooling_weights.
+POOLINGS = ("last", "mean", "first")
 
 
 @dataclass
@@ -99,6 +101,11 @@ class ModelConfig:
     bidirectional: bool = False
     # BERT's next-sentence-prediction head on the first position (pooler + 2-way classifier; mlm.nsp sets it).
     nsp_head: bool = False
+    # A sequence classifier (launch/finetune.py finetune.task=classify): a head of num_labels classes replaces
+    # the language-model output; 0: a language model. `pooling` picks what it reads: "last" (the last token:
+    # a decoder's summary of the sequence), "mean" (every token), "first" (the token at position 0).
+    num_labels: int = 0
+    pooling: str = "last"
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -133,6 +140,10 @@ class ModelConfig:
         if self.nsp_head and not self.bidirectional:
             problems.append("model.nsp_head=true needs model.bidirectional=true (next-sentence prediction is an "
                             "encoder's task: train.objective=mlm mlm.nsp=true)")
+        if self.num_labels < 0 or self.num_labels == 1:
+            problems.append(f"model.num_labels must be 0 (a language model) or at least 2, got {self.num_labels}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.max_position_embeddings is not None and self.max_position_embeddings <= 0:
             problems.append(f"model.max_position_embeddings must be positive, got {self.max_position_embeddings}")
         problems += self.rope_scaling.problems()

@@ -46,7 +46,15 @@ from megatron.core.tensor_parallel import (
 
 from megallm.model.config import KernelConfig, ModelConfig, padded_vocab_size
 from megallm.model.layers import KVCache, RMSNorm, TransformerBlock, normal_init
-from megallm.model.loss import Targets, chunked_lm_loss, liger_lm_loss, lm_loss, nsp_loss
+from megallm.model.loss import (
+    ClassTargets,
+    Targets,
+    chunked_lm_loss,
+    classification_loss,
+    liger_lm_loss,
+    lm_loss,
+    nsp_loss,
+)
 from megallm.model.packing import Activations, split_doc_ids, with_doc_ids
 
 # Canonical parameters with one row per vocabulary entry (padded for TP inside the model;
@@ -167,6 +175,22 @@ class NextSentenceHead(nn.Module):
         return hidden, self.logits(hidden)
 
 
+class ClassificationHead(nn.Module):
+    """A sequence classifier's output (model.num_labels): class logits at every position [s, b, classes],
+    pooled by the loss (megallm.model.loss.classification_loss). Small and replicated on every
+    tensor-parallel rank; it replaces the language-model output."""
+
+    def __init__(self, cfg: ModelConfig, mp_config: ModelParallelConfig, tp_group):
+        super().__init__()
+        self.proj = nn.Linear(cfg.hidden_size, cfg.num_labels, dtype=mp_config.params_dtype)
+        if mp_config.perform_initialization:
+            nn.init.normal_(self.proj.weight, std=cfg.init_std)
+            nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden)
+
+
 def layer_seed(run_seed: int, index: int) -> int:
     """Independent seeds per (run, layer): neighbouring run seeds share no layer."""
     return int(np.random.SeedSequence([run_seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -197,7 +221,7 @@ class LayerDef:
 def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dtype = torch.float32,
                recompute: str = "none", sequence_parallel: bool = False, attention: str = "auto") -> list[LayerDef]:
     """The model as a flat list: embedding, `num_layers` blocks, final norm, [next-sentence head,] output
-    projection."""
+    projection; a sequence classifier ends with its head instead of the output projection."""
     assert cfg.vocab_size is not None, "model.vocab_size must be resolved before building the model"
     vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp_group.size())
     mp = megatron_config(tp_group.size(), params_dtype, initialize=True, sequence_parallel=sequence_parallel)
@@ -207,6 +231,9 @@ def layer_defs(cfg: ModelConfig, *, seed: int, tp_group, params_dtype: torch.dty
         defs.append(LayerDef(f"blocks.{i}", TransformerBlock, {**common, "recompute": recompute,
                                                                "attention": attention}, layer_seed(seed, 1 + i)))
     defs.append(LayerDef("final_norm", FinalNorm, common, layer_seed(seed, cfg.num_layers + 1)))
+    if cfg.num_labels:
+        defs.append(LayerDef("classifier", ClassificationHead, common, layer_seed(seed, cfg.num_layers + 4)))
+        return defs
     if cfg.nsp_head:
         defs.append(LayerDef("nsp_head", NextSentenceHead, common, layer_seed(seed, cfg.num_layers + 3)))
     if cfg.tie_embeddings:
@@ -233,14 +260,18 @@ class LlamaModel(nn.Module):
         self.blocks = nn.ModuleList(d.build(meta) for d in defs[1:1 + cfg.num_layers])
         self.final_norm = by_name["final_norm"].build(meta)
         self.nsp_head = by_name["nsp_head"].build(meta) if "nsp_head" in by_name else None
-        self.output = None if by_name["output"].tied_to else by_name["output"].build(meta)
+        self.classifier = by_name["classifier"].build(meta) if "classifier" in by_name else None
+        output = by_name.get("output")
+        self.output = output.build(meta) if output is not None and not output.tied_to else None
 
     def forward(self, tokens: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 doc_ids: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
-                nsp_labels: Optional[torch.Tensor] = None, denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+                nsp_labels: Optional[torch.Tensor] = None, denominator: Optional[torch.Tensor] = None,
+                pool_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits [s, b, vocab / tp] for tokens [b, s]; the mean loss if labels [b, s] are given
         (over the positions `loss_mask` [b, s] selects, plus the next-sentence loss with nsp_labels [b];
-        megallm.model.loss.Targets).
+        megallm.model.loss.Targets). A classifier's logits are [s, b, classes] and its loss takes
+        labels [b] and pool_weights [b, s] (megallm.model.loss.ClassTargets).
 
         With doc_ids [b, s] (megallm.model.packing.document_ids) each packed document attends
         only within itself and its positions restart at 0; None: attention over the whole row.
@@ -248,6 +279,8 @@ class LlamaModel(nn.Module):
         hidden = self.hidden_states(tokens, doc_ids)
         if labels is None:
             return self._logits(hidden)
+        if self.classifier is not None:
+            return classification_loss(self.classifier(hidden), ClassTargets(labels, pool_weights))
         return self._loss(hidden, Targets(labels, loss_mask, nsp_labels, denominator))
 
     def hidden_states(self, tokens: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -285,6 +318,8 @@ class LlamaModel(nn.Module):
         return [block.attn.empty_cache(batch, slots) for block in self.blocks]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.classifier is not None:
+            return self.classifier(x)
         return self.embedding.logits(x) if self.output is None else self.output(x)
 
 

@@ -18,7 +18,8 @@ Padded vocabulary rows never take probability: plain and chunked mask their logi
 
 `Targets` are what a micro-batch is scored against: the labels [b, s], with the loss
 mask [b, s] (bool) and next-sentence labels [b] when the objective has them.
-`objective_loss` scores the pipeline's last stage output with them.
+`objective_loss` scores the pipeline's last stage output with them. A sequence classifier
+(model.num_labels) is scored by `classification_loss` against `ClassTargets`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class Targets:
     loss_mask: Optional[torch.Tensor] = None  # [b, s] bool: the positions scored; None: all
     nsp_labels: Optional[torch.Tensor] = None  # [b] int64: 1 where the second half is not the continuation
     denominator: Optional[torch.Tensor] = None  # 0-dim float; None: this micro-batch's scored positions
+
+    def as_kwargs(self) -> dict:
+        """As LlamaModel.forward takes them."""
+        return {"labels": self.labels, "loss_mask": self.loss_mask, "nsp_labels": self.nsp_labels,
+                "denominator": self.denominator}
 
     def as_tuple(self) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
         """As DeepSpeed's pipeline carries labels: a tensor, or a tuple of tensors (see `from_tuple`)."""
@@ -127,6 +133,45 @@ def liger_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
 def nsp_loss(nsp_logits: torch.Tensor, nsp_labels: torch.Tensor) -> torch.Tensor:
     """Mean next-sentence cross-entropy: logits [b, 2], labels [b]."""
     return F.cross_entropy(nsp_logits.float(), nsp_labels)
+
+
+@dataclass
+class ClassTargets:
+    """What a sequence classifier's micro-batch is scored against: one class per row, and how the
+    per-position logits are pooled into the row's logits (`pooling_weights`)."""
+
+    labels: torch.Tensor  # [b] int64 class ids
+    pool_weights: torch.Tensor  # [b, s] float: the row's logits are sum_t w[t] * logits[t]
+
+    def as_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.labels, self.pool_weights
+
+    def as_kwargs(self) -> dict:
+        return {"labels": self.labels, "pool_weights": self.pool_weights}
+
+
+def pooling_weights(lengths: torch.Tensor, seq_len: int, pooling: str) -> torch.Tensor:
+    """[b, seq_len] weights over each row's first `lengths` [b] positions (the rest is padding):
+    last: 1 at the last real token; first: 1 at position 0; mean: 1 / length on every real token.
+    A linear head's logits pooled by these equal the head applied to the pooled hidden states."""
+    positions = torch.arange(seq_len, device=lengths.device)[None]  # [1, s]
+    if pooling == "last":
+        return (positions == (lengths[:, None] - 1)).float()
+    if pooling == "first":
+        return (positions == 0).float().expand(len(lengths), seq_len).contiguous()
+    real = (positions < lengths[:, None]).float()
+    return real / lengths[:, None].clamp(min=1)
+
+
+def class_logits(logits: torch.Tensor, pool_weights: torch.Tensor) -> torch.Tensor:
+    """Per-position class logits [s, b, classes] pooled into [b, classes]."""
+    return torch.einsum("sbc,bs->bc", logits.float(), pool_weights.float())
+
+
+def classification_loss(outputs: torch.Tensor, targets: Union[ClassTargets, tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """Mean cross-entropy of the pooled class logits (also the pipeline's loss function for classifiers)."""
+    labels, pool_weights = targets.as_tuple() if isinstance(targets, ClassTargets) else targets
+    return F.cross_entropy(class_logits(outputs, pool_weights), labels)
 
 
 def objective_loss(outputs: Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]],

@@ -1,4 +1,5 @@
-"""A training run put together from its config: what `launch/pretrain.py` trains.
+"""A training run put together from its config: what `launch/pretrain.py` trains (and, given
+other data, what `launch/finetune.py` trains: `assemble_trainer`).
 
 `build_trainer` checks the checkpoint it would resume from before anything is built or
 written, seeds, builds the engine (weights drawn from per-layer seeds), resumes it,
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -55,15 +57,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class RunData:
+    """What a training job reads and how it is scored, besides its config: pretraining's corpus
+    (`build_trainer`) or fine-tuning's labelled files (megallm.finetune)."""
+
+    objective: Any  # turns micro-batches into model inputs (megallm.engine.objective.Objective or alike)
+    open_batches: Callable[[int], Any]  # consumed samples -> the rank's training batches at that position
+    evaluator: Callback  # held-out evaluation
+    tokenizer_sha256: str
+    tokenizer_files: Optional[dict]  # {name: text} saved with each checkpoint (rank 0), or None
+    # Called on a fresh start (nothing resumed) with the engine: e.g. a fine-tuning's pretrained weights.
+    initialize: Optional[Callable[[ParallelEngine], None]] = None
+
+
 def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext,
                   extra_callbacks: Optional[list[Callback]] = None) -> Trainer:
-    """The Trainer of this rank, resumed if train.resume finds a checkpoint. `extra_callbacks`
+    """The pretraining Trainer of this rank, resumed if train.resume finds a checkpoint. `extra_callbacks`
     run beside the standard ones (tests and tools plug in here)."""
+    val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
+                              micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
+                              device=ctx.device)
+    model_flops = flops_per_token(cfg.model, cfg.train.seq_len)
+    data = RunData(objective=run_objective(cfg, corpus.manifest),
+                   open_batches=lambda consumed: _open_train_batches(cfg, corpus, ctx, consumed),
+                   evaluator=Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches, model_flops),
+                   tokenizer_sha256=corpus.manifest.tokenizer_sha256,
+                   tokenizer_files=corpus.tokenizer_files() if ctx.is_main else None)
+    return assemble_trainer(cfg, config_yaml, ctx, data, extra_callbacks)
+
+
+def assemble_trainer(cfg: RunConfig, config_yaml: str, ctx: DistContext, data: RunData,
+                     extra_callbacks: Optional[list[Callback]] = None) -> Trainer:
+    """The Trainer of this rank for `data`: the run folder locked, the checkpoint to resume from checked
+    before anything is built, the engine, the callbacks, and the resume (or `data.initialize`)."""
     folder = RunFolder.of(cfg)
     lock = _lock_run_folder(folder, ctx)  # before anything in the folder is read or written
     precision = resolved_precision(cfg.train.precision, ctx.device.type == "cuda")
     global_sequences, grad_accum = batch_layout(cfg.train, ctx.dims.dp)
-    state = RunState(layout=ctx.dims, model=cfg.model.to_dict(), tokenizer_sha256=corpus.manifest.tokenizer_sha256,
+    state = RunState(layout=ctx.dims, model=cfg.model.to_dict(), tokenizer_sha256=data.tokenizer_sha256,
                      seq_len=cfg.train.seq_len, data_streams=cfg.data.streams)
     resume_from = choose_resume_checkpoint(cfg.train.resume, folder.checkpoints, cfg.checkpoint.on_damaged,
                                            distributed=True, say=lambda line: ctx.is_main and print(line, flush=True))
@@ -71,13 +103,10 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         check_compatible(read_state(resume_from), state, resume_from)
 
     seed_everything(cfg.train.seed)
-    engine = ParallelEngine(cfg, ctx, precision, objective=run_objective(cfg, corpus.manifest))
-    val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
-                              micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
-                              device=ctx.device)
-    callbacks = _callbacks(cfg, config_yaml, corpus, ctx, folder, precision, val_batches) + (extra_callbacks or [])
+    engine = ParallelEngine(cfg, ctx, precision, objective=data.objective)
+    callbacks = _callbacks(cfg, config_yaml, ctx, folder, precision, data) + (extra_callbacks or [])
     callbacks += [lock] if lock is not None else []
-    trainer = Trainer(engine, state, lambda consumed: _open_train_batches(cfg, corpus, ctx, consumed),
+    trainer = Trainer(engine, state, data.open_batches,
                       steps=cfg.train.steps, stop_at_step=cfg.train.stop_at_step, log_every=cfg.logging.every,
                       seq_len=cfg.train.seq_len, global_sequences=global_sequences, grad_accum=grad_accum,
                       callbacks=callbacks)
@@ -88,6 +117,8 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
         change = _schedule_change(cfg, resume_from, saved.step)
         if change:
             trainer.say(f"note: the LR schedule differs from the checkpoint's: {change}")
+    elif data.initialize is not None:
+        data.initialize(engine)
     params = parameter_count(cfg.model)
     trainer.say(
         f"model {cfg.model.name}: {params.total / 1e6:.1f}M parameters | "
@@ -137,15 +168,15 @@ def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> Optional[RunLock]:
     return lock
 
 
-def _callbacks(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext, folder: RunFolder,
-               precision: str, val_batches: EvalBatches) -> list[Callback]:
+def _callbacks(cfg: RunConfig, config_yaml: str, ctx: DistContext, folder: RunFolder, precision: str,
+               data: RunData) -> list[Callback]:
     model_flops = flops_per_token(cfg.model, cfg.train.seq_len)  # training FLOPs per token
     callbacks: list[Callback] = [
         TrainMetrics(model_flops),
         SpeedMonitor(model_flops, device_peak_flops(ctx.device, precision)),
-        Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches, model_flops),
+        data.evaluator,
         Checkpointer(folder.checkpoints, cfg.checkpoint.every, cfg.checkpoint.keep_last, config_yaml, cfg.model,
-                     cfg.checkpoint.consolidated, corpus.tokenizer_files() if ctx.is_main else None,
+                     cfg.checkpoint.consolidated, data.tokenizer_files,
                      save_last=cfg.checkpoint.save_last, at_steps=cfg.checkpoint.at_steps),
         NanGuard(cfg.nan_guard, folder.checkpoints, cfg.checkpoint.on_damaged),
         PreemptionHandler(),

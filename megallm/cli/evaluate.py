@@ -1,0 +1,248 @@
+"""`tools/evaluate.py`: few-shot tasks and perplexity for a megallm checkpoint or a Hugging Face Llama folder.
+
+Tasks are JSON-lines files (megallm.evaluation.tasks). Each query gets k demonstrations
+(megallm.evaluation.demos: random, bm25 or embedding, from --demo-pool or, leave-one-out, from the
+task file itself) joined into one prompt (megallm.evaluation.prompts). Multiple choice: the
+model's log-likelihood of each choice as the prompt's continuation (" " + choice); the argmax is
+the prediction (accuracy), and again after dividing by the continuation's length in characters
+(accuracy_norm, lm-evaluation-harness's acc_norm). Generation: a greedy completion stopped at
+"\\n\\n" (--stop), stripped, scored against the targets with the task's metrics (BLEU, ROUGE:
+megallm.evaluation.metrics). --perplexity scores a held-out corpus or files
+(megallm.evaluation.perplexity). Results: a table on stdout, one JSON file (--output), W&B (--wandb;
+megallm.evaluation.report); progress on stderr. Everything a user can fix is one line
+`evaluate: error: ...`, exit code 2, found before the model is read where it can be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from megallm.cli import run_command
+from megallm.errors import DataError, UsageError
+from megallm.evaluation import demos as demo_methods
+from megallm.evaluation.metrics import GENERATION_METRICS, accuracy
+from megallm.evaluation.prompts import continuation, few_shot_prompt
+from megallm.evaluation.report import format_table, log_wandb, versions, write_results
+from megallm.evaluation.tasks import MULTIPLE_CHOICE, Task, read_task
+
+PROG = "evaluate"
+PROGRESS_EVERY_S = 10.0
+CHUNK = 16  # examples scored between progress checks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/evaluate.py",
+        description="Few-shot tasks and perplexity for a megallm checkpoint or a Hugging Face Llama folder.",
+        epilog="examples:\n"
+               "  python tools/evaluate.py runs/tiny --task eval/fortunes.test.jsonl --k 4 --demos bm25 \\\n"
+               "      --demo-pool eval/fortunes.train.jsonl --output results/tiny.json\n"
+               "  python tools/evaluate.py hf/tiny --task eval/translation.test.jsonl --k 2 --max-new-tokens 48\n"
+               "  python tools/evaluate.py runs/tiny --perplexity data/corpus --split val --wandb\n"
+               "lm-evaluation-harness tasks: python -m megallm.evaluation.harness --model megallm "
+               "--model_args path=MODEL --tasks NAME",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, metavar="MODEL",
+                   help="a megallm checkpoint (step_NNNNNNNN folder, or a run / checkpoints folder: its newest "
+                        "checkpoint), any parallel layout, or a Hugging Face Llama folder")
+    p.add_argument("--task", type=Path, action="append", default=[], metavar="FILE",
+                   help="a task file (JSON lines, megallm.evaluation.tasks); repeat for several")
+    p.add_argument("--k", type=int, default=4, help="demonstrations per query (default 4; 0: zero-shot)")
+    p.add_argument("--demos", default="random", metavar="METHOD",
+                   help=f"how demonstrations are chosen: {', '.join(demo_methods.METHODS)} (default random)")
+    p.add_argument("--demo-pool", type=Path, action="append", default=[], metavar="FILE",
+                   help="task file to draw demonstrations from, one per --task in order (default: the task's own "
+                        "other examples)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random demonstrations (default 0)")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples of each task only")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generation tasks: tokens per answer (default 64)")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="generation tasks: cut the completion at TEXT (repeatable; default a blank line)")
+    ppl = p.add_argument_group("perplexity")
+    ppl.add_argument("--perplexity", type=Path, action="append", default=[], metavar="CORPUS_OR_FILE",
+                     help="a prepared corpus folder, or text / JSON-lines files (repeat for several files)")
+    ppl.add_argument("--split", default="val", help="the corpus split to score (default val)")
+    ppl.add_argument("--documents", default="joined", choices=("joined", "separate"),
+                     help="joined: documents packed into one stream, as in training (default); separate: each "
+                          "document scored alone")
+    ppl.add_argument("--seq-len", type=int, help="tokens predicted per window (default: the model's context)")
+    ppl.add_argument("--max-tokens", type=int, help="score the first N tokens only")
+    ppl.add_argument("--text-field", default="text", help="JSON-lines field holding the text (default text)")
+    out = p.add_argument_group("model and output")
+    out.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: the one with MODEL)")
+    out.add_argument("--start", choices=("document", "tokenizer", "none"), default="document",
+                     help="what every input begins with: the tokenizer's document start token (default, as "
+                          "tools/generate.py), what the tokenizer adds itself, or nothing")
+    out.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    out.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    out.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    out.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    out.add_argument("--output", type=Path, metavar="FILE", help="write the results as JSON here")
+    out.add_argument("--wandb", action="store_true",
+                     help="log the results to W&B (offline unless WANDB_MODE says otherwise; WANDB_PROJECT etc.)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: run(args))
+
+
+def progress(line: str) -> None:
+    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+
+def check_arguments(args: argparse.Namespace) -> list[tuple[Task, Optional[Task]]]:
+    """(task, its --demo-pool or None) per --task; every mistake found before the model is read."""
+    if not args.model.exists():
+        raise UsageError(f"model {args.model} does not exist")
+    if not args.task and not args.perplexity:
+        raise UsageError("nothing to evaluate: pass --task FILE and/or --perplexity CORPUS_OR_FILE")
+    if args.demos not in demo_methods.METHODS:
+        raise UsageError(f"--demos {args.demos!r} is not a method; choose from {', '.join(demo_methods.METHODS)}")
+    for name in ("k", "seed"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name} must be >= 0")
+    for name in ("limit", "max_new_tokens", "batch_size", "threads", "seq_len", "max_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.demo_pool and len(args.demo_pool) != len(args.task):
+        raise UsageError(f"{len(args.demo_pool)} --demo-pool for {len(args.task)} --task: give one per task, in "
+                         "order, or none")
+    for source in args.perplexity:
+        if not source.exists():
+            raise UsageError(f"--perplexity {source} does not exist")
+    plans = []
+    for i, path in enumerate(args.task):
+        task = read_task(path)
+        pool = read_task(args.demo_pool[i]) if args.demo_pool else task
+        if pool.kind != task.kind:
+            raise UsageError(f"--demo-pool {pool.path} holds {pool.kind} examples, task {task.path} {task.kind} ones")
+        same = not args.demo_pool
+        available = len(pool.examples) - (1 if same else 0)
+        if args.k > available:
+            where = f"{task.path} has {len(task.examples)} examples, so {available} once each query is left out" \
+                if same else f"--demo-pool {pool.path} has {available} examples"
+            raise DataError(f"--k {args.k} demonstrations asked for, but {where}")
+        plans.append((task, None if same else pool))
+    return plans
+
+
+def run(args: argparse.Namespace) -> int:
+    plans = check_arguments(args)
+    # deferred: torch, megatron-core and DeepSpeed take seconds to import; argument mistakes need not wait
+    import torch
+
+    from megallm.cli.generate import stdout_to_stderr
+    from megallm.evaluation.model import EvalModel
+    from megallm.evaluation.perplexity import perplexity
+
+    with stdout_to_stderr():  # stdout holds the table only (DeepSpeed prints there reading a checkpoint)
+        model = EvalModel.load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                               batch_size=args.batch_size, start=args.start, log=progress)
+    with model:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        results = {"model": str(args.model), "tokenizer": str(model.tokenizer_file),
+                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "versions": versions(), "settings": settings(args), "tasks": [], "perplexity": []}
+        for task, pool in plans:
+            results["tasks"].append(evaluate_task(model, task, pool, args))
+        if args.perplexity:
+            ppl = perplexity(model, args.perplexity, split=args.split, mode=args.documents, seq_len=args.seq_len,
+                             max_tokens=args.max_tokens, text_field=args.text_field, progress=progress)
+            results["perplexity"].append(ppl.as_dict())
+    print(format_table(results), flush=True)
+    if args.output:
+        progress(f"wrote {write_results(args.output, results)}")
+    if args.wandb:
+        mode = log_wandb(results, args.output.parent if args.output else Path.cwd())
+        progress(f"logged to W&B ({mode})")
+    return 0
+
+
+def settings(args: argparse.Namespace) -> dict:
+    return {k: [str(p) for p in v] if isinstance(v, list) and v and isinstance(v[0], Path)
+            else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def evaluate_task(model, task: Task, demo_pool: Optional[Task], args: argparse.Namespace) -> dict:
+    """One task's result record (megallm.evaluation.report); demonstrations from `demo_pool`, else
+    leave-one-out from the task itself."""
+    began = time.perf_counter()
+    queries = list(task.examples)
+    pool = queries if demo_pool is None else list(demo_pool.examples)
+    embed = (lambda texts: model.embed(list(texts))) if args.demos == "embedding" else None
+    try:
+        chosen = demo_methods.choose_demonstrations(pool, queries, args.k, args.demos, args.seed, embed=embed,
+                                                    same_pool=demo_pool is None)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    count = min(len(queries), args.limit or len(queries))
+    prompts = [few_shot_prompt([pool[j] for j in chosen[i]], queries[i]) for i in range(count)]
+    ticker = _Ticker(task.name, count)
+    if task.kind == MULTIPLE_CHOICE:
+        metrics, counts = score_multiple_choice(model, queries[:count], prompts, ticker.advance)
+    else:
+        metrics, counts = score_generation(model, task, queries[:count], prompts, args, ticker.advance)
+    return {"task": task.name, "file": str(task.path), "kind": task.kind, "k": args.k, "method": args.demos,
+            "seed": args.seed, "demo_pool": None if demo_pool is None else str(demo_pool.path),
+            "metrics": metrics, "counts": {"examples": count, "pool": len(pool), **counts},
+            "seconds": round(time.perf_counter() - began, 3)}
+
+
+def score_multiple_choice(model, examples: list, prompts: list[str], advance: Callable[[int], None]
+                          ) -> tuple[dict, dict]:
+    """Accuracy by the argmax of each choice's log-likelihood, and by it per character (accuracy_norm)."""
+    predictions, normalised = [], []
+    for first in range(0, len(examples), CHUNK):
+        batch = list(zip(examples[first:first + CHUNK], prompts[first:first + CHUNK]))
+        pairs = [(prompt, continuation(choice)) for example, prompt in batch for choice in example.choices]
+        scores = iter(model.loglikelihood(pairs))
+        for example, _ in batch:
+            lls = [next(scores)[0] for _ in example.choices]
+            per_char = [ll / len(continuation(c)) for ll, c in zip(lls, example.choices)]
+            predictions.append(max(range(len(lls)), key=lls.__getitem__))
+            normalised.append(max(range(len(lls)), key=per_char.__getitem__))
+        advance(len(batch))
+    golds = [e.gold for e in examples]
+    return ({"accuracy": accuracy(predictions, golds), "accuracy_norm": accuracy(normalised, golds)},
+            {"choices": sum(len(e.choices) for e in examples)})
+
+
+def score_generation(model, task: Task, examples: list, prompts: list[str], args: argparse.Namespace,
+                     advance: Callable[[int], None]) -> tuple[dict, dict]:
+    """Greedy completions, cut at the stop strings and stripped, scored with the task's metrics."""
+    stop = args.stop or ["\n\n"]
+    outputs = []
+    for first in range(0, len(examples), CHUNK):
+        batch = prompts[first:first + CHUNK]
+        outputs += [text.strip() for text in model.generate(batch, args.max_new_tokens, stop=stop)]
+        advance(len(batch))
+    references = [e.target for e in examples]
+    metrics: dict = {}
+    for name in task.metrics:
+        metrics.update(GENERATION_METRICS[name](outputs, references))
+    metrics["exact_match"] = sum(o == r.strip() for o, r in zip(outputs, references)) / len(outputs)
+    return metrics, {"empty_outputs": sum(not o for o in outputs)}
+
+
+class _Ticker:
+    """A progress line at most every PROGRESS_EVERY_S seconds, and at the end: examples done, rate."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done = name, total, 0
+        self.began = self.last = time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_S or self.done == self.total:
+            self.last = now
+            progress(f"{self.name}: {self.done:,}/{self.total:,} examples, "
+                     f"{self.done / max(now - self.began, 1e-9):,.2f} examples/s")

@@ -1,0 +1,19 @@
+"""Evaluating language models: few-shot tasks, perplexity, lm-evaluation-harness, and the data they use.
+
+Model-independent (no torch):
+- tasks.py     task files (JSON lines: multiple choice or generation) -> Task, one-line DataErrors
+- demos.py     choosing k demonstrations per query: random, BM25 (bm25s), embedding (cosine)
+- prompts.py   the few-shot prompt format: answered demonstrations, blank lines, the open query
+- metrics.py   BLEU (sacrebleu), ROUGE (rouge-score), accuracy and macro-F1 (scikit-learn)
+- sources.py   real data from this machine (fortunes, gettext catalogs, dpkg descriptions,
+               stdlib docstrings) -> classification and task files with their licences
+
+The model side:
+- model.py       EvalModel: one loaded model that scores, generates and embeds text
+- perplexity.py  perplexity and bits per byte on a held-out corpus split or files
+- harness.py     megallm models inside EleutherAI's lm-evaluation-harness (model type `megallm`)
+- report.py      results as JSON, a console table and W&B
+
+Entry points: tools/evaluate.py (megallm.cli.evaluate), tools/make_eval_data.py
+(megallm.cli.make_eval_data); what the datasets are: docs/evaluation/DATA.md.
+"""

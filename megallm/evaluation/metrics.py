@@ -1,0 +1,74 @@
+"""Evaluation metrics, each computed by its reference package (no formula of our own here).
+
+- bleu: sacrebleu's corpus BLEU (13a tokenization, exponential smoothing: its defaults, as its
+  command line computes it), 0-100, with sacrebleu's signature to report beside the number;
+- rouge: Google's rouge-score package, ROUGE-1, ROUGE-2 and ROUGE-L F-measures with its Porter
+  stemmer, averaged over examples and multiplied by 100 to sit on sacrebleu's 0-100 scale.
+  Its tokenizer keeps only a-z and 0-9: a fit for English outputs (summaries, docstrings),
+  not for German (use BLEU there);
+- accuracy and macro_f1: scikit-learn's accuracy_score and f1_score(average="macro"), as
+  fractions 0-1 (scikit-learn's scale).
+
+GENERATION_METRICS maps the metric names a generation task may name (megallm.evaluation.tasks)
+to their functions, each returning a dict whose key of the same name holds the headline number.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+    """Corpus BLEU of one reference per hypothesis: {"bleu", "signature", "precisions", "bp", "sys_len", "ref_len"}."""
+    # deferred: the evaluation command imports this module before it needs any metric
+    from sacrebleu.metrics import BLEU
+
+    _check_pairs(hypotheses, references)
+    metric = BLEU()
+    result = metric.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": result.score, "signature": str(metric.get_signature()), "precisions": list(result.precisions),
+            "bp": result.bp, "sys_len": result.sys_len, "ref_len": result.ref_len}
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+    """Mean ROUGE-1/2/L F-measures x 100: {"rouge1", "rouge2", "rougeL", "rouge" (= rougeL)}."""
+    # deferred: rouge-score imports nltk (seconds); only generation tasks need it
+    from rouge_score.rouge_scorer import RougeScorer
+
+    _check_pairs(hypotheses, references)
+    scorer = RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scores = [scorer.score(reference, hypothesis) for hypothesis, reference in zip(hypotheses, references)]
+    means = {t: 100.0 * sum(s[t].fmeasure for s in scores) / len(scores) for t in ROUGE_TYPES}
+    return {**means, "rouge": means["rougeL"]}
+
+
+def accuracy(predictions: Sequence, golds: Sequence) -> float:
+    """The fraction of predictions equal to their gold label (0-1)."""
+    # deferred: scikit-learn takes seconds to import
+    from sklearn.metrics import accuracy_score
+
+    _check_pairs(predictions, golds)
+    return float(accuracy_score(list(golds), list(predictions)))
+
+
+def macro_f1(predictions: Sequence, golds: Sequence, labels: Optional[Sequence] = None) -> float:
+    """F1 averaged over labels, each label weighing the same (0-1); `labels`: those to average over
+    (default: every label among golds and predictions). A label never predicted nor gold scores 0."""
+    # deferred: scikit-learn takes seconds to import
+    from sklearn.metrics import f1_score
+
+    _check_pairs(predictions, golds)
+    return float(f1_score(list(golds), list(predictions), labels=None if labels is None else list(labels),
+                          average="macro", zero_division=0))
+
+
+def _check_pairs(outputs: Sequence, references: Sequence) -> None:
+    if len(outputs) != len(references):
+        raise ValueError(f"{len(outputs)} outputs but {len(references)} references")
+    if not len(outputs):
+        raise ValueError("no outputs to score")
+
+
+GENERATION_METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], dict]] = {"bleu": bleu, "rouge": rouge}

@@ -1,0 +1,109 @@
+"""launch/finetune.py end to end: a small causal model pretrained here, then fine-tuned as a
+classifier (one process, TP=2, PP=2: the same numbers) and on prompt / response pairs (one
+process and DP=2: the same response-only loss), from random weights for comparison, and the
+bad inputs that must stop it in one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from megallm.cli.finetune import main as finetune_main
+from tests.helpers import REPO, SMALL_MODEL, assert_one_line_error, records, run_main, train
+
+pytestmark = pytest.mark.slow
+
+EVAL = REPO / "tests" / "fixtures" / "eval"
+FORTUNES = EVAL / "fortunes_classification"
+STEPS = 8
+SCHEDULE = ["train.precision=fp32", "train.seq_len=64", "train.micro_batch_size=2", "train.global_batch_tokens=512",
+            f"train.steps={STEPS}", "optim.lr=2e-3", "optim.warmup_steps=2", "logging.every=1",
+            f"train.eval_every={STEPS // 2}", "checkpoint.every=0"]
+CLASSIFY = ["finetune.task=classify", f"finetune.train_file={FORTUNES / 'train.jsonl'}",
+            f"finetune.val_file={FORTUNES / 'validation.jsonl'}"]
+SFT = ["finetune.task=sft", f"finetune.train_file={EVAL / 'docstring.jsonl'}", "finetune.prompt_field=input",
+       "finetune.response_field=target", "finetune.val_fraction=0.2"]
+
+
+def run_finetune(args: list[str], nproc: int = 1):
+    return train(args, nproc=nproc, entry=finetune_main)
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pretrained")
+    result = train([*SMALL_MODEL, f"data.path={small_corpus}", f"run_dir={run_dir}", "train.steps=12",
+                    "train.seq_len=64", "train.micro_batch_size=4", "train.global_batch_tokens=512",
+                    "optim.warmup_steps=2", "optim.lr=3e-3", "train.eval_every=0", "checkpoint.every=0"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(pretrained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    out = {"root": root}
+    for name, nproc, extra in (("classify", 1, CLASSIFY), ("classify_tp2", 2, [*CLASSIFY, "parallel.tp=2"]),
+                               ("classify_pp2", 2, [*CLASSIFY, "+parallel=pp2"]),
+                               ("classify_scratch", 1, [*CLASSIFY, "finetune.pretrained=false"]),
+                               ("sft", 1, SFT), ("sft_dp2", 2, [*SFT, "parallel.zero_stage=1"])):
+        result = run_finetune([f"finetune.init={pretrained}", *SCHEDULE, *extra, f"run_dir={root / name}"], nproc)
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+        out[name] = result
+    return out
+
+
+@pytest.mark.parametrize("layout,baseline", [("classify_tp2", "classify"), ("classify_pp2", "classify"),
+                                             ("sft_dp2", "sft")])
+def test_layouts_fine_tune_to_the_same_numbers(runs, layout, baseline):
+    ref, got = records(runs["root"] / baseline, "train"), records(runs["root"] / layout, "train")
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in got:
+        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5), step
+    ref_eval, got_eval = records(runs["root"] / baseline, "eval"), records(runs["root"] / layout, "eval")
+    for key in ("val_loss", "val_accuracy", "val_macro_f1"):
+        if key in ref_eval[STEPS]:
+            assert got_eval[STEPS][key] == pytest.approx(ref_eval[STEPS][key], rel=1e-5), key
+
+
+def test_classifier_reports_accuracy_macro_f1_and_the_majority_baseline(runs):
+    record = records(runs["root"] / "classify", "eval")[STEPS]
+    labels = [json.loads(line)["label"] for line in (FORTUNES / "validation.jsonl").read_text().splitlines()
+              if line.strip()]
+    assert record["val_examples"] == len(labels)
+    assert record["val_majority_accuracy"] == pytest.approx(Counter(labels).most_common(1)[0][1] / len(labels))
+    assert 0 <= record["val_macro_f1"] <= 1 and 0 <= record["val_accuracy"] <= 1
+    assert "pretrained weights loaded; new: classifier.proj" in runs["classify"].stdout
+    assert "val_accuracy" in runs["classify"].stdout  # the console line shows the scores
+    scratch = records(runs["root"] / "classify_scratch", "train")
+    assert scratch[1]["loss"] != records(runs["root"] / "classify", "train")[1]["loss"]
+    assert "from random initial weights" in runs["classify_scratch"].stdout
+
+
+def test_supervised_pairs_report_the_response_loss(runs):
+    assert "sft:" in runs["sft"].stdout and "windows" in runs["sft"].stdout
+    loss = records(runs["root"] / "sft", "eval")[STEPS]["val_loss"]
+    assert 0 < loss < 10
+
+
+@pytest.mark.parametrize("rows,extra,phrases", [
+    ('{"text": "fine", "label": "science"}\n{"text": "odd", "label": "astrology"}\n', [],
+     ["val.jsonl:2: label 'astrology' is not among the", "labels of the training rows"]),
+    ('{"text": "fine", "label": "science"}\n{"text": "broken", "label": \n', [], ["val.jsonl:2", "not valid JSON"]),
+    ('{"text": "fine", "label": "science"}\n', ["finetune.task=sft"], ["no 'prompt'"]),
+])
+def test_bad_rows_stop_in_one_line(pretrained, tmp_path, capsys, rows, extra, phrases):
+    (tmp_path / "val.jsonl").write_text(rows)
+    result = run_main(finetune_main, [f"finetune.init={pretrained}", *CLASSIFY, f"finetune.val_file={tmp_path}/val.jsonl",
+                                      *extra, f"run_dir={tmp_path}/run"], capsys)
+    assert_one_line_error(result, *phrases, prefix="finetune: error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_init_is_one_line(tmp_path, capsys):
+    result = run_main(finetune_main, [*CLASSIFY, f"run_dir={tmp_path}/run"], capsys)
+    assert_one_line_error(result, "finetune.init is required", prefix="finetune: error: ")
+    result = run_main(finetune_main, [f"finetune.init={tmp_path}/nothing", *CLASSIFY], capsys)
+    assert_one_line_error(result, "does not exist", prefix="finetune: error: ")
