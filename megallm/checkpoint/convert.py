@@ -232,6 +232,10 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
         raise ConversionError(f"{checkpoint} is a bidirectional encoder (train.objective=mlm): transformers' "
                               "LlamaForCausalLM attends causally and would compute another model, so it is not "
                               "exported; fine-tune and evaluate it with megallm (launch/finetune.py)")
+    if saved.model.get("num_labels"):
+        raise ConversionError(f"{checkpoint} is a sequence classifier (launch/finetune.py finetune.task=classify); "
+                              "only language models are exported to Hugging Face (its head, with a bias and "
+                              "model.pooling, is not LlamaForSequenceClassification's)")
     weights, cfg, _ = read_model(checkpoint)
     weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in weights.items()}
     folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, max_positions=saved.seq_len or 2048,

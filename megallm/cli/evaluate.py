@@ -2,12 +2,9 @@
 
 Tasks are JSON-lines files (megallm.evaluation.tasks). Each query gets k demonstrations
 (megallm.evaluation.demos: random, bm25 or embedding, from --demo-pool or, leave-one-out, from the
-task file itself) joined into one prompt (megallm.evaluation.prompts). Multiple choice: the
-model's log-likelihood of each choice as the prompt's continuation (" " + choice); the argmax is
-the prediction (accuracy), and again after dividing by the continuation's length in characters
-(accuracy_norm, lm-evaluation-harness's acc_norm). Generation: a greedy completion stopped at
-"\\n\\n" (--stop), stripped, scored against the targets with the task's metrics (BLEU, ROUGE:
-megallm.evaluation.metrics). --perplexity scores a held-out corpus or files
+task file itself) joined into one prompt, and the answers are scored (megallm.evaluation.fewshot:
+multiple-choice accuracy by log-likelihood; generation until "\\n\\n" (--stop) with the task's
+metrics, BLEU and ROUGE). --perplexity scores a held-out corpus or files
 (megallm.evaluation.perplexity). Results: a table on stdout, one JSON file (--output), W&B (--wandb;
 megallm.evaluation.report); progress on stderr. Everything a user can fix is one line
 `evaluate: error: ...`, exit code 2, found before the model is read where it can be.
@@ -18,21 +15,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from megallm.cli import run_command
 from megallm.errors import DataError, UsageError
 from megallm.evaluation import demos as demo_methods
-from megallm.evaluation.metrics import GENERATION_METRICS, accuracy
-from megallm.evaluation.prompts import continuation, few_shot_prompt
+from megallm.evaluation.fewshot import FewShot, evaluate_task
 from megallm.evaluation.report import format_table, log_wandb, versions, write_results
-from megallm.evaluation.tasks import MULTIPLE_CHOICE, Task, read_task
+from megallm.evaluation.tasks import Task, read_task
 
 PROG = "evaluate"
-PROGRESS_EVERY_S = 10.0
-CHUNK = 16  # examples scored between progress checks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate the first N examples of each task only")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation tasks: tokens per answer (default 64)")
     p.add_argument("--stop", action="append", metavar="TEXT",
-                   help="generation tasks: cut the completion at TEXT (repeatable; default a blank line)")
+                   help="generation tasks: cut the completion at TEXT (repeatable; \\n and \\t read as newline and tab; "
+                        "default a blank line)")
     ppl = p.add_argument_group("perplexity")
     ppl.add_argument("--perplexity", type=Path, action="append", default=[], metavar="CORPUS_OR_FILE",
                      help="a prepared corpus folder, or text / JSON-lines files (repeat for several files)")
@@ -152,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "versions": versions(), "settings": settings(args), "tasks": [], "perplexity": []}
         for task, pool in plans:
-            results["tasks"].append(evaluate_task(model, task, pool, args))
+            results["tasks"].append(evaluate_task(model, task, pool, few_shot(args)))
         if args.perplexity:
             ppl = perplexity(model, args.perplexity, split=args.split, mode=args.documents, seq_len=args.seq_len,
                              max_tokens=args.max_tokens, text_field=args.text_field, progress=progress)
@@ -166,83 +160,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def few_shot(args: argparse.Namespace) -> FewShot:
+    stop = tuple(unescape(text) for text in args.stop or ["\n\n"])
+    return FewShot(k=args.k, method=args.demos, seed=args.seed, limit=args.limit, stop=stop,
+                   max_new_tokens=args.max_new_tokens, progress=progress)
+
+
+def unescape(text: str) -> str:
+    """--stop '\\n' as a newline (what a shell passes for '\\n' is a backslash and an n)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def settings(args: argparse.Namespace) -> dict:
     return {k: [str(p) for p in v] if isinstance(v, list) and v and isinstance(v[0], Path)
             else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-
-def evaluate_task(model, task: Task, demo_pool: Optional[Task], args: argparse.Namespace) -> dict:
-    """One task's result record (megallm.evaluation.report); demonstrations from `demo_pool`, else
-    leave-one-out from the task itself."""
-    began = time.perf_counter()
-    queries = list(task.examples)
-    pool = queries if demo_pool is None else list(demo_pool.examples)
-    embed = (lambda texts: model.embed(list(texts))) if args.demos == "embedding" else None
-    try:
-        chosen = demo_methods.choose_demonstrations(pool, queries, args.k, args.demos, args.seed, embed=embed,
-                                                    same_pool=demo_pool is None)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    count = min(len(queries), args.limit or len(queries))
-    prompts = [few_shot_prompt([pool[j] for j in chosen[i]], queries[i]) for i in range(count)]
-    ticker = _Ticker(task.name, count)
-    if task.kind == MULTIPLE_CHOICE:
-        metrics, counts = score_multiple_choice(model, queries[:count], prompts, ticker.advance)
-    else:
-        metrics, counts = score_generation(model, task, queries[:count], prompts, args, ticker.advance)
-    return {"task": task.name, "file": str(task.path), "kind": task.kind, "k": args.k, "method": args.demos,
-            "seed": args.seed, "demo_pool": None if demo_pool is None else str(demo_pool.path),
-            "metrics": metrics, "counts": {"examples": count, "pool": len(pool), **counts},
-            "seconds": round(time.perf_counter() - began, 3)}
-
-
-def score_multiple_choice(model, examples: list, prompts: list[str], advance: Callable[[int], None]
-                          ) -> tuple[dict, dict]:
-    """Accuracy by the argmax of each choice's log-likelihood, and by it per character (accuracy_norm)."""
-    predictions, normalised = [], []
-    for first in range(0, len(examples), CHUNK):
-        batch = list(zip(examples[first:first + CHUNK], prompts[first:first + CHUNK]))
-        pairs = [(prompt, continuation(choice)) for example, prompt in batch for choice in example.choices]
-        scores = iter(model.loglikelihood(pairs))
-        for example, _ in batch:
-            lls = [next(scores)[0] for _ in example.choices]
-            per_char = [ll / len(continuation(c)) for ll, c in zip(lls, example.choices)]
-            predictions.append(max(range(len(lls)), key=lls.__getitem__))
-            normalised.append(max(range(len(lls)), key=per_char.__getitem__))
-        advance(len(batch))
-    golds = [e.gold for e in examples]
-    return ({"accuracy": accuracy(predictions, golds), "accuracy_norm": accuracy(normalised, golds)},
-            {"choices": sum(len(e.choices) for e in examples)})
-
-
-def score_generation(model, task: Task, examples: list, prompts: list[str], args: argparse.Namespace,
-                     advance: Callable[[int], None]) -> tuple[dict, dict]:
-    """Greedy completions, cut at the stop strings and stripped, scored with the task's metrics."""
-    stop = args.stop or ["\n\n"]
-    outputs = []
-    for first in range(0, len(examples), CHUNK):
-        batch = prompts[first:first + CHUNK]
-        outputs += [text.strip() for text in model.generate(batch, args.max_new_tokens, stop=stop)]
-        advance(len(batch))
-    references = [e.target for e in examples]
-    metrics: dict = {}
-    for name in task.metrics:
-        metrics.update(GENERATION_METRICS[name](outputs, references))
-    metrics["exact_match"] = sum(o == r.strip() for o, r in zip(outputs, references)) / len(outputs)
-    return metrics, {"empty_outputs": sum(not o for o in outputs)}
-
-
-class _Ticker:
-    """A progress line at most every PROGRESS_EVERY_S seconds, and at the end: examples done, rate."""
-
-    def __init__(self, name: str, total: int):
-        self.name, self.total, self.done = name, total, 0
-        self.began = self.last = time.perf_counter()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= PROGRESS_EVERY_S or self.done == self.total:
-            self.last = now
-            progress(f"{self.name}: {self.done:,}/{self.total:,} examples, "
-                     f"{self.done / max(now - self.began, 1e-9):,.2f} examples/s")

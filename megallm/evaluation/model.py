@@ -133,9 +133,12 @@ class EvalModel:
             raise UsageError(f"model {path} does not exist")
         began = time.perf_counter()
         weights, cfg, tokenizer_file = read_model(path)  # before the process group: it may start ranks
-        if getattr(cfg, "bidirectional", False):
+        if cfg.bidirectional:
             raise UsageError(f"{path} is a bidirectional encoder (train.objective=mlm): it does not predict the "
                              "next token, so it cannot be scored as a causal language model")
+        if cfg.num_labels:
+            raise UsageError(f"{path} is a sequence classifier (launch/finetune.py finetune.task=classify): it has "
+                             "no language-model output to score; its validation scores are in its metrics.jsonl")
         if tokenizer and not Path(tokenizer).is_file():
             raise UsageError(f"tokenizer {tokenizer} does not exist")
         tokenizer_file = Path(tokenizer) if tokenizer else tokenizer_file

@@ -1,7 +1,9 @@
 """launch/finetune.py end to end: a small causal model pretrained here, then fine-tuned as a
-classifier (one process, TP=2, PP=2: the same numbers) and on prompt / response pairs (one
-process and DP=2: the same response-only loss), from random weights for comparison, and the
-bad inputs that must stop it in one line before anything is written."""
+classifier (one process, TP=2, PP=2, and from its Hugging Face export: the same numbers),
+from random weights for comparison, and on prompt / response pairs; and the bad inputs that
+must stop it in one line before anything is written. (Response-only losses in data-parallel
+layouts: the masked-LM case of tests/integration/test_parallel_equality.py runs the same
+normalisation.)"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections import Counter
 import pytest
 
 from megallm.cli.finetune import main as finetune_main
-from tests.helpers import REPO, SMALL_MODEL, assert_one_line_error, records, run_main, train
+from tests.helpers import REPO, SMALL_MODEL, assert_one_line_error, records, run_main, run_tool, train
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +46,23 @@ def pretrained(small_corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(pretrained, tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
+    exported = run_tool("convert_ckpt", "export", pretrained, root / "hf")
+    assert exported.returncode == 0, exported.stderr[-3000:]
     out = {"root": root}
-    for name, nproc, extra in (("classify", 1, CLASSIFY), ("classify_tp2", 2, [*CLASSIFY, "parallel.tp=2"]),
-                               ("classify_pp2", 2, [*CLASSIFY, "+parallel=pp2"]),
-                               ("classify_scratch", 1, [*CLASSIFY, "finetune.pretrained=false"]),
-                               ("sft", 1, SFT), ("sft_dp2", 2, [*SFT, "parallel.zero_stage=1"])):
-        result = run_finetune([f"finetune.init={pretrained}", *SCHEDULE, *extra, f"run_dir={root / name}"], nproc)
+    for name, nproc, init, extra in (
+            ("classify", 1, pretrained, CLASSIFY), ("classify_tp2", 2, pretrained, [*CLASSIFY, "parallel.tp=2"]),
+            ("classify_pp2", 2, pretrained, [*CLASSIFY, "+parallel=pp2"]),
+            ("classify_from_hf", 1, root / "hf", CLASSIFY),
+            ("classify_scratch", 1, pretrained, [*CLASSIFY, "finetune.pretrained=false"]),
+            ("sft", 1, pretrained, SFT)):
+        result = run_finetune([f"finetune.init={init}", *SCHEDULE, *extra, f"run_dir={root / name}"], nproc)
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
         out[name] = result
     return out
 
 
 @pytest.mark.parametrize("layout,baseline", [("classify_tp2", "classify"), ("classify_pp2", "classify"),
-                                             ("sft_dp2", "sft")])
+                                             ("classify_from_hf", "classify")])
 def test_layouts_fine_tune_to_the_same_numbers(runs, layout, baseline):
     ref, got = records(runs["root"] / baseline, "train"), records(runs["root"] / layout, "train")
     assert sorted(got) == list(range(1, STEPS + 1))
@@ -107,3 +113,10 @@ def test_missing_init_is_one_line(tmp_path, capsys):
     assert_one_line_error(result, "finetune.init is required", prefix="finetune: error: ")
     result = run_main(finetune_main, [f"finetune.init={tmp_path}/nothing", *CLASSIFY], capsys)
     assert_one_line_error(result, "does not exist", prefix="finetune: error: ")
+
+
+def test_a_classifier_is_not_exported_as_a_language_model(runs, tmp_path):
+    result = run_tool("convert_ckpt", "export", runs["root"] / "classify", tmp_path / "hf")
+    assert_one_line_error(result, "is a sequence classifier", "only language models are exported",
+                          prefix="convert_ckpt: error: ")
+    assert not (tmp_path / "hf").exists()

@@ -48,6 +48,7 @@ from tests.helpers import (
     SMALL_MODEL,
     assert_one_line_error,
     records,
+    run_tool,
     train,
     tree_digest,
 )
@@ -186,3 +187,10 @@ def test_resume_under_another_layout_is_refused(runs):
     assert_one_line_error(result, "TP=2 x PP=2 x DP=1 ZeRO-1", "TP=1 x PP=1 x DP=1 ZeRO-0",
                           "python tools/convert_ckpt.py reshard", "--tp 1 --pp 1 --dp 1 --zero-stage 0")
     assert tree_digest(run_dir / "checkpoints") == before
+
+
+def test_an_encoder_is_not_exported_as_a_causal_model(runs, tmp_path):
+    result = run_tool("convert_ckpt", "export", runs["root"] / "single_mlm", tmp_path / "hf")
+    assert_one_line_error(result, "is a bidirectional encoder", "LlamaForCausalLM attends causally",
+                          prefix="convert_ckpt: error: ")
+    assert not (tmp_path / "hf").exists()
