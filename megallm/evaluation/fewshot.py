@@ -23,6 +23,7 @@ from megallm.evaluation.tasks import MULTIPLE_CHOICE, Task
 
 PROGRESS_EVERY_S = 10.0
 CHUNK = 16  # examples scored between progress checks
+SAMPLES = 5  # a generation task's first outputs kept in its record, to read what the model wrote
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,11 @@ def evaluate_task(model, task: Task, demo_pool: Optional[Task], setup: FewShot) 
         metrics, counts = score_multiple_choice(model, queries[:count], prompts, ticker.advance)
     else:
         metrics, counts = score_generation(model, task, queries[:count], prompts, setup, ticker.advance)
+    samples = counts.pop("samples", None)
     return {"task": task.name, "file": str(task.path), "kind": task.kind, "k": setup.k, "method": setup.method,
             "seed": setup.seed, "demo_pool": None if demo_pool is None else str(demo_pool.path),
             "metrics": metrics, "counts": {"examples": count, "pool": len(pool), **counts},
-            "seconds": round(time.perf_counter() - began, 3)}
+            "seconds": round(time.perf_counter() - began, 3), **({"samples": samples} if samples else {})}
 
 
 def score_multiple_choice(model, examples: list, prompts: list[str], advance: Callable[[int], None]
@@ -96,7 +98,8 @@ def score_generation(model, task: Task, examples: list, prompts: list[str], setu
     for name in task.metrics:
         metrics.update(GENERATION_METRICS[name](outputs, references))
     metrics["exact_match"] = sum(o == r.strip() for o, r in zip(outputs, references)) / len(outputs)
-    return metrics, {"empty_outputs": sum(not o for o in outputs)}
+    samples = [{"id": e.id, "output": o, "target": e.target} for e, o in zip(examples[:SAMPLES], outputs)]
+    return metrics, {"empty_outputs": sum(not o for o in outputs), "samples": samples}
 
 
 class _Ticker:
