@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", metavar="TEXT",
                    help="generation tasks: cut the completion at TEXT (repeatable; \\n and \\t read as newline and tab; "
                         "default a blank line)")
+    mlm = p.add_argument_group("masked language models (an encoder trained with train.objective=mlm)")
+    mlm.add_argument("--masked-accuracy", type=Path, metavar="CORPUS",
+                     help="masked-token accuracy on the corpus's --split windows, masked by the run's own rule, "
+                          "against the unigram baseline (megallm.evaluation.masked)")
+    mlm.add_argument("--batches", type=int, help="micro-batches to score (default: every window of the split once)")
     ppl = p.add_argument_group("perplexity")
     ppl.add_argument("--perplexity", type=Path, action="append", default=[], metavar="CORPUS_OR_FILE",
                      help="a prepared corpus folder, or text / JSON-lines files (repeat for several files)")
@@ -95,14 +101,19 @@ def check_arguments(args: argparse.Namespace) -> list[tuple[Task, Optional[Task]
     """(task, its --demo-pool or None) per --task; every mistake found before the model is read."""
     if not args.model.exists():
         raise UsageError(f"model {args.model} does not exist")
-    if not args.task and not args.perplexity:
-        raise UsageError("nothing to evaluate: pass --task FILE and/or --perplexity CORPUS_OR_FILE")
+    if not args.task and not args.perplexity and not args.masked_accuracy:
+        raise UsageError("nothing to evaluate: pass --task FILE and/or --perplexity CORPUS_OR_FILE (a causal model), "
+                         "or --masked-accuracy CORPUS (an encoder)")
+    if args.masked_accuracy and (args.task or args.perplexity):
+        raise UsageError("--masked-accuracy scores an encoder, --task and --perplexity a causal model: run them apart")
+    if args.masked_accuracy and not args.masked_accuracy.exists():
+        raise UsageError(f"--masked-accuracy {args.masked_accuracy} does not exist")
     if args.demos not in demo_methods.METHODS:
         raise UsageError(f"--demos {args.demos!r} is not a method; choose from {', '.join(demo_methods.METHODS)}")
     for name in ("k", "seed"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0")
-    for name in ("limit", "max_new_tokens", "batch_size", "threads", "seq_len", "max_tokens"):
+    for name in ("limit", "max_new_tokens", "batch_size", "threads", "seq_len", "max_tokens", "batches"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.demo_pool and len(args.demo_pool) != len(args.task):
@@ -129,6 +140,8 @@ def check_arguments(args: argparse.Namespace) -> list[tuple[Task, Optional[Task]
 
 def run(args: argparse.Namespace) -> int:
     plans = check_arguments(args)
+    if args.masked_accuracy:
+        return run_masked(args)
     # deferred: torch, megatron-core and DeepSpeed take seconds to import; argument mistakes need not wait
     import torch
 
@@ -157,6 +170,24 @@ def run(args: argparse.Namespace) -> int:
     if args.wandb:
         mode = log_wandb(results, args.output.parent if args.output else Path.cwd())
         progress(f"logged to W&B ({mode})")
+    return 0
+
+
+def run_masked(args: argparse.Namespace) -> int:
+    """--masked-accuracy: an encoder's masked-token accuracy and the unigram baseline."""
+    # deferred: torch, megatron-core and DeepSpeed take seconds to import; argument mistakes need not wait
+    from megallm.cli.generate import stdout_to_stderr
+    from megallm.evaluation.masked import masked_accuracy, summary
+
+    with stdout_to_stderr():  # stdout holds the results only
+        result = masked_accuracy(args.model, args.masked_accuracy, split=args.split, batches=args.batches,
+                                 seq_len=args.seq_len, device="cpu" if args.device == "auto" else args.device,
+                                 dtype=args.dtype, log=progress)
+    print(summary(result), flush=True)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        progress(f"wrote {args.output}")
     return 0
 
 

@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.source} does not exist")
     with stdout_to_stderr():  # stdout holds completions only (DeepSpeed prints there reading a checkpoint)
         weights, cfg, tokenizer_file = read_model(args.source)  # before the process group: it may start ranks
+    if cfg.bidirectional or cfg.num_labels:
+        kind = "a bidirectional encoder (train.objective=mlm)" if cfg.bidirectional else "a sequence classifier"
+        raise UsageError(f"{args.source} is {kind}: it does not predict the next token, so it cannot generate")
     tokenizer_file = args.tokenizer or tokenizer_file
     if tokenizer_file is None:
         raise UsageError(f"no {TOKENIZER_FILE} found with {args.source}; pass --tokenizer FILE")

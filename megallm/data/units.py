@@ -119,6 +119,9 @@ def worker_tokenizer(path: Path, expected_sha256: str):
     tok = load_tokenizer(path)
     if tokenizer_hash(tok) != expected_sha256:
         raise DataError(f"{path} changed while preparing (another prepare wrote it?); run one prepare per --output")
+    # A document's text is text: one that spells "<|endoftext|>" or "<|mask|>" gets those characters'
+    # ordinary tokens, never the special ids (a false end of document, a mask in the data).
+    tok.encode_special_tokens = True
     return tok
 
 

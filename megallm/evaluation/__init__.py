@@ -10,6 +10,8 @@ Model-independent (no torch):
 
 The model side:
 - model.py       EvalModel: one loaded model that scores, generates and embeds text
+- fewshot.py     one task: demonstrations per query, prompts, answers scored
+- masked.py      masked-token accuracy of an MLM encoder against the unigram baseline
 - perplexity.py  perplexity and bits per byte on a held-out corpus split or files
 - harness.py     megallm models inside EleutherAI's lm-evaluation-harness (model type `megallm`)
 - report.py      results as JSON, a console table and W&B
