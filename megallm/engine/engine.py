@@ -223,11 +223,11 @@ class ParallelEngine:
         return self.mean_over_data_parallel(total)
 
     @torch.no_grad()
-    def predict(self, micro_batches: list, samples: Optional[list[list[int]]] = None) -> torch.Tensor:
+    def predict(self, micro_batches: list) -> torch.Tensor:
         """A sequence classifier's pooled class logits [rows, classes] (float32) of this data-parallel
         replica's micro-batches, on every rank of the replica (collective under pipeline parallelism:
         the last stage's are broadcast to the others)."""
-        inputs = self._inputs(micro_batches, samples)
+        inputs = self._inputs(micro_batches, None)
         outputs = []
         self.engine.eval()
         for batch in inputs:

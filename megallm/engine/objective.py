@@ -13,12 +13,12 @@ replacement that happens to be an end-of-document token does not cut a document.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
 from megallm.data.masking import MaskingRule, mask_tokens, next_sentence_pairs
-from megallm.model.loss import Targets
+from megallm.model.loss import ClassTargets, Targets
 from megallm.model.packing import Activations, document_ids, with_doc_ids
 
 
@@ -28,7 +28,7 @@ class ModelInputs:
 
     tokens: torch.Tensor  # [b, s]
     doc_ids: Optional[torch.Tensor]  # [b, s], or None without document masking
-    targets: Targets
+    targets: Union[Targets, ClassTargets]  # a classifier's (megallm.finetune.objectives)
 
     @property
     def first_stage(self) -> Activations:
@@ -49,10 +49,6 @@ class Objective:
     masking: Optional[MaskingRule] = None
     nsp: bool = False
     seed: int = 0
-
-    @property
-    def needs_samples(self) -> bool:
-        return self.masking is not None
 
     def inputs(self, window: torch.Tensor, samples: Optional[Sequence[int]] = None) -> ModelInputs:
         """ModelInputs of `window` [b, seq_len + 1], whose rows are global samples `samples` (masked LM)."""

@@ -43,8 +43,8 @@ from tokenizers import Tokenizer
 
 from megallm.config import RunConfig, config_from_yaml
 from megallm.data.corpus import Corpus, open_corpus
-from megallm.data.loader import EvalBatches
-from megallm.data.shards import Manifest, read_documents
+from megallm.data.loader import EvalBatches, read_shard_tokens
+from megallm.data.shards import Manifest
 from megallm.engine.objective import ModelInputs, Objective
 from megallm.errors import CheckpointError, UsageError
 from megallm.evaluation.model import resolve_device, resolve_dtype
@@ -84,11 +84,11 @@ def encoder_run(path: Path) -> tuple[Path, RunConfig, str]:
 # ---- the unigram baseline ------------------------------------------------------------------------
 def token_counts(corpus: Corpus, split: str) -> np.ndarray:
     """How often each token id occurs in the documents of `split` (int64 [vocab_size])."""
-    counts = np.zeros(corpus.manifest.vocab_size, dtype=np.int64)
+    vocab = corpus.manifest.vocab_size
+    counts = np.zeros(vocab, dtype=np.int64)
     for info in corpus.manifest.splits[split]:
-        docs = list(read_documents(corpus.url(info.path), info.sha256))
-        if docs:
-            counts += np.bincount(np.concatenate(docs).astype(np.int64), minlength=len(counts))[:len(counts)]
+        tokens = read_shard_tokens(corpus.url(info.path), info, vocab)  # checked against the manifest
+        counts += np.bincount(tokens.astype(np.int64), minlength=vocab)
     return counts
 
 

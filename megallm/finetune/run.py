@@ -22,7 +22,7 @@ from megallm.checkpoint.convert import checkpoint_tokenizer, is_hf_folder, read_
 from megallm.checkpoint.hf_config import model_config_from_hf
 from megallm.checkpoint.portable import apply_weights
 from megallm.checkpoint.state import read_state
-from megallm.config import ConfigError, RunConfig, batch_layout
+from megallm.config import ConfigError, RunConfig
 from megallm.data.tokenizer import load_tokenizer, special_tokens, tokenizer_files, tokenizer_hash
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_FILE
@@ -63,6 +63,7 @@ class LabelledData:
     train: Encoded
     val: Encoded
     names: list[str]  # classification: class i's label; supervised pairs: empty
+    start_id: int  # the token every example begins with (the tokenizer's document start)
 
 
 def read_data(cfg: RunConfig, tokenizer_file: Path, say) -> LabelledData:
@@ -80,14 +81,14 @@ def read_data(cfg: RunConfig, tokenizer_file: Path, say) -> LabelledData:
         names = examples.label_names(train)
         examples.check_labels(val, names)
         data = LabelledData(encode_classification(train, tok, start, eos, seq_len, names),
-                            encode_classification(val, tok, start, eos, seq_len, names), names)
+                            encode_classification(val, tok, start, eos, seq_len, names), names, start)
     else:
         train = examples.read_pairs(Path(f.train_file), f.prompt_field, f.response_field)
         val = examples.read_pairs(Path(f.val_file), f.prompt_field, f.response_field) if f.val_file else None
         if val is None:
             train, val = examples.hold_out(train, f.val_fraction, key=lambda row: row.prompt + row.response)
         data = LabelledData(encode_pairs(train, tok, start, eos, seq_len), encode_pairs(val, tok, start, eos, seq_len),
-                            [])
+                            [], start)
     cut = data.train.truncated + data.val.truncated
     if cut:
         say(f"note: {cut} example(s) are longer than train.seq_len={seq_len} tokens and were cut")
@@ -114,14 +115,11 @@ def build_finetune(cfg: RunConfig, config_yaml: str, ctx: DistContext, weights: 
                    tokenizer_file: Path, data: LabelledData) -> Trainer:
     """The Trainer of this rank: fresh from the pretrained `weights`, or resumed from its own checkpoint."""
     f, mbs = cfg.finetune, cfg.train.micro_batch_size
-    tok = load_tokenizer(tokenizer_file)
-    batch_layout(cfg.train, ctx.dims.dp)
     if f.task == "classify":
         objective, make = ClassifyObjective(cfg.model.pooling), classify_batch
         evaluator = ClassificationValidation(data.val, make, data.names, cfg.train.eval_every, mbs, ctx)
     else:
-        start = special_tokens(tokenizer_file, tok=tok).document_start_id if cfg.data.document_masking else None
-        objective, make = SupervisedObjective(start), window_batch
+        objective, make = SupervisedObjective(data.start_id if cfg.data.document_masking else None), window_batch
         evaluator = SupervisedValidation(data.val, make, cfg.train.eval_every, mbs, ctx)
 
     def open_batches(consumed: int) -> ExampleBatches:
@@ -139,7 +137,7 @@ def build_finetune(cfg: RunConfig, config_yaml: str, ctx: DistContext, weights: 
                   + (f"; new: {', '.join(sorted({n.rsplit('.', 1)[0] for n in new}))}" if new else ""), flush=True)
 
     run = RunData(objective=objective, open_batches=open_batches, evaluator=evaluator,
-                  tokenizer_sha256=tokenizer_hash(tok),
+                  tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer_file)),
                   tokenizer_files=tokenizer_files(tokenizer_file) if ctx.is_main else None, initialize=initialize)
     return assemble_trainer(cfg, config_yaml, ctx, run)
 

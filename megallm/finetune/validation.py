@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
 
 
 def rank_micro_batches(encoded: Encoded, make: Callable, mbs: int, dp_rank: int, dp: int, device: torch.device,
-                       filler: Callable[[dict], dict]) -> tuple[list, np.ndarray]:
+                       filler: Callable[[dict, np.ndarray], dict]) -> tuple[list, np.ndarray]:
     """This rank's validation micro-batches and, per row, its index in `encoded` (-1: a filler copy)."""
     rows = np.arange(dp_rank, encoded.rows, dp)
     per_rank = -(-encoded.rows // dp)
