@@ -16,7 +16,7 @@ from megallm.evaluation.model import EvalModel
 from megallm.evaluation.perplexity import perplexity
 from megallm.evaluation.prompts import continuation, few_shot_prompt
 from megallm.evaluation.tasks import read_task
-from tests.evaluation.test_model import trained_model
+from tests.evaluation.trained import trained_model
 from tests.helpers import REPO, assert_one_line_error, run_main, run_tool
 
 FIXTURES = REPO / "tests" / "fixtures" / "lm_eval"
@@ -73,7 +73,7 @@ def test_tool_reports_tasks_and_perplexity(trained, world_of_one, tmp_path):
 
 @pytest.mark.slow
 def test_embedding_demos_and_wandb_offline(trained, world_of_one, tmp_path, capsys, monkeypatch):
-    from tests.train.test_wandb import OfflineRun
+    from tests.wandb_offline import OfflineRun
 
     for name in [n for n in os.environ if n.startswith("WANDB_")]:
         monkeypatch.delenv(name)

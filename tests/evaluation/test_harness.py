@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.evaluation.test_model import trained_model
+from tests.evaluation.trained import trained_model
 from tests.helpers import REPO
 
 lm_eval = pytest.importorskip("lm_eval")

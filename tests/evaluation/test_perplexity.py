@@ -15,7 +15,7 @@ from megallm.data.shards import Manifest, read_documents
 from megallm.errors import DataError, UsageError
 from megallm.evaluation.model import EvalModel
 from megallm.evaluation.perplexity import Perplexity, perplexity
-from tests.evaluation.test_model import trained_model
+from tests.evaluation.trained import trained_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,7 +13,7 @@ from megallm.model.attention import self_attention
 from megallm.model.config import ModelConfig
 from megallm.model.flops import parameter_count
 from megallm.model.packing import document_ids
-from tests.model.test_document_masking import CFG, EOS, packed_windows
+from tests.model.inputs import CFG, EOS, packed_windows
 
 ENCODER = dataclasses.replace(CFG, bidirectional=True)
 
