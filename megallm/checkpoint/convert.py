@@ -8,18 +8,25 @@ Every conversion goes through the layout-free `PortableState` (megallm.checkpoin
 - a megallm checkpoint is written by starting the processes of the target layout, each
   setting its part from that file, and saving with DeepSpeed;
 - a Hugging Face folder is read and written by megallm.checkpoint.hf.
-Outputs appear under their final name only when complete (`<out>.partial`, then a rename).
+A megallm checkpoint's files are verified against their checksums before anything is read
+from it (megallm.checkpoint.verify). Outputs appear under their final name only when
+complete (`<out>.partial`, then a rename); an output folder that cannot be written or has
+too little space is refused before the conversion starts, and one that fills up meanwhile
+is one line, the partial output removed (`writing_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import yaml
@@ -27,28 +34,31 @@ from omegaconf import OmegaConf
 
 from megallm.checkpoint.hf import read_hf_folder, read_hf_model_files, write_hf_folder
 from megallm.checkpoint.portable import PortableState, apply_state, gather_state
-from megallm.checkpoint.saving import load_checkpoint, write_checkpoint
+from megallm.checkpoint.saving import filled_up, load_checkpoint, mount_point, size_text, write_checkpoint
 from megallm.checkpoint.state import (
     CHECKPOINTS_DIR,
     STATE_FILE,
     WEIGHTS_FILE,
     RunState,
-    check_complete,
     complete_checkpoints,
     read_state,
     read_weights,
 )
-from megallm.checkpoint.verify import checkpoint_problem
+from megallm.checkpoint.verify import verified_state
 from megallm.config import RunConfig, batch_layout, check_config, compose_config, config_from_yaml, resolved_precision
 from megallm.data.tokenizer import load_tokenizer, tokenizer_files, tokenizer_hash
 from megallm.engine.engine import ParallelEngine
-from megallm.errors import CheckpointError, ConfigError, ConversionError, VerificationError, WorldError
-from megallm.files import HF_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE
+from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError
+from megallm.files import HF_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE, partial_path
 from megallm.model.config import ModelConfig
+from megallm.model.flops import parameter_count
 from megallm.model.weights import model_from_weights
 from megallm.parallel.dims import CLI_OPTIONS, ParallelDims
 from megallm.parallel.distributed import distributed, init_distributed
 from megallm.parallel.local_world import run_local_world
+
+FP32_BYTES = 4
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # export's --dtype
 
 
 def progress(message: str) -> None:
@@ -60,24 +70,53 @@ def is_hf_folder(path: Path) -> bool:
     return (path / HF_CONFIG_FILE).is_file() and not (path / STATE_FILE).is_file()
 
 
+def _configured_checkpoint_dir(run: Path) -> Optional[Path]:
+    """The checkpoint.dir that the run folder `run`'s config.yaml sets, or None. A relative one is
+    taken from where the run started: `run` less the config's run_dir, else the current folder."""
+    try:
+        config = yaml.safe_load((run / RUN_CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    configured = (config.get("checkpoint") or {}).get("dir") if isinstance(config, dict) else None
+    if not configured:
+        return None
+    configured = Path(configured)
+    if configured.is_absolute():
+        return configured
+    full, run_dir = run.resolve(), Path(str(config.get("run_dir") or ""))
+    started = Path.cwd()
+    if run_dir.parts and not run_dir.is_absolute() and full.parts[-len(run_dir.parts):] == run_dir.parts:
+        started = Path(*full.parts[:-len(run_dir.parts)])
+    return started / configured
+
+
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or the newest complete one under a run or checkpoints folder."""
+    """A checkpoint folder, or the newest complete one under a checkpoints folder or a run folder
+    (in its checkpoint.dir when its config.yaml sets one, else in <run>/checkpoints)."""
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
-    for root in (path, path / CHECKPOINTS_DIR):
+    configured = _configured_checkpoint_dir(path)
+    for root in (path, configured or path / CHECKPOINTS_DIR):
         found = complete_checkpoints(root)
         if found:
             return found[-1]
     if not path.exists():
         raise ConversionError(f"{path} does not exist")
+    if configured is not None:
+        raise ConversionError(f"{path} is a run folder whose checkpoint.dir {configured} holds no step_NNNNNNNN "
+                              "checkpoints; pass a checkpoint folder such as CHECKPOINT_DIR/step_00000300")
     raise ConversionError(f"{path} is not a megallm checkpoint ({STATE_FILE} missing) and holds no step_NNNNNNNN "
                           "checkpoints; pass a checkpoint folder such as runs/NAME/checkpoints/step_00000300")
 
 
 def _fit_batch(cfg: RunConfig, dp: int) -> None:
     """Keep the saved batch if it splits over `dp` data-parallel ranks, else use one that does:
-    a conversion trains nothing, and the resuming run sets its own batch."""
+    a conversion trains nothing, and the resuming run sets its own batch (and sequence length: an
+    import's config holds the default train.seq_len, kept here within the model's context)."""
+    context = cfg.model.max_position_embeddings
+    if context and cfg.train.seq_len > context:
+        cfg.train.seq_len = context
     try:
         batch_layout(cfg.train, dp)
     except ConfigError:
@@ -106,19 +145,35 @@ def _gather_worker(checkpoint: Path, out_file: Path, with_optimizer: bool) -> No
         portable.save(out_file)
 
 
-def read_checkpoint_state(checkpoint: Path, with_optimizer: bool, workdir: Path) -> PortableState:
-    """The layout-free state of a megallm checkpoint (starts its layout's ranks if needed)."""
-    state = read_state(checkpoint)
-    check_complete(checkpoint, state)
-    if state.weights_only or (not with_optimizer and (checkpoint / WEIGHTS_FILE).is_file()):
-        return PortableState(weights=read_weights(checkpoint))
-    out_file = workdir / "gathered.pt"
+def _gather_to_file(checkpoint: Path, state: RunState, with_optimizer: bool, out_file: Path) -> Path:
+    """Start the layout's ranks of the (verified) checkpoint and save its layout-free state to `out_file`."""
     progress(f"reading {checkpoint} ({state.layout}) with {state.layout.world_size} CPU process(es)")
     try:
         run_local_world(state.layout.world_size, _gather_worker, checkpoint, out_file, with_optimizer)
     except WorldError as exc:
         raise ConversionError(f"reading {checkpoint} failed: {exc}") from None
-    return PortableState.load(out_file)
+    return out_file
+
+
+def _read_verified(checkpoint: Path, state: RunState, with_optimizer: bool, workdir: Path) -> PortableState:
+    """The layout-free state of a checkpoint whose files verified (starts its layout's ranks if needed,
+    gathering into `workdir`)."""
+    if state.weights_only or (not with_optimizer and (checkpoint / WEIGHTS_FILE).is_file()):
+        return PortableState(weights=read_weights(checkpoint))
+    return PortableState.load(_gather_to_file(checkpoint, state, with_optimizer, workdir / "gathered.pt"))
+
+
+def read_checkpoint_state(checkpoint: Path, with_optimizer: bool, workdir: Path) -> PortableState:
+    """The layout-free state of a megallm checkpoint (starts its layout's ranks if needed, gathering
+    into `workdir`); every file's checksum is verified first."""
+    return _read_verified(checkpoint, verified_state(checkpoint), with_optimizer, workdir)
+
+
+def _checkpoint_weights(checkpoint: Path, state: RunState) -> dict[str, torch.Tensor]:
+    """The canonical weights of a checkpoint whose files verified."""
+    with tempfile.TemporaryDirectory(prefix="megallm-read-") as workdir:
+        portable = _read_verified(checkpoint, state, with_optimizer=False, workdir=Path(workdir))
+        return {name: tensor.clone() for name, tensor in portable.weights.items()}  # off the mmap'd file
 
 
 def read_model(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Optional[Path]]:
@@ -130,10 +185,8 @@ def read_model(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Option
         tokenizer = path / TOKENIZER_FILE
         return weights, cfg, tokenizer if tokenizer.is_file() else None
     checkpoint = resolve_checkpoint(path)
-    with tempfile.TemporaryDirectory(prefix="megallm-read-") as workdir:
-        portable = read_checkpoint_state(checkpoint, with_optimizer=False, workdir=Path(workdir))
-        weights = {name: tensor.clone() for name, tensor in portable.weights.items()}  # off the mmap'd file
-    return weights, ModelConfig(**read_state(checkpoint).model), checkpoint_tokenizer(checkpoint)
+    state = verified_state(checkpoint)
+    return _checkpoint_weights(checkpoint, state), ModelConfig(**state.model), checkpoint_tokenizer(checkpoint)
 
 
 def checkpoint_tokenizer(checkpoint: Path) -> Optional[Path]:
@@ -178,12 +231,10 @@ def _write_worker(state_file: Path, out: Path, layout: ParallelDims, config_yaml
                      tokenizer_files=tokenizer if engine.ctx.is_main else None)
 
 
-def write_megallm_checkpoint(state: PortableState, out: Path, layout: ParallelDims, config_yaml: str,
-                             run_state: RunState, tokenizer: Optional[dict], workdir: Path) -> Path:
-    """Start `layout`'s ranks and save `state` as a checkpoint of that layout at `out`; `tokenizer`:
-    {name: text} of its tokenizer files."""
-    state_file = workdir / "state.pt"
-    state.save(state_file)
+def write_megallm_checkpoint(state_file: Path, out: Path, layout: ParallelDims, config_yaml: str,
+                             run_state: RunState, tokenizer: Optional[dict]) -> Path:
+    """Start `layout`'s ranks and save the PortableState in `state_file` as a checkpoint of that layout
+    at `out`; `tokenizer`: {name: text} of its tokenizer files."""
     progress(f"writing {out} ({layout}) with {layout.world_size} CPU process(es)")
     try:
         run_local_world(layout.world_size, _write_worker, state_file, out, layout, config_yaml, run_state,
@@ -198,23 +249,89 @@ def _refuse_existing(out: Path) -> None:
         raise ConversionError(f"{out} exists already; choose a new output folder or remove it")
 
 
+@contextlib.contextmanager
+def writing_output(out: Path, needed_bytes: int, source: Path) -> Iterator[Path]:
+    """Around a conversion that writes the folder `out` (and temporary files beside it, about
+    `needed_bytes` in all) from `source`; yields out's parent folder. An output folder that cannot
+    be written, or whose filesystem has less than `needed_bytes` free, is refused before anything
+    is read; a filesystem that fills up (or fails) while writing is one line, with `<out>.partial`
+    removed. `source` is only read."""
+    out = Path(out).absolute()
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConversionError(f"cannot write {out}: creating {parent} failed ({error.strerror}); "
+                              "choose another output folder") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "on a read-only filesystem" if os.statvfs(parent).f_flag & os.ST_RDONLY else "not writable by this user"
+        raise ConversionError(f"cannot write {out}: {parent} is {why}; choose another output folder")
+    free = shutil.disk_usage(parent).free
+    advice = f"free some space or choose an output folder on a larger filesystem ({source} is intact)"
+    if free < needed_bytes:
+        raise ConversionError(f"no space left on {mount_point(parent)} for {out}: it needs about "
+                              f"{size_text(needed_bytes)}, {size_text(free)} free; {advice}")
+    try:
+        yield parent
+    except Exception as error:
+        shutil.rmtree(partial_path(out), ignore_errors=True)
+        if filled_up(error, parent):
+            raise ConversionError(f"no space left on {mount_point(parent)} while writing {out}: it needs about "
+                                  f"{size_text(needed_bytes)}; nothing was written; {advice}") from None
+        if isinstance(error, OSError) and error.strerror:  # e.g. a filesystem that turned read-only
+            raise ConversionError(f"writing {out} failed: {error.strerror} ({error.filename or parent}); "
+                                  f"nothing was written ({source} is intact)") from None
+        raise
+    except BaseException:
+        shutil.rmtree(partial_path(out), ignore_errors=True)
+        raise
+
+
+# ---- what a conversion writes (about; the free-space check before it starts) --------------------
+def _parameters(model: dict) -> int:
+    return parameter_count(ModelConfig(**model)).total
+
+
+def reshard_bytes(saved: RunState) -> int:
+    """Beside OUT the gathered state (fp32 weights and, unless weights-only, Adam's two moments),
+    then OUT: a checkpoint about as large as the source."""
+    return _parameters(saved.model) * FP32_BYTES * (1 if saved.weights_only else 3) + sum(saved.files.values())
+
+
+def export_bytes(saved: RunState, dtype: str) -> int:
+    """The weights in `dtype` (the tokenizer and config files are small beside them)."""
+    return _parameters(saved.model) * DTYPES[dtype].itemsize
+
+
+def import_bytes(weights: dict[str, torch.Tensor], layout: Optional[ParallelDims]) -> int:
+    """Weights-only: consolidated.pt; under a layout, the fp32 weights beside OUT for its ranks, then
+    OUT (fp32 weights, an optimizer with no state yet)."""
+    weights_bytes = sum(t.numel() for t in weights.values()) * FP32_BYTES
+    return weights_bytes if layout is None else 2 * weights_bytes
+
+
 def reshard(source: Path, out: Path, layout: ParallelDims) -> Path:
-    """megallm checkpoint -> the same training state (weights, Adam, schedule, data position) under `layout`."""
+    """megallm checkpoint -> the same training state (weights, Adam, schedule, data position) under `layout`.
+    The checkpoint is verified before anything is written."""
     out = Path(out)
     _refuse_existing(out)
     checkpoint = resolve_checkpoint(source)
-    saved = read_state(checkpoint)
+    saved = verified_state(checkpoint)
     config_yaml = (checkpoint / RUN_CONFIG_FILE).read_text()
     check_layout(ModelConfig(**saved.model), layout, config_yaml)
     tokenizer = checkpoint_tokenizer(checkpoint)
-    with tempfile.TemporaryDirectory(prefix="megallm-reshard-", dir=out.parent) as workdir:
-        state = read_checkpoint_state(checkpoint, with_optimizer=True, workdir=Path(workdir))
-        return write_megallm_checkpoint(state, out, layout, config_yaml, saved,
-                                        tokenizer_files(tokenizer) if tokenizer else None, Path(workdir))
+    with writing_output(out, reshard_bytes(saved), checkpoint) as parent, \
+            tempfile.TemporaryDirectory(prefix="megallm-reshard-", dir=parent) as workdir:
+        if saved.weights_only:
+            state_file = Path(workdir) / "state.pt"
+            PortableState(weights=read_weights(checkpoint)).save(state_file)
+        else:
+            state_file = _gather_to_file(checkpoint, saved, True, Path(workdir) / "gathered.pt")
+        return write_megallm_checkpoint(state_file, out, layout, config_yaml, saved,
+                                        tokenizer_files(tokenizer) if tokenizer else None)
 
 
 # ---- Hugging Face -----------------------------------------------------------------------------
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Optional[Path] = None,
@@ -227,7 +344,7 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
     if tokenizer is None or not tokenizer.is_file():
         raise ConversionError(f"no tokenizer found for {checkpoint} (no {TOKENIZER_FILE} in it or in its corpus); "
                               "pass --tokenizer PATH/tokenizer.json")
-    saved = read_state(checkpoint)
+    saved = verified_state(checkpoint)
     if saved.model.get("bidirectional"):
         raise ConversionError(f"{checkpoint} is a bidirectional encoder (train.objective=mlm): transformers' "
                               "LlamaForCausalLM attends causally and would compute another model, so it is not "
@@ -236,10 +353,11 @@ def export_hf(source: Path, out: Path, dtype: str = "float32", tokenizer: Option
         raise ConversionError(f"{checkpoint} is a sequence classifier (launch/finetune.py finetune.task=classify); "
                               "only language models are exported to Hugging Face (its head, with a bias and "
                               "model.pooling, is not LlamaForSequenceClassification's)")
-    weights, cfg, _ = read_model(checkpoint)
-    weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in weights.items()}
-    folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, max_positions=saved.seq_len or 2048,
-                             original=saved.hf_model_files, max_shard_bytes=max_shard_bytes)
+    cfg = ModelConfig(**saved.model)
+    with writing_output(out, export_bytes(saved, dtype), checkpoint):
+        weights = {name: tensor.to(DTYPES[dtype]) for name, tensor in _checkpoint_weights(checkpoint, saved).items()}
+        folder = write_hf_folder(weights, cfg, out, tokenizer_file=tokenizer, max_positions=saved.seq_len or 2048,
+                                 original=saved.hf_model_files, max_shard_bytes=max_shard_bytes)
     return folder, (verify_hf(folder, weights, cfg) if verify else None)
 
 
@@ -262,19 +380,21 @@ def import_hf(folder: Path, out: Path, layout: Optional[ParallelDims], verify: b
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if layout is not None:
         check_layout(model, layout, config_yaml)
-    if verify and transformers_installed():
-        worst = verify_hf(Path(folder), weights, model)
-        progress(f"{folder}: transformers computes megallm's logits (max |diff| {worst:.2e})")
-    run_state = RunState(model=model.to_dict(), weights_only=layout is None,
-                         tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer)) if tokenizer else "",
-                         hf_model_files=read_hf_model_files(Path(folder)))
-    tokenizer_texts = tokenizer_files(tokenizer) if tokenizer else None
-    if layout is None:
-        return write_checkpoint(None, out, run_state, config_yaml, rank=0, consolidated=weights,
-                                tokenizer_files=tokenizer_texts)
-    with tempfile.TemporaryDirectory(prefix="megallm-import-", dir=out.parent) as workdir:
-        return write_megallm_checkpoint(PortableState(weights=weights), out, layout, config_yaml, run_state,
-                                        tokenizer_texts, Path(workdir))
+    with writing_output(out, import_bytes(weights, layout), Path(folder)) as parent:
+        if verify and transformers_installed():
+            worst = verify_hf(Path(folder), weights, model)
+            progress(f"{folder}: transformers computes megallm's logits (max |diff| {worst:.2e})")
+        run_state = RunState(model=model.to_dict(), weights_only=layout is None,
+                             tokenizer_sha256=tokenizer_hash(load_tokenizer(tokenizer)) if tokenizer else "",
+                             hf_model_files=read_hf_model_files(Path(folder)))
+        tokenizer_texts = tokenizer_files(tokenizer) if tokenizer else None
+        if layout is None:
+            return write_checkpoint(None, out, run_state, config_yaml, rank=0, consolidated=weights,
+                                    tokenizer_files=tokenizer_texts)
+        with tempfile.TemporaryDirectory(prefix="megallm-import-", dir=parent) as workdir:
+            state_file = Path(workdir) / "state.pt"
+            PortableState(weights=weights).save(state_file)
+            return write_megallm_checkpoint(state_file, out, layout, config_yaml, run_state, tokenizer_texts)
 
 
 def transformers_installed() -> bool:
@@ -317,10 +437,7 @@ def describe(path: Path) -> str:
         config = json.loads((path / HF_CONFIG_FILE).read_text())
         return f"Hugging Face {config.get('architectures', ['?'])[0]} at {path}"
     checkpoint = resolve_checkpoint(path)
-    problem = checkpoint_problem(checkpoint, distributed=False)
-    if problem:
-        raise CheckpointError(problem)
-    state = read_state(checkpoint)
+    state = verified_state(checkpoint)
     verified = (f"{len(state.checksums)} files verified (SHA-256)" if state.checksums
                 else f"{len(state.files)} file sizes verified (no checksums: an older checkpoint)")
     # After the first ": ", what a run resuming it needs (the model.* overrides); the tests parse it so.

@@ -64,20 +64,44 @@ def _rng_file(folder: Path, rank: int) -> Path:
     return folder / RNG_DIR / f"rank_{rank:05d}.pt"
 
 
-def _gb(size: float) -> str:
-    return f"{size / 1e9:.3g} GB"
+def size_text(size: float) -> str:
+    """A size in bytes as people read it: "1.23 GB", "456 MB", "7.8 kB"."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size / 1e3:.3g} kB"
 
 
-def _mount_point(path: Path) -> Path:
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem that holds `path` (which exists)."""
     path = path.resolve()
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return path
 
 
+def filled_up(error: BaseException, folder: Path) -> bool:
+    """Whether `error`, raised while writing under `folder`, came from a full filesystem (torch's
+    zip writer and safetensors report one without errno: "unexpected pos", "iostream error")."""
+    try:
+        return getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
 def checkpoint_bytes(path: Path) -> int:
     """The bytes a checkpoint's ranks wrote, from its state file."""
     return sum(read_state(path).files.values())
+
+
+def _bytes_needed(root: Path, estimated_bytes: int) -> int:
+    """The newest checkpoint's size under `root` (`estimated_bytes` for a first one, or where its
+    state file cannot be read)."""
+    previous = complete_checkpoints(root)
+    try:
+        return checkpoint_bytes(previous[-1]) if previous else estimated_bytes
+    except CheckpointError:
+        return estimated_bytes
 
 
 def _space_problem(folder: Path, step: int, needed: int) -> Optional[str]:
@@ -86,17 +110,16 @@ def _space_problem(folder: Path, step: int, needed: int) -> Optional[str]:
     free = shutil.disk_usage(folder).free
     if free >= needed:
         return None
-    return (f"no space left on {_mount_point(folder)} to save step {step}: the checkpoint needs about {_gb(needed)}, "
-            f"{_gb(free)} free; free some space or set checkpoint.dir to a larger filesystem "
-            "(earlier checkpoints are intact)")
+    return (f"no space left on {mount_point(folder)} to save step {step}: the checkpoint needs about "
+            f"{size_text(needed)}, {size_text(free)} free; free some space or set checkpoint.dir to a larger "
+            "filesystem (earlier checkpoints are intact)")
 
 
 def _write_problem(error: BaseException, folder: Path, step: int, needed: int) -> str:
-    """One line for an error while writing a checkpoint (torch's zip writer reports a full disk
-    as "unexpected pos" or "iostream error", without errno)."""
-    if getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < (1 << 20):
-        return (f"no space left on {_mount_point(folder)} while saving step {step}: the checkpoint needs about "
-                f"{_gb(needed)}; free some space or set checkpoint.dir to a larger filesystem "
+    """One line for an error while writing a checkpoint."""
+    if filled_up(error, folder):
+        return (f"no space left on {mount_point(folder)} while saving step {step}: the checkpoint needs about "
+                f"{size_text(needed)}; free some space or set checkpoint.dir to a larger filesystem "
                 "(earlier checkpoints are intact)")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"saving step {step} to {folder} failed: {first_line} (earlier checkpoints are intact)"
@@ -119,8 +142,7 @@ def save_checkpoint(engine: ParallelEngine, root: Path, state: RunState, config_
         if rank == 0:
             print(f"checkpoint {final} exists already; keeping it and not saving step {state.step}", flush=True)
         return None
-    previous = complete_checkpoints(root)
-    needed = checkpoint_bytes(previous[-1]) if previous else estimated_bytes
+    needed = _bytes_needed(root, estimated_bytes) if rank == 0 else 0  # rank 0 alone checks the space
     write_checkpoint(engine, final, state, config_yaml, rank, consolidated=consolidated,
                      tokenizer_files=tokenizer_files, needed_bytes=needed)
     if rank == 0 and keep_last > 0:
@@ -196,7 +218,8 @@ def load_checkpoint(engine: ParallelEngine, path: Path) -> RunState:
     """Collective: restore the engine (weights, optimizer, LR schedule), this rank's RNG, and
     return the run state. A weights-only checkpoint sets the weights alone. A checkpoint of
     step 0 (imported, nothing trained yet) keeps this run's optimizer settings and LR
-    schedule: only its weights (and empty optimizer) are taken."""
+    schedule: only its weights (and empty optimizer) are taken. The files' sizes are checked here;
+    their checksums were verified by whoever chose `path` (megallm.checkpoint.verify)."""
     state = read_state(path)
     check_complete(path, state)
     if state.weights_only:

@@ -16,6 +16,12 @@ a shard lost in a copy or altered on disk is named before anything loads
 (`check_complete`, megallm.checkpoint.verify), and the state of the training loop's
 callbacks that have one (megallm.train.callbacks).
 
+The state file protects itself: it carries `format` (STATE_FORMAT) and `state_sha256`, the
+SHA-256 of its other keys (sorted, compact JSON), so a changed step or data position is
+damage, not a resume at the wrong place. A file of this format must also list a checksum
+for every file. Files of earlier versions (no `format`: with checksums since megallm
+verified checkpoints, sizes only before) are read as they are.
+
 A weights-only checkpoint (`weights_only`, written by `tools/convert_ckpt.py import
 --weights-only`) holds `consolidated.pt`, the state and config files and no DeepSpeed
 files: any layout starts from it with a fresh optimizer.
@@ -28,6 +34,7 @@ replaced next time), and an existing checkpoint is never written over.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -41,6 +48,9 @@ from megallm.model.config import ModelConfig
 from megallm.parallel.dims import ParallelDims
 
 STATE_FILE = "megallm_state.json"
+# megallm_state.json's own format: 2 carries `state_sha256` and a checksum for every file; a file
+# without `format` was written before (with `checksums` since megallm verified checkpoints).
+STATE_FORMAT = 2
 WEIGHTS_FILE = "consolidated.pt"
 RNG_DIR = "rng"
 CHECKPOINTS_DIR = "checkpoints"  # under a run folder, unless checkpoint.dir says otherwise
@@ -66,19 +76,49 @@ class RunState:
     # An imported Hugging Face model's config.json and generation_config.json ({name: JSON}),
     # carried by every run that resumes it, so that its export keeps them (megallm.checkpoint.hf).
     hf_model_files: dict = field(default_factory=dict)
+    # How its megallm_state.json protects itself (set by `to_json`, checked by `read_state`): the file's
+    # format (0: written before STATE_FORMAT) and the SHA-256 of its other keys.
+    format: int = 0
+    state_sha256: str = ""
 
     def __post_init__(self):
         if isinstance(self.layout, dict):  # as read from JSON ({} in older weights-only checkpoints)
             self.layout = ParallelDims.from_dict(self.layout) if self.layout else None
 
     def to_json(self) -> str:
-        """As saved in megallm_state.json; no `callbacks` / `hf_model_files` key when empty (so that
-        earlier versions of megallm still read the file)."""
+        """As saved in megallm_state.json, with its format and own checksum; no `callbacks` /
+        `hf_model_files` key when empty (earlier versions of megallm read the file: they ignore
+        the keys they do not know)."""
         fields = asdict(self)
         for key in ("callbacks", "hf_model_files"):
             if not fields[key]:
                 del fields[key]
-        return json.dumps(fields, indent=1)
+        del fields["state_sha256"]
+        fields["format"] = STATE_FORMAT
+        fields = json.loads(json.dumps(fields))  # as it reads back (tuples as lists, keys as strings)
+        return json.dumps({**fields, "state_sha256": _fields_sha256(fields)}, indent=1)
+
+
+def _fields_sha256(fields: dict) -> str:
+    """The SHA-256 of a state file's keys (the checksum key itself excluded), in a canonical form."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _state_file_problem(fields: dict) -> Optional[str]:
+    """Why a parsed state file cannot be trusted, or None."""
+    fields = dict(fields)
+    recorded = fields.pop("state_sha256", "")
+    if not fields.get("format") and not recorded:
+        return None  # an earlier version's file: nothing to check it against
+    if not recorded:
+        return f"{STATE_FILE} has lost its own checksum (state_sha256)"
+    if recorded != _fields_sha256(fields):
+        return (f"{STATE_FILE} fails its checksum (edited or damaged since it was saved: its step, data position "
+                "and file list cannot be trusted)")
+    unchecked = sorted(set(fields.get("files") or {}) - set(fields.get("checksums") or {}))
+    if unchecked:
+        return f"{STATE_FILE} records no checksum for {len(unchecked)} of its files, e.g. {unchecked[0]}"
+    return None
 
 
 def tag_for(step: int) -> str:
@@ -107,6 +147,9 @@ def read_state(path: Path) -> RunState:
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is damaged (truncated or not JSON); "
                               "use another checkpoint") from None
+    problem = _state_file_problem(fields) if isinstance(fields, dict) else f"{STATE_FILE} is not a JSON object"
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}; use another checkpoint")
     known = RunState.__dataclass_fields__
     return RunState(**{k: v for k, v in fields.items() if k in known})
 

@@ -27,10 +27,12 @@ DESCRIPTION = """\
 Move a model in and out of megallm, and between parallel layouts.
 
 CKPT is a megallm checkpoint folder (runs/NAME/checkpoints/step_00000300) or a run folder
-(its newest complete checkpoint is taken), written by any TP x PP x DP layout and ZeRO
-stage. A megallm checkpoint is read by starting that layout's processes on this
-machine's CPU, so reading a TP=2 x PP=2 x DP=2 checkpoint starts 8 processes.
-Every output is written to OUT_DIR.partial and renamed to OUT_DIR when complete.
+(its newest complete checkpoint is taken, from the run's checkpoint.dir where it set one),
+written by any TP x PP x DP layout and ZeRO stage. Every file of a megallm checkpoint is
+verified against its SHA-256 before anything is read from it. It is read by starting that
+layout's processes on this machine's CPU, so reading a TP=2 x PP=2 x DP=2 checkpoint
+starts 8 processes. Every output is written to OUT_DIR.partial and renamed to OUT_DIR
+when complete; an OUT_DIR that cannot be written or lacks the space is refused first.
 """
 
 EPILOG = """\

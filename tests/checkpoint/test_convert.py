@@ -184,7 +184,8 @@ def test_bad_input_is_one_line(pipeline_run, tmp_path, convert):
     lost = sorted(damaged.glob("layer_*-model_01-model_states.pt"))[-1]
     lost.unlink()
     assert_one_line_error(convert("reshard", damaged, tmp_path / "o2", "--tp", 1, "--pp", 1, "--dp", 1,
-                                  "--zero-stage", 0), "missing 1 of the", lost.name, prefix="convert_ckpt: error: ")
+                                  "--zero-stage", 0), "is damaged: 1 of the", f"{lost.name} (missing or truncated)",
+                          prefix="convert_ckpt: error: ")
     assert not (tmp_path / "o2").exists() and not partial_path(tmp_path / "o2").exists()
 
     assert_one_line_error(convert("reshard", step4(pipeline_run), tmp_path / "o3", "--tp", 3, "--pp", 1, "--dp", 1,
