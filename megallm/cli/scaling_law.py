@@ -32,11 +32,14 @@ Fit how the final loss scales with model size N and training tokens D, three way
      with a free scale; the summed Huber loss gives A 477.8, B 2143 on their data.)
 with bootstrap percentile intervals (points resampled with replacement) for every number.
 
-INPUT is a CSV file (columns, in any case: `Model Size`/`N`/`params`, `Training FLOP`/`C`/`FLOPs`
-and/or `D`/`tokens` (C = 6ND, D = C / 6N for the missing one), `loss`/`final_loss`, optionally `name`) or a folder searched for megallm runs (config.yaml + metrics.jsonl). A run
-counts when finished: its eval at the last step gives the loss; N is the total parameter count,
-embeddings included (Chinchilla's convention); C = FLOPs per token (megallm.model.flops) x tokens.
-Unfinished runs are left out with a note.
+INPUT is a CSV file (columns, in any case: `Model Size`/`N`/`params`, `Training FLOP`/`C`/`FLOPs`/
+`budget` and/or `D`/`tokens` (C = 6ND, D = C / 6N for the missing one), `loss`/`final_loss`/
+`validation_loss`, optionally `name`; a given C is what approaches 1 and 2 group by) or a folder
+searched for megallm runs (config.yaml + metrics.jsonl). A run counts when finished: its eval at the
+last step gives the loss; N is the total parameter count, embeddings included (Chinchilla's
+convention); C = FLOPs per token (megallm.model.flops) x tokens. Unfinished runs are left out with a
+note. Each point is one run: two rows (or runs) of the same N and D are refused (--duplicates mean
+averages them). A law that does not converge or sits on its bounds is reported as not fitted.
 """
 
 EPILOG = """\
@@ -44,6 +47,8 @@ examples:
   # Epoch AI's points from the Chinchilla paper, with their outlier rule (gives A 477.8, B 2143,
   # E 1.817, alpha 0.347, beta 0.367)
   python tools/scaling_law.py tests/fixtures/chinchilla/svg_extracted_data.csv --drop-highest 5
+  # a table of several experiments, each run once per kind of loss: keep one
+  python tools/scaling_law.py isoflops.csv --where condition=raw_loss --predict-compute 3.8e25
   # a sweep of runs: the model for 1e21 FLOPs, plots and fit.json in fits/sweep
   python tools/scaling_law.py runs/sweep --predict-compute 1e21 --output fits/sweep
   # how well does the law predict the largest model it did not see?
@@ -55,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python tools/scaling_law.py", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, metavar="INPUT", help="CSV file, or folder of megallm runs")
+    points = parser.add_argument_group("points")
+    points.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="keep only the CSV rows whose COLUMN holds VALUE (repeatable): one experiment, or one "
+                             "kind of loss, of a table holding several")
+    points.add_argument("--duplicates", choices=("refuse", "mean"), default="refuse",
+                        help="rows (or runs) of the same N and D: refuse them (default), or average their losses "
+                             "into one point")
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--drop-highest", type=int, default=0, metavar="K",
                      help="leave out the K points of highest loss first (Epoch's rule on the Chinchilla CSV: 5)")
@@ -68,10 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--bootstrap", type=int, default=200, metavar="R", help="bootstrap resamples (0: no intervals)")
     fit.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-    pred = parser.add_argument_group("prediction (approach 3, compute-optimal: the other of N and D follows)")
+    pred = parser.add_argument_group("prediction (compute-optimal, by every approach that fitted, with the one the "
+                                     "points support best: the other of N and D follows)")
     pred.add_argument("--predict-compute", type=float, metavar="FLOPS", help="a compute budget, e.g. 1e21")
     pred.add_argument("--predict-params", type=float, metavar="N", help="a model size, e.g. 1.2e9")
     pred.add_argument("--predict-tokens", type=float, metavar="D", help="a token budget, e.g. 2e10")
+    pred.add_argument("--vocab-size", type=int, metavar="V",
+                      help="the vocabulary of the presets whose vocab_size is null, for the nearest preset's "
+                           "parameter count (default: the runs'; 32000 for a CSV)")
     held = parser.add_argument_group("holdout: approach 3 without some points, and its error on them")
     which = held.add_mutually_exclusive_group()
     which.add_argument("--holdout", metavar="GLOB", help="leave out the runs whose names (paths under INPUT) match")
@@ -98,12 +114,15 @@ def run(args: argparse.Namespace) -> int:
 
     options = Options(drop_highest=args.drop_highest, bootstrap=args.bootstrap, seed=args.seed,
                       confidence=args.confidence, isoflop=args.isoflop, keep_best=args.starts)
-    points = read_points(args.input, note=print)
+    if args.vocab_size is not None and args.vocab_size < 1:
+        raise UsageError(f"--vocab-size must be >= 1, got {args.vocab_size}")
+    points = read_points(args.input, note=print, duplicates=args.duplicates, where=args.where)
     if args.holdout or args.holdout_largest:  # a bad choice is reported before the seconds of fitting
         predict.select_holdout(points.without_highest(args.drop_highest), args.holdout_largest, args.holdout)
     study = analyse(points, options)
     asked = [(given, getattr(args, f"predict_{given}")) for given in predict.GIVEN]
-    predictions = [predict.predict(study, given, value) for given, value in asked if value is not None]
+    predictions = [predict.predict(study, given, value, args.vocab_size) for given, value in asked
+                   if value is not None]
     held = None
     if args.holdout or args.holdout_largest:
         held = predict.holdout(study, largest=args.holdout_largest, pattern=args.holdout)
@@ -115,12 +134,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             args.output.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.output / "fit.json", _json(numbers))
-            plots = _plots(study, args.output, held)
+            plots = _plots(study, args.output, held, predictions)
         except OSError as exc:
             raise UsageError(f"cannot write to --output {args.output}: {exc.strerror or exc}") from exc
         print(f"wrote {args.output / 'fit.json'} and {len(plots)} plots in {args.output}")
     if args.wandb:
-        _log_wandb(study, numbers, plots, held, args.output)
+        _log_wandb(study, numbers, plots, held, predictions, args.output)
     return 0
 
 
@@ -128,13 +147,13 @@ def _json(numbers: dict) -> str:
     return json.dumps(numbers, indent=2, allow_nan=False, default=float) + "\n"
 
 
-def _plots(study, folder: Path, held) -> list[Path]:
+def _plots(study, folder: Path, held, predictions) -> list[Path]:
     from megallm.scaling.plots import draw_all  # deferred: matplotlib (~1 s), only for plots
 
-    return draw_all(study, folder, held)
+    return draw_all(study, folder, held, predictions)
 
 
-def _log_wandb(study, numbers: dict, plots: list[Path], held, output: Optional[Path]) -> None:
+def _log_wandb(study, numbers: dict, plots: list[Path], held, predictions, output: Optional[Path]) -> None:
     """One W&B run: the fitted numbers as its summary and config, the plots as images. Offline unless
     WANDB_MODE says otherwise (W&B's legacy dryrun / run read as offline / online)."""
     try:
@@ -144,7 +163,7 @@ def _log_wandb(study, numbers: dict, plots: list[Path], held, output: Optional[P
     mode = os.environ.get("WANDB_MODE") or "offline"
     with tempfile.TemporaryDirectory() as scratch:
         if not plots:
-            plots = _plots(study, Path(scratch), held)
+            plots = _plots(study, Path(scratch), held, predictions)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "megallm", job_type="scaling_law",
                          mode={"dryrun": "offline", "run": "online"}.get(mode, mode),
                          dir=str(output) if output else None,

@@ -1,11 +1,14 @@
 """Scaling laws from finished runs: Chinchilla's three approaches, bootstrap intervals, predictions.
 
-- points.py     finished megallm runs or a CSV -> points (N, D, C, final loss)
+- points.py     finished megallm runs or a CSV -> points (N, D, C, final loss), one per run
 - fit.py        approach 1 (loss frontier) and approach 2 (IsoFLOP parabolas): N_opt(C), D_opt(C) power laws
-- parametric.py approach 3: L(N, D) = E + A/N^alpha + B/D^beta by summed Huber loss, L-BFGS-B from a grid
+- parametric.py approach 3: L(N, D) = E + A/N^alpha + B/D^beta by summed Huber loss, L-BFGS-B from a grid,
+                refused where it does not converge or sits on its bounds
 - bootstrap.py  resampling the points, refitting, percentile intervals
+- support.py    which approach the points support best: the largest compute levels forecast from those below
 - study.py      all of it on one set of points
-- predict.py    compute-optimal N and D, expected loss and nearest conf/model/ preset; holdout error
+- predict.py    compute-optimal N and D by every approach, expected loss and nearest conf/model/ preset;
+                holdout error
 - report.py     the printed table and fit.json
 - plots.py      PNG figures (matplotlib, Agg)
 

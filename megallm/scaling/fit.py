@@ -4,24 +4,31 @@ N_opt(C) and tokens D_opt(C) as power laws of the training compute C.
 - Approach 1, `envelope`: the lower envelope (frontier) of final loss against compute over all
   points, and N_opt(C) ∝ C^a, D_opt(C) ∝ C^b fitted by least squares in log-log on the frontier's
   points. Hoffmann et al. take the envelope of whole training curves; from final losses only, the
-  frontier holds the runs that no cheaper run beats.
+  frontier holds the runs that no cheaper run beats. Points whose C agree to SAME_COMPUTE_RTOL are
+  at one compute (C = 6ND recomputed from a budget's N and D differs in its last bits), where only
+  the lowest loss can be on the frontier; a power law needs two such computes.
 - Approach 2, `isoflop`: at each compute level with at least 3 model sizes, a parabola of loss
   against ln N; its vertex is N_opt(C), D_opt = C / (6 N_opt); then the same power laws. Levels are
-  either shared by the points (`group_levels`: an IsoFLOP sweep, as the Chinchilla CSV's budgets)
+  either shared by the points (`group_levels`: an IsoFLOP sweep; a budget column's values exactly,
+  else points within LEVEL_HALF_WIDTH, as the Chinchilla CSV's budgets read off a figure)
   or, for a sweep of model sizes x token budgets where every run has its own C, interpolated
   (`interpolated_levels`: each size's log loss linear in log C between its runs, never beyond).
   `choose_isoflop_mode` picks between them. C is the points' own compute (for megallm runs, FLOPs per
   token x D), and D_opt = C / (6 N_opt) as Hoffmann et al. write it.
+
+A least-squares fit that numpy finds ill-conditioned (its RankWarning) is no fit: the approach (or
+the level) is not fitted, and the warning stays off the console.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from megallm.scaling.points import Points
+from megallm.scaling.points import Points, geometric_mean
 
 # Points whose log10 C lie within this of a level's seed are that level: the Chinchilla CSV's budgets
 # (6e18 ... 3e21) are read off a figure and scatter by about ±0.03 around each, ≥0.2 apart.
@@ -33,10 +40,32 @@ MIN_SIZES_PER_LEVEL = 3  # a parabola needs three distinct model sizes
 MIN_LEVEL_SHARE = 1 / 3
 LEVELS_PER_DECADE = 4  # the geometric grid of interpolated compute levels
 ISOFLOP_MODES = ("auto", "levels", "interpolate")
+# Computes that agree to this relative precision are one: far above float64's noise in 6ND (1e-16) and a
+# CSV's printed digits, far below the step between two budgets or two runs.
+SAME_COMPUTE_RTOL = 1e-9
 
 
 class NotFitted(Exception):
     """An approach that these points cannot support; the message says why (the other approaches go on)."""
+
+
+def polyfit(x: np.ndarray, y: np.ndarray, degree: int) -> np.ndarray:
+    """np.polyfit, with its RankWarning (the x too close together for this degree) raised as NotFitted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.RankWarning)
+        try:
+            return np.polyfit(x, y, degree)
+        except np.exceptions.RankWarning as exc:
+            raise NotFitted(f"a degree-{degree} fit is ill-conditioned on these {len(x)} points") from exc
+
+
+def compute_levels(compute: np.ndarray) -> np.ndarray:
+    """Each compute's level: 0, 1, ... in increasing compute, one per SAME_COMPUTE_RTOL-wide cluster."""
+    order = np.argsort(compute, kind="stable")
+    steps = np.diff(np.log(compute[order])) > SAME_COMPUTE_RTOL
+    levels = np.empty(len(compute), dtype=int)
+    levels[order] = np.concatenate([[0], np.cumsum(steps)]) if len(compute) else []
+    return levels
 
 
 @dataclass(frozen=True)
@@ -51,10 +80,19 @@ class PowerLaw:
 
     @classmethod
     def fit(cls, compute: np.ndarray, y: np.ndarray) -> PowerLaw:
-        if len(np.unique(compute)) < 2:
-            raise NotFitted("a power law needs points at two compute levels or more")
-        slope, intercept = np.polyfit(np.log(compute), np.log(y), 1)
+        levels = len(np.unique(compute_levels(np.asarray(compute, dtype=float))))
+        if levels < 2:
+            raise NotFitted(f"a power law needs points at two compute levels or more; these {len(compute)} "
+                            f"are at {levels}")
+        slope, intercept = polyfit(np.log(compute), np.log(y), 1)
         return cls(float(slope), float(np.exp(intercept)))
+
+    def inverse(self, y) -> np.ndarray:
+        """The compute at which this law gives y."""
+        return (np.asarray(y, dtype=float) / self.coefficient) ** (1.0 / self.exponent)
+
+    def __str__(self) -> str:
+        return f"{self.coefficient:.3g} C^{self.exponent:.3f}"
 
 
 # ---- approach 1 ---------------------------------------------------------------------------------------
@@ -66,8 +104,12 @@ class EnvelopeFit:
 
 
 def frontier(points: Points) -> np.ndarray:
-    """Indices of the points whose loss is below that of every point of less compute."""
-    order = np.lexsort((points.loss, points.c))
+    """Indices of the points whose loss is below that of every point of less compute, one per compute
+    (SAME_COMPUTE_RTOL): the lowest loss there."""
+    levels = compute_levels(points.c)
+    order = np.lexsort((points.loss, levels))
+    first = np.concatenate([[True], np.diff(levels[order]) > 0])  # each level's lowest loss
+    order = order[first]
     loss = points.loss[order]
     best_before = np.concatenate([[np.inf], np.minimum.accumulate(loss)[:-1]])
     return order[loss < best_before]
@@ -119,7 +161,10 @@ def _level(compute: float, n: np.ndarray, loss: np.ndarray, members: Optional[np
     x = np.log(n)
     if len(np.unique(x)) < MIN_SIZES_PER_LEVEL:
         return None
-    parabola = np.polyfit(x, loss, 2)
+    try:
+        parabola = polyfit(x, loss, 2)
+    except NotFitted:
+        return None
     if parabola[0] <= 0:
         return None
     vertex = -parabola[1] / (2 * parabola[0])
@@ -129,8 +174,15 @@ def _level(compute: float, n: np.ndarray, loss: np.ndarray, members: Optional[np
 
 
 def group_levels(points: Points, half_width: float = LEVEL_HALF_WIDTH) -> list[np.ndarray]:
-    """Points at shared compute levels, by mode seeking in log10 C: the point with the most others within
-    ±half_width seeds a level of those points; repeat on the rest while a seed has ≥3 distinct sizes."""
+    """Points at shared compute levels: a budget's points share its C exactly (SAME_COMPUTE_RTOL), and
+    when such levels of ≥3 sizes hold half the points, they are the levels, however close two budgets
+    are. Else by mode seeking in log10 C: the point with the most others within ±half_width seeds a
+    level of those points; repeat on the rest while a seed has ≥3 distinct sizes."""
+    levels = compute_levels(points.c)
+    exact = [np.flatnonzero(levels == k) for k in range(levels.max() + 1)] if len(points) else []
+    exact = [g for g in exact if len(np.unique(points.n[g])) >= MIN_SIZES_PER_LEVEL]
+    if sum(len(g) for g in exact) >= len(points) / 2:
+        return exact
     log_c = np.log10(points.c)
     free = np.ones(len(points), dtype=bool)
     groups = []
@@ -152,7 +204,7 @@ def shared_levels(points: Points) -> tuple[list[IsoFlopLevel], int]:
     fullest = max((len(g) for g in groups), default=0)
     levels, skipped = [], 0
     for members in (g for g in groups if len(g) >= MIN_LEVEL_SHARE * fullest):
-        compute = float(np.exp(np.mean(np.log(points.c[members]))))
+        compute = geometric_mean(points.c[members])
         level = _level(compute, points.n[members], points.loss[members], members)
         if level is None:
             skipped += 1

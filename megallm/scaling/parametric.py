@@ -20,6 +20,14 @@ machine. On the Chinchilla CSV the best start alone already reaches the optimum 
 Compute-optimal allocation under C = 6ND (Hoffmann's eq. 4): N_opt(C) = G (C/6)^a_exp,
 D_opt(C) = (C/6) / N_opt, with G = (alpha A / (beta B))^(1/(alpha+beta)), a_exp = beta/(alpha+beta),
 b_exp = alpha/(alpha+beta).
+
+Which laws count: L-BFGS-B runs within a box (alpha, beta in [0, MAX_EXPONENT]; E at least
+TERM_FLOOR of the smallest loss), and a run that did not converge or never moved from its start (a
+zero gradient there: the objective is flat, as on a table holding each run twice with different
+losses) is no result. The best law is refused (NotFitted, with the reason) when it sits on the box,
+or when one of its three terms is below TERM_FLOOR of the loss at every point: the points then do
+not determine it (E running to 0 on runs far from convergence, alpha to its bound on a small ladder),
+and its intervals and predictions would be numbers of the optimiser's stopping point.
 """
 
 from __future__ import annotations
@@ -46,6 +54,13 @@ GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 # same (A 477.83 vs 477.82 from all 4500 starts with scipy's defaults), at ~20 ms per start.
 LBFGS_OPTIONS = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 15000, "maxfun": 30000}
 _CHUNK = 512  # starts per vectorised evaluation (x points: a few MB)
+# The box: published language-model exponents lie within 0.05-0.8 and the grid's within 0-2; 5 leaves
+# room for any real one and keeps N^alpha finite in float64 for any model size.
+MAX_EXPONENT = 5.0
+# A term (E, A/N^alpha, B/D^beta) below this share of the loss at every point is one the law dropped.
+TERM_FLOOR = 1e-6
+# A parameter within this of its bound (L-BFGS-B puts an active bound's variable on it exactly) sits on it.
+ON_BOUND = 1e-6
 
 
 def hoffmann_grid() -> np.ndarray:
@@ -67,7 +82,8 @@ class Law:
     @classmethod
     def from_vector(cls, x) -> Law:
         a, b, e, alpha, beta = (float(v) for v in x)
-        return cls(float(np.exp(a)), float(np.exp(b)), float(np.exp(e)), alpha, beta)
+        with np.errstate(over="ignore"):  # an A or B beyond float64 is inf, which `degenerate` refuses
+            return cls(float(np.exp(a)), float(np.exp(b)), float(np.exp(e)), alpha, beta)
 
     @property
     def vector(self) -> np.ndarray:
@@ -153,6 +169,7 @@ class LawFit:
     objective: float
     starts: int  # starts the objective was evaluated at
     optimised: int  # starts L-BFGS-B ran from
+    converged: int  # of those, the runs that converged after moving from their start
 
     @property
     def vector(self) -> np.ndarray:
@@ -163,28 +180,69 @@ def _data(n, d, loss):
     return np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), np.log(np.asarray(loss, float))
 
 
-def lbfgs(start: np.ndarray, n, d, loss, delta: float = HUBER_DELTA) -> tuple[np.ndarray, float]:
-    """L-BFGS-B from one start, run to convergence (LBFGS_OPTIONS); the final parameters and objective."""
-    result = minimize(_objective_and_gradient, np.asarray(start, float), args=(*_data(n, d, loss), delta),
-                      jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS)
-    return result.x, float(result.fun)
+def box(loss) -> list[tuple[Optional[float], Optional[float]]]:
+    """L-BFGS-B's bounds on (a, b, e, alpha, beta) for these losses."""
+    e_floor = float(np.log(TERM_FLOOR * np.min(loss)))
+    return [(None, None), (None, None), (e_floor, None), (0.0, MAX_EXPONENT), (0.0, MAX_EXPONENT)]
+
+
+def lbfgs(start: np.ndarray, n, d, loss, delta: float = HUBER_DELTA) -> tuple[np.ndarray, float, bool]:
+    """L-BFGS-B from one start within the box, run to convergence (LBFGS_OPTIONS): the final parameters,
+    the objective, and whether it converged after moving from its start."""
+    start = np.asarray(start, float)
+    result = minimize(_objective_and_gradient, start, args=(*_data(n, d, loss), delta), jac=True,
+                      method="L-BFGS-B", bounds=box(loss), options=LBFGS_OPTIONS)
+    moved = result.nit > 0 and not np.array_equal(result.x, np.clip(start, *np.array(box(loss), float).T))
+    return result.x, float(result.fun), bool(result.success and moved and np.isfinite(result.fun))
+
+
+def degenerate(law: Law, n, d, loss) -> Optional[str]:
+    """Why `law` is not determined by these points (it sits on the box, or a term vanishes), or None."""
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    for name in ("alpha", "beta"):
+        value = getattr(law, name)
+        if value <= ON_BOUND or value >= MAX_EXPONENT - ON_BOUND:
+            return f"{name} ran to its bound {value:.3g} (the box is [0, {MAX_EXPONENT:g}])"
+    if law.E <= TERM_FLOOR * np.min(loss) * (1 + ON_BOUND):
+        per_parameter = d / n
+        return (f"E ran to its floor {law.E:.3g} ({TERM_FLOOR:g} of the smallest loss): these points do not pin the "
+                f"irreducible loss (they are at {per_parameter.min():.2g}-{per_parameter.max():.2g} tokens per "
+                "parameter; Chinchilla's optimum is about 20: train longer budgets)")
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        terms = {"N": (law.A / n ** law.alpha, "A/N^alpha"), "D": (law.B / d ** law.beta, "B/D^beta")}
+    for variable, (term, name) in terms.items():
+        if not np.all(np.isfinite(term)):
+            return f"{name} overflows at these points (A {law.A:.3g}, alpha {law.alpha:.3g}, B {law.B:.3g}, " \
+                   f"beta {law.beta:.3g})"
+        if np.max(term / loss) < TERM_FLOOR:
+            return (f"{name} ran under {TERM_FLOOR:g} of the loss at every point (A {law.A:.3g}, B {law.B:.3g}): these "
+                    f"points do not pin the loss's dependence on {variable}")
+    return None
 
 
 def fit_law(n, d, loss, starts: Optional[np.ndarray] = None, keep_best: Optional[int] = KEEP_BEST_STARTS,
             delta: float = HUBER_DELTA) -> LawFit:
     """The least summed-Huber law over L-BFGS-B runs from the `keep_best` starts of lowest objective
-    (all starts when keep_best is None); starts default to Hoffmann's grid."""
+    (all starts when keep_best is None); starts default to Hoffmann's grid. NotFitted when no run
+    converged or the best law is `degenerate`."""
     starts = hoffmann_grid() if starts is None else np.asarray(starts, float)
     data = _data(n, d, loss)
-    at_start = objectives(starts, *data, delta)
+    with np.errstate(over="ignore", invalid="ignore"):
+        at_start = objectives(starts, *data, delta)
     order = np.argsort(at_start, kind="stable")
     chosen = order if keep_best is None else order[:keep_best]
-    best_x, best = None, np.inf
+    best_x, best, converged = None, np.inf, 0
     with threadpool_limits(limits=1, user_api="blas"):  # tiny L-BFGS-B steps: a BLAS thread pool only slows them
         for index in chosen:
-            x, value = lbfgs(starts[index], n, d, loss, delta)
-            if np.isfinite(value) and value < best:
+            x, value, ok = lbfgs(starts[index], n, d, loss, delta)
+            converged += ok
+            if ok and value < best:
                 best_x, best = x, value
     if best_x is None:
-        raise NotFitted("L-BFGS-B found no finite objective from any start")
-    return LawFit(Law.from_vector(best_x), best, len(starts), len(chosen))
+        raise NotFitted(f"L-BFGS-B converged from none of its {len(chosen)} starts (the objective is flat or not "
+                        "finite there: a gradient of 0 leaves every start where it is)")
+    law = Law.from_vector(best_x)
+    why = degenerate(law, n, d, loss)
+    if why is not None:
+        raise NotFitted(why)
+    return LawFit(law, best, len(starts), len(chosen), converged)

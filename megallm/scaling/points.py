@@ -4,8 +4,15 @@ megallm run folders or from a CSV table.
 Conventions (Chinchilla's, Hoffmann et al. 2022): N is the total parameter count, embeddings
 included (megallm.model.flops.parameter_count, the padded vocabulary as built); D the training
 tokens; C the training FLOPs. For a megallm run C = flops_per_token(model, seq_len) x D (PaLM's
-count: 6 FLOPs per matmul parameter per token plus attention), not 6ND; a CSV gives C itself, and
-D = C / (6N) where it has no token column.
+count: 6 FLOPs per matmul parameter per token plus attention), not 6ND. A CSV gives C in a compute
+column (an IsoFLOP study's `budget`: approach 2 groups by it, even where 6ND strays from it, as
+in tables whose runs round their steps) or C = 6ND is computed, and D = C / (6N) where it has no
+token column.
+
+Each point is one training run: rows (or run folders) with the same N and D are refused in one
+line, or averaged into one point with `duplicates="mean"` (a table holding each run twice, say
+as a loss and as exp(loss), would otherwise fit nonsense, and a run counted twice narrows the
+bootstrap intervals it should not).
 
 A run folder is any folder holding `config.yaml` (the resolved config) and `metrics.jsonl`. A run
 is finished when it has an eval record at step `train.steps`; its final loss is that record's
@@ -20,7 +27,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from omegaconf.errors import OmegaConfBaseException
@@ -37,12 +44,17 @@ from megallm.model.flops import flops_per_token, parameter_count
 SAME_SIZE_TOLERANCE = 0.005
 
 # CSV columns: each quantity's accepted names (any case; the first match wins): Epoch AI's, single
-# letters, and the usual spellings elsewhere.
-CSV_COLUMNS = {"N": ("Model Size", "N", "params", "parameters", "n_params", "model_size"),
-               "C": ("Training FLOP", "C", "FLOPs", "compute", "training_flops"),
-               "D": ("D", "tokens", "training_tokens", "n_tokens"),
-               "loss": ("loss", "final_loss", "val_loss")}
+# letters, and the usual spellings elsewhere (an IsoFLOP study's compute level is its `budget`).
+CSV_COLUMNS = {"N": ("Model Size", "N", "params", "parameters", "n_params", "num_params", "model_size"),
+               "C": ("Training FLOP", "C", "FLOPs", "compute", "training_flops", "training_flop", "budget",
+                     "compute_budget", "flops_budget", "isoflop"),
+               "D": ("D", "tokens", "training_tokens", "n_tokens", "num_tokens"),
+               "loss": ("loss", "final_loss", "val_loss", "validation_loss", "eval_loss")}
 NAME_COLUMNS = ("name", "run")  # optional: a row's name in the holdout table (else FILE:LINE)
+# Rows whose N and D agree to this relative precision are one run: far below the step between two runs
+# of a study, far above the rounding of a value written to text and read back, or computed twice.
+SAME_RUN_RTOL = 1e-9
+DUPLICATES = ("refuse", "mean")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class Points:
     loss: np.ndarray  # final loss (a run's final val_loss)
     source: str  # "runs" or "csv"
     vocab_size: Optional[int] = None  # the runs' vocabulary (the most common one); None for a CSV
+    compute_column: Optional[str] = None  # the CSV column C was read from; None: C = 6ND, or a run's count
 
     def __len__(self) -> int:
         return len(self.names)
@@ -63,7 +76,7 @@ class Points:
     def take(self, index: np.ndarray) -> Points:
         index = np.asarray(index, dtype=int)
         return Points(tuple(self.names[i] for i in index), self.n[index], self.d[index], self.c[index],
-                      self.loss[index], self.source, self.vocab_size)
+                      self.loss[index], self.source, self.vocab_size, self.compute_column)
 
     def without_highest(self, count: int) -> Points:
         """These points less the `count` of highest loss (Epoch AI's outlier rule for the Chinchilla CSV)."""
@@ -83,10 +96,75 @@ class Points:
         cuts = np.flatnonzero(np.diff(log_n) > np.log1p(SAME_SIZE_TOLERANCE)) + 1
         return [np.sort(group) for group in np.split(order, cuts)]
 
+    def same_runs(self) -> list[np.ndarray]:
+        """Indices of the points that share N and D (SAME_RUN_RTOL), for each (N, D) held more than once,
+        in the order of their first points."""
+        keys = np.round(np.stack([np.log(self.n), np.log(self.d)], axis=1) / SAME_RUN_RTOL)
+        _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True,
+                                              return_counts=True)
+        inverse = inverse.ravel()
+        return [np.flatnonzero(inverse == k) for k in np.argsort(first) if counts[k] > 1]
+
+    def averaged(self, groups: list[np.ndarray]) -> Points:
+        """One point per group of `same_runs`: the first point's name, N and D, the geometric mean of C and
+        the mean of the losses; the other points as they are."""
+        merged = {int(g[0]): g for g in groups}
+        dropped = {int(i) for g in groups for i in g[1:]}
+        keep = [i for i in range(len(self)) if i not in dropped]
+        c = np.array([geometric_mean(self.c[merged[i]]) if i in merged else self.c[i] for i in keep])
+        loss = np.array([np.mean(self.loss[merged[i]]) if i in merged else self.loss[i] for i in keep])
+        return Points(tuple(self.names[i] for i in keep), self.n[keep], self.d[keep], c, loss, self.source,
+                      self.vocab_size, self.compute_column)
+
+
+def geometric_mean(values: np.ndarray) -> float:
+    """The geometric mean, taken relative to the first value: exact where all are equal (a budget's C)."""
+    return float(values[0] * np.exp(np.mean(np.log(values / values[0]))))
+
+
+def resolve_same_runs(points: Points, duplicates: str, where: Callable[[int], str],
+                      differ: Callable[[int, int], list[tuple[str, str, str]]], note: Callable[[str], None]) -> Points:
+    """These points with no (N, D) twice: a DataError naming the first repeat (`duplicates="refuse"`), or the
+    repeats averaged with one note ("mean"). `where(i)` names point i (FILE:LINE or a run folder),
+    `differ(i, j)` lists the other columns in which points i and j differ, as (name, value i, value j)."""
+    if duplicates not in DUPLICATES:
+        raise UsageError(f"--duplicates must be one of {', '.join(DUPLICATES)}, got {duplicates!r}")
+    groups = points.same_runs()
+    if not groups:
+        return points
+    repeats = sum(len(g) for g in groups)
+    first = groups[0]
+    i, j = int(first[0]), int(first[1])
+    if duplicates == "mean":
+        merged = points.averaged(groups)
+        note(f"note: {len(groups)} (N, D) pairs are held by {repeats} {_unit(points)} (first: {where(i)} and "
+             f"{where(j)}); each pair's losses averaged into one point (--duplicates mean): {len(merged)} points")
+        return merged
+    columns = differ(i, j)
+    losses = ", ".join(f"{points.loss[k]:.6g}" for k in first[:4]) + (", ..." if len(first) > 4 else "")
+    shown = ", ".join(f"{name!r} ({a!r} vs {b!r})" for name, a, b in columns[:2])
+    how = f", and differ in {shown}" if columns else ""
+    if columns:
+        name, value, _ = columns[0]
+        keep = f"keep the rows of one {name!r} (--where {name}={value})"
+    else:
+        keep = f"keep one of each run's {_unit(points)}"
+    raise DataError(f"{where(i)} and {where(j)} hold the same run (N {points.n[i]:.6g}, D {points.d[i]:.6g}) with "
+                    f"losses {losses}{how}; {len(groups)} (N, D) pairs are held by {repeats} {_unit(points)}, and a "
+                    f"scaling law takes one loss per run: {keep}, or pass --duplicates mean to average each run's "
+                    "losses")
+
+
+def _unit(points: Points) -> str:
+    return "run folders" if points.source == "runs" else "rows"
+
 
 # ---- CSV ----------------------------------------------------------------------------------------------
-def read_csv(path: Path) -> Points:
-    """Points from a CSV with columns for N, C (or D), loss; see CSV_COLUMNS."""
+def read_csv(path: Path, duplicates: str = "refuse", note: Callable[[str], None] = print,
+             where: Sequence[str] = ()) -> Points:
+    """Points from a CSV with columns for N, C (or D), loss; see CSV_COLUMNS. `where` keeps only the rows
+    whose column has a value ("COLUMN=VALUE" each: one experiment of a table holding several). Rows of the
+    same (N, D): see `resolve_same_runs`."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
@@ -106,14 +184,14 @@ def read_csv(path: Path) -> Points:
         wanted = "; ".join(f"{key}: {' or '.join(repr(n) for n in CSV_COLUMNS[key])}" for key in missing)
         raise DataError(f"{path} lacks the column(s) for {wanted} (in any case); its columns are "
                         f"{', '.join(repr(h) for h in header)}")
+    lines = _selected_lines(path, rows, header, where)
     values: dict[str, list[float]] = {key: [] for key, column in found.items() if column is not None}
     names = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
+    for line in lines:
+        row = rows[line - 1]
         for key in values:
             column = found[key]
-            cell = row[column].strip() if column < len(row) else ""
+            cell = _cell(row, column)
             try:
                 value = float(cell)
             except ValueError:
@@ -121,14 +199,47 @@ def read_csv(path: Path) -> Points:
             if not np.isfinite(value) or value <= 0:
                 raise DataError(f"{path}:{line}: column {header[column]!r} must hold a positive number, got {cell!r}")
             values[key].append(value)
-        named = row[name_column].strip() if name_column is not None and name_column < len(row) else ""
+        named = _cell(row, name_column) if name_column is not None else ""
         names.append(named or f"{path.name}:{line}")
-    if not names:
-        raise DataError(f"{path} has a header but no rows")
     n, loss = np.array(values["N"]), np.array(values["loss"])
     d = np.array(values["D"]) if "D" in values else None
     c = np.array(values["C"]) if "C" in values else 6.0 * n * d
-    return Points(tuple(names), n, d if d is not None else c / (6.0 * n), c, loss, source="csv")
+    compute_column = header[found["C"]] if found["C"] is not None else None
+    points = Points(tuple(names), n, d if d is not None else c / (6.0 * n), c, loss, source="csv",
+                    compute_column=compute_column)
+    used = {column for column in (*found.values(), name_column) if column is not None}
+
+    def differ(i: int, j: int) -> list[tuple[str, str, str]]:
+        """The other columns in which rows i and j differ (a table holding each run as two kinds of loss)."""
+        first, second = rows[lines[i] - 1], rows[lines[j] - 1]
+        cells = [(header[k], _cell(first, k), _cell(second, k)) for k in range(len(header)) if k not in used]
+        return [cell for cell in cells if cell[1] != cell[2]]
+
+    return resolve_same_runs(points, duplicates, lambda i: f"{path}:{lines[i]}", differ, note)
+
+
+def _selected_lines(path: Path, rows: list[list[str]], header: list[str], where: Sequence[str]) -> list[int]:
+    """The numbers of the lines holding a row (not blank) that every COLUMN=VALUE of `where` keeps."""
+    lines = [line for line, row in enumerate(rows[1:], start=2) if any(cell.strip() for cell in row)]
+    for condition in where:
+        column, _, value = condition.partition("=")
+        if not _ or column.strip() not in header:
+            raise UsageError(f"--where {condition!r}: expected COLUMN=VALUE with COLUMN one of "
+                             f"{', '.join(repr(h) for h in header)}")
+        k = header.index(column.strip())
+        kept = [line for line in lines if _cell(rows[line - 1], k) == value.strip()]
+        if not kept:
+            seen = sorted({_cell(rows[line - 1], k) for line in lines})
+            raise UsageError(f"--where {condition!r} keeps none of the {len(lines)} rows of {path}; column {column!r} "
+                             f"holds {', '.join(repr(v) for v in seen[:8])}{', ...' if len(seen) > 8 else ''}")
+        lines = kept
+    if not lines:
+        raise DataError(f"{path} has a header but no rows")
+    return lines
+
+
+def _cell(row: list[str], column: int) -> str:
+    return row[column].strip() if column < len(row) else ""
 
 
 # ---- run folders --------------------------------------------------------------------------------------
@@ -144,9 +255,9 @@ class Run:
     vocab_size: int
 
 
-def read_runs(root: Path, note: Callable[[str], None] = print) -> Points:
+def read_runs(root: Path, note: Callable[[str], None] = print, duplicates: str = "refuse") -> Points:
     """Points of the finished runs under `root` (searched recursively); each unfinished run is left
-    out with one `note`."""
+    out with one `note`. Runs of the same (N, D), as two seeds: see `resolve_same_runs`."""
     if not root.is_dir():
         raise UsageError(f"{root} is neither a CSV file nor a folder of runs")
     folders = sorted({p.parent for p in root.rglob(RUN_CONFIG_FILE) if (p.parent / METRICS_FILE).is_file()})
@@ -162,9 +273,10 @@ def read_runs(root: Path, note: Callable[[str], None] = print) -> Points:
         raise DataError(f"none of the {len(folders)} run(s) under {root} is finished (an eval record at its last "
                         "step); nothing to fit")
     vocab = Counter(r.vocab_size for r in runs).most_common(1)[0][0]
-    return Points(tuple(r.name for r in runs), np.array([float(r.params) for r in runs]),
-                  np.array([r.tokens for r in runs]), np.array([r.flops for r in runs]),
-                  np.array([r.loss for r in runs]), source="runs", vocab_size=vocab)
+    points = Points(tuple(r.name for r in runs), np.array([float(r.params) for r in runs]),
+                    np.array([r.tokens for r in runs]), np.array([r.flops for r in runs]),
+                    np.array([r.loss for r in runs]), source="runs", vocab_size=vocab)
+    return resolve_same_runs(points, duplicates, lambda i: str(root / runs[i].name), lambda i, j: [], note)
 
 
 def read_run(folder: Path, name: str, note: Callable[[str], None] = print) -> Optional[Run]:
@@ -242,8 +354,13 @@ def read_metrics(path: Path) -> tuple[list[dict], Optional[int]]:
     return records, cut
 
 
-def read_points(path: Path, note: Callable[[str], None] = print) -> Points:
-    """Points from a CSV file or a folder of runs."""
+def read_points(path: Path, note: Callable[[str], None] = print, duplicates: str = "refuse",
+                where: Sequence[str] = ()) -> Points:
+    """Points from a CSV file (`where`: see read_csv) or a folder of runs."""
     if not path.exists():
         raise UsageError(f"{path} does not exist; give a CSV file or a folder of runs")
-    return read_csv(path) if path.is_file() else read_runs(path, note)
+    if path.is_file():
+        return read_csv(path, duplicates, note, where)
+    if where:
+        raise UsageError(f"--where selects rows of a CSV; {path} is a folder of runs")
+    return read_runs(path, note, duplicates)

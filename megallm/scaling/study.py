@@ -1,8 +1,11 @@
-"""`analyse`: the three approaches and their bootstrap on one set of points, as one `Study`.
+"""`analyse`: the three approaches, their bootstrap and the check of which one the points support,
+on one set of points, as one `Study`.
 
 Approaches 2 and 3 need points of at least 3 model sizes, approach 3 more points than its 5
-parameters: fewer is a one-line DataError. Approaches 1 and 2 may still be impossible on valid input
-(no two frontier points, no two usable compute levels): the study then carries the reason instead.
+parameters: fewer is a one-line DataError. Any approach may still be impossible on valid input (no
+two frontier points, no two usable compute levels, a parametric law that does not converge or sits
+on its bounds): the study then carries the reason instead, and the others go on; none at all is a
+DataError giving the three reasons.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import numpy as np
 
 from megallm.errors import DataError, UsageError
 from megallm.scaling.bootstrap import MIN_SIZES, Samples, interval, resample
-from megallm.scaling.fit import ISOFLOP_MODES, EnvelopeFit, IsoFlopFit, NotFitted, envelope, isoflop
-from megallm.scaling.parametric import KEEP_BEST_STARTS, Law, LawFit, fit_law
+from megallm.scaling.fit import ISOFLOP_MODES, EnvelopeFit, IsoFlopFit, NotFitted, PowerLaw, envelope, isoflop
+from megallm.scaling.parametric import KEEP_BEST_STARTS, LawFit, fit_law
 from megallm.scaling.points import Points
+from megallm.scaling.support import Support, check
 
 MIN_POINTS = 6  # approach 3 fits 5 parameters
+APPROACHES = ("approach1", "approach2", "approach3")
+SAMPLE_FIELDS = {"approach1": "envelope", "approach2": "isoflop", "approach3": "laws"}  # Samples' names
+TITLES = {"approach1": "approach 1 (loss frontier)", "approach2": "approach 2 (IsoFLOP)",
+          "approach3": "approach 3 (parametric L(N, D))"}
 
 
 @dataclass(frozen=True)
@@ -48,31 +56,65 @@ class Study:
     points: Points  # the points fitted (after drop_highest)
     dropped: tuple[str, ...]  # names of the points left out by drop_highest
     options: Options
-    law: LawFit
-    envelope: Optional[EnvelopeFit] = None
-    isoflop: Optional[IsoFlopFit] = None
-    not_fitted: dict[str, str] = field(default_factory=dict)  # approach ("envelope", "isoflop") -> why not
+    law: Optional[LawFit] = None  # approach 3
+    envelope: Optional[EnvelopeFit] = None  # approach 1
+    isoflop: Optional[IsoFlopFit] = None  # approach 2
+    not_fitted: dict[str, str] = field(default_factory=dict)  # approach ("approach1", ...) -> why not
     samples: Optional[Samples] = None
+    support: Optional[Support] = None  # which approach the points support best
+    no_verdict: str = ""  # why `support` is None
 
-    def laws(self) -> list[Law]:
-        """Approach 3's law of every bootstrap resample that fitted."""
-        if self.samples is None:
+    @property
+    def fitted(self) -> tuple[str, ...]:
+        """The approaches that fitted, in order."""
+        fits = {"approach1": self.envelope, "approach2": self.isoflop, "approach3": self.law}
+        return tuple(a for a in APPROACHES if fits[a] is not None)
+
+    def power_laws(self, approach: str) -> Optional[tuple[PowerLaw, PowerLaw]]:
+        """Approach 1's or 2's (N_opt, D_opt) laws, None when it did not fit."""
+        fit = self.envelope if approach == "approach1" else self.isoflop
+        return None if fit is None else (fit.n_opt, fit.d_opt)
+
+    def resampled(self, approach: str) -> list:
+        """The bootstrap's fits of an approach: laws (approach 3) or (N_opt, D_opt) pairs; none where its
+        intervals are withheld."""
+        if self.samples is None or approach in self.withheld() or approach not in self.fitted:
             return []
-        return [Law.from_vector(x) for x in self.samples.laws if np.all(np.isfinite(x))]
+        if approach == "approach3":
+            return self.samples.laws_fitted()
+        return self.samples.power_laws(SAMPLE_FIELDS[approach])
+
+    def withheld(self) -> dict[str, str]:
+        """Approaches whose intervals are withheld, and why: more resamples failed than the interval may
+        leave out (a law that sits on its bounds in many resamples is not pinned down by the points)."""
+        if self.samples is None:
+            return {}
+        out = {}
+        for approach in self.fitted:
+            fitted = self.samples.fitted(SAMPLE_FIELDS[approach])
+            failed = self.samples.resamples - fitted
+            if fitted < 2 or failed > (1.0 - self.options.confidence) * self.samples.resamples:
+                out[approach] = (f"{failed} of {self.samples.resamples} resamples gave no fit, more than a "
+                                 f"{100 * self.options.confidence:g}% interval may leave out")
+        return out
 
     def interval(self, values) -> Optional[tuple[float, float]]:
         return interval(np.asarray(values, dtype=float), self.options.confidence)
 
     def intervals(self) -> dict[str, Optional[tuple[float, float]]]:
-        """Bootstrap intervals of every fitted number, keyed as in fit.json."""
+        """Bootstrap intervals of every fitted number, keyed as in fit.json (None where withheld)."""
+        out: dict[str, Optional[tuple[float, float]]] = {}
         if self.samples is None:
-            return {}
-        laws = self.laws()
-        out = {f"approach3.{name}": self.interval([getattr(law, name) for law in laws])
-               for name in ("A", "B", "E", "alpha", "beta", "a", "b", "G")}
-        for approach, rows in (("approach1", self.samples.envelope), ("approach2", self.samples.isoflop)):
-            out[f"{approach}.a"] = self.interval(rows[:, 0])
-            out[f"{approach}.b"] = self.interval(rows[:, 1])
+            return out
+        if self.law is not None:
+            laws = self.resampled("approach3")
+            out.update({f"approach3.{name}": self.interval([getattr(law, name) for law in laws])
+                        for name in ("A", "B", "E", "alpha", "beta", "a", "b", "G")})
+        for approach in ("approach1", "approach2"):
+            if approach in self.fitted:
+                pairs = self.resampled(approach)
+                out[f"{approach}.a"] = self.interval([n_opt.exponent for n_opt, _ in pairs])
+                out[f"{approach}.b"] = self.interval([d_opt.exponent for _, d_opt in pairs])
         return out
 
 
@@ -97,18 +139,22 @@ def analyse(points: Points, options: Options = Options()) -> Study:
     left_out = tuple(sorted(set(points.names) - set(dropped.names)))
     points = dropped
     check_points(points)
-    try:
-        law = fit_law(points.n, points.d, points.loss, keep_best=options.keep_best)
-    except NotFitted as why:
-        raise DataError(f"approach 3 cannot be fitted to these {len(points)} points: {why}") from why
     fits, not_fitted = {}, {}
-    for name, fit in (("envelope", lambda: envelope(points)), ("isoflop", lambda: isoflop(points, options.isoflop))):
+    for name, fit in (("approach1", lambda: envelope(points)),
+                      ("approach2", lambda: isoflop(points, options.isoflop)),
+                      ("approach3", lambda: fit_law(points.n, points.d, points.loss, keep_best=options.keep_best))):
         try:
             fits[name] = fit()
         except NotFitted as why:
             not_fitted[name] = str(why)
+    if not fits:
+        reasons = "; ".join(f"{TITLES[a]}: {why}" for a, why in not_fitted.items())
+        raise DataError(f"none of the three approaches fits these {len(points)} points: {reasons}")
     samples = None
     if options.bootstrap:
-        mode = fits["isoflop"].mode if "isoflop" in fits else None
-        samples = resample(points, law.vector, mode, options.bootstrap, options.seed)
-    return Study(points, left_out, options, law, fits.get("envelope"), fits.get("isoflop"), not_fitted, samples)
+        mode = fits["approach2"].mode if "approach2" in fits else None
+        samples = resample(points, mode, "approach3" in fits, options.bootstrap, options.seed,
+                           envelope_fitted="approach1" in fits)
+    support, no_verdict = check(points, tuple(fits), options.keep_best)
+    return Study(points, left_out, options, fits.get("approach3"), fits.get("approach1"), fits.get("approach2"),
+                 not_fitted, samples, support, no_verdict)

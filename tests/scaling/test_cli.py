@@ -15,7 +15,7 @@ from megallm.scaling.predict import nearest_preset
 from tests.helpers import REPO, RunResult, run_main
 from tests.scaling.inputs import CHINCHILLA_CSV
 
-PLOTS = ("loss_vs_compute.png", "isoflop.png", "parametric.png", "n_opt.png")
+PLOTS = ("loss_vs_compute.png", "isoflop.png", "compute_optimal.png", "parametric.png", "parametric_contours.png")
 # 8 L-BFGS-B starts (the default 32 is tested in test_parametric.py; the best one alone reaches the optimum)
 ARGS = [CHINCHILLA_CSV, "--drop-highest", "5", "--bootstrap", "20", "--seed", "1", "--starts", "8",
         "--predict-compute", "1e21", "--predict-params", "1.2e9", "--holdout-largest"]
@@ -61,10 +61,13 @@ def test_fit_json_holds_the_numbers(fitted):
     low, high = numbers["intervals"]["approach3.alpha"]
     assert low < law["alpha"] < high
     compute, params = numbers["predictions"]
-    assert compute["given"] == "compute" and compute["n"] * compute["d"] * 6 == approx(1e21)
-    assert compute["n"] == approx(2.79e9, rel=0.01) and compute["intervals"]["loss"][0] < compute["loss"]
-    assert compute["preset"]["name"] == nearest_preset(compute["n"], None).name
-    assert params["n"] == approx(1.2e9) and params["preset"]["name"] == nearest_preset(1.2e9, None).name
+    law3 = compute["approaches"]["approach3"]
+    assert compute["given"] == "compute" and law3["n"] * law3["d"] * 6 == approx(1e21)
+    assert law3["n"] == approx(2.79e9, rel=0.01) and law3["intervals"]["loss"][0] < law3["loss"]
+    chosen = compute["approaches"][compute["preset"]["for"]]
+    assert compute["preset"]["name"] == nearest_preset(chosen["n"], None).name
+    assert params["approaches"]["approach3"]["n"] == approx(1.2e9)
+    assert params["preset"]["name"] == nearest_preset(1.2e9, None).name
     assert numbers["holdout"]["points"][0]["N"] == approx(1.618e10, rel=1e-3)
     assert abs(numbers["holdout"]["mean_abs_relative_error"]) < 0.05
 

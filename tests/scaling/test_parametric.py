@@ -107,8 +107,8 @@ def test_compute_optimal_allocation_minimises_the_loss_at_fixed_compute():
 
 
 def test_bootstrap_is_seeded_and_spreads_around_the_fit(chinchilla, chinchilla_fit):
-    first = resample(chinchilla, chinchilla_fit.vector, "levels", 12, seed=3)
-    again = resample(chinchilla, chinchilla_fit.vector, "levels", 12, seed=3)
+    first = resample(chinchilla, "levels", True, 12, seed=3)
+    again = resample(chinchilla, "levels", True, 12, seed=3)
     np.testing.assert_array_equal(first.laws, again.laws)
     np.testing.assert_array_equal(first.isoflop, again.isoflop)
     assert first.fitted("laws") == first.fitted("envelope") == first.fitted("isoflop") == 12
