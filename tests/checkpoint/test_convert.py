@@ -148,7 +148,7 @@ def test_hugging_face_import_reads_back_bit_for_bit_and_continues_pretraining(pi
     back, cfg, tokenizer = read_model(imported)  # spawns the TP=2 ranks and gathers
     assert cfg.vocab_size == 300 and tokenizer is not None
     assert sorted(back) == sorted(original)
-    for name in original:
+    for name in original:  # bitwise: import, reshard and gather copy, split and join tensors, no arithmetic
         assert torch.equal(back[name], original[name]), name
 
     weights_only = tmp_path / "weights_only"

@@ -88,6 +88,7 @@ def test_import_gives_transformers_logits_and_exports_the_same_folder(world_of_o
     back = {}
     for file in exported.glob("*.safetensors"):
         back.update(load_file(str(file)))
+    # bitwise: import and export copy and permute the tensors, no arithmetic
     assert sorted(back) == sorted(original) and all(torch.equal(back[k], original[k]) for k in original)
     hf_tok = transformers.AutoTokenizer.from_pretrained(exported)
     assert (hf_tok.bos_token, hf_tok.eos_token) == SPECIAL[family]
@@ -188,5 +189,6 @@ def test_rope_frequencies_are_transformers_bits():
         config = transformers.LlamaConfig(hidden_size=2048, num_attention_heads=32, max_position_embeddings=131072,
                                           rope_parameters={"rope_theta": 500000.0, **scaling.to_dict()})
         theirs, _ = ROPE_INIT_FUNCTIONS[scaling.rope_type](config, "cpu")
+        # bitwise on any CPU: the same torch operations on the same [32] tensors in the same order, in this process
         assert torch.equal(rotary_frequencies(64, 500000.0, scaling), theirs)
     assert np.isclose(rotary_frequencies(64, 500000.0)[0].item(), 1.0)

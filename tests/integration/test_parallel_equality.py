@@ -163,7 +163,8 @@ def test_checkpoint_resumes_exactly(runs, layout):
     full, resumed = records(root / layout, "train"), records(root / f"{layout}_resumed", "train")
     assert sorted(resumed) == list(range(6, STEPS + 1))
     for step in resumed:
-        assert resumed[step]["loss"] == full[step]["loss"], step  # bit-identical
+        # Bitwise on any CPU: same layout, same threads per rank, same kernels in the same order on both sides.
+        assert resumed[step]["loss"] == full[step]["loss"], step
         assert resumed[step]["grad_norm"] == full[step]["grad_norm"], step
     a, b = final_weights(root / layout), final_weights(root / f"{layout}_resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -97,7 +97,9 @@ def test_resumed_run_equals_uninterrupted_run(runs):
     resumed = records(resumed_dir, "train")  # steps 1-3 from the first run, 4-8 after resuming
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
-        assert resumed[step]["loss"] == full[step]["loss"], step  # bit-identical on CPU
+        # Bitwise on any CPU: the same layout and threads per rank run the same kernels in the same order on
+        # both sides, so a difference is state the checkpoint lost (docs/testing/tolerances.md).
+        assert resumed[step]["loss"] == full[step]["loss"], step
         assert resumed[step]["grad_norm"] == full[step]["grad_norm"], step
     assert records(resumed_dir, "eval")[8]["val_loss"] == records(runs["root"] / "full", "eval")[8]["val_loss"]
 

@@ -36,6 +36,7 @@ def test_a_branched_cool_down_equals_the_short_run_trained_alone(small_corpus, t
 
     trunk_steps, branch_steps, alone_steps = (records(tmp_path / name, "train") for name in ("trunk", "branch", "alone"))
     assert sorted(branch_steps) == [7, 8]
+    # Bitwise on any CPU: one layout on one machine, the same kernels in the same order.
     for step in (7, 8):  # the cool-down (from the plateau at step 7 down), equal to the short run's own
         assert branch_steps[step]["lr"] == alone_steps[step]["lr"]
         assert branch_steps[step]["loss"] == alone_steps[step]["loss"]

@@ -105,7 +105,8 @@ def test_each_policy_with_a_nan_in_one_batch(small_corpus, tmp_path):
     assert sorted(reference) == list(range(1, 7)) and reference[BAD_STEP] is None  # nothing trained at step 3
     for name in ("skip", "rollback"):
         assert results[name]["error"] is None, results[name]
-        assert losses(tmp_path / name) == reference, name  # bitwise: the bad update was never applied
+        # bitwise: the bad update was never applied (one layout on one machine: the same kernels in the same order)
+        assert losses(tmp_path / name) == reference, name
         events = [r for r in strict_records(tmp_path / name) if r["kind"] == "nonfinite"]
         assert [(e["step"], e["grad_norm"], e["samples"]) for e in events] == [(BAD_STEP, None, [8, 12])]
         assert (tmp_path / name / "checkpoints" / "step_00000006").is_dir()

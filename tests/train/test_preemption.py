@@ -63,7 +63,8 @@ def test_signal_on_one_rank_stops_all_with_a_checkpoint_and_resumes_exactly(smal
     assert sorted(records(tmp_path / "run", "train")) == [1, 2, 3, 4]
     assert run_ranks(2, _fit, str(small_corpus), str(tmp_path / "run"), 0) == [0, 0]
     losses, expected = records(tmp_path / "run", "train"), records(tmp_path / "reference", "train")
-    assert {s: r["loss"] for s, r in losses.items()} == {s: r["loss"] for s, r in expected.items()}  # bitwise
+    # Bitwise on any CPU: the same 2 ranks on this machine run the same kernels in the same order on both sides.
+    assert {s: r["loss"] for s, r in losses.items()} == {s: r["loss"] for s, r in expected.items()}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
