@@ -77,7 +77,9 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster, small_corpus, tm
     result = run_pretrain([*SCHEDULE, f"data.path={small_corpus}", f"run_dir={reference}"], nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = {step: r["loss"] for step, r in records(run_dir, "train").items()}
-    assert losses == {step: r["loss"] for step, r in records(reference, "train").items()}  # bitwise, all 40 steps
+    # Bitwise, all 40 steps: the job's 2 ranks see this machine's cores as the reference's do (TaskPlugin=task/none
+    # binds nothing), so they take the same threads and run the same kernels in the same order.
+    assert losses == {step: r["loss"] for step, r in records(reference, "train").items()}
 
 
 def test_prepare_in_parts_keeps_the_submitters_resources(cluster, tmp_path):
