@@ -70,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--documents", default="joined", choices=("joined", "separate"),
                      help="joined: documents packed into one stream, as in training (default); separate: each "
                           "document scored alone")
-    ppl.add_argument("--seq-len", type=int, help="tokens predicted per window (default: the model's context)")
+    ppl.add_argument("--seq-len", type=int,
+                     help="tokens of input per window (default and most: the context the model was trained at, "
+                          "train.seq_len of a checkpoint, max_position_embeddings of a Hugging Face folder)")
+    ppl.add_argument("--stride", type=int,
+                     help="tokens each window moves by (default --seq-len: disjoint windows); smaller: every "
+                          "prediction after the first window sees at least seq_len - stride tokens (Hugging Face's "
+                          "sliding-window perplexity), at seq_len / stride times the work")
     ppl.add_argument("--max-tokens", type=int, help="score the first N tokens only")
     ppl.add_argument("--text-field", default="text", help="JSON-lines field holding the text (default text)")
     out = p.add_argument_group("model and output")
@@ -106,6 +112,8 @@ def check_arguments(args: argparse.Namespace) -> list[tuple[Task, Optional[Task]
                          "or --masked-accuracy CORPUS (an encoder)")
     if args.masked_accuracy and (args.task or args.perplexity):
         raise UsageError("--masked-accuracy scores an encoder, --task and --perplexity a causal model: run them apart")
+    if args.stride is not None and not args.perplexity:
+        raise UsageError("--stride moves the windows of --perplexity: pass --perplexity CORPUS_OR_FILE")
     if args.masked_accuracy and not args.masked_accuracy.exists():
         raise UsageError(f"--masked-accuracy {args.masked_accuracy} does not exist")
     if args.demos not in demo_methods.METHODS:
@@ -113,7 +121,7 @@ def check_arguments(args: argparse.Namespace) -> list[tuple[Task, Optional[Task]
     for name in ("k", "seed"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0")
-    for name in ("limit", "max_new_tokens", "batch_size", "threads", "seq_len", "max_tokens", "batches"):
+    for name in ("limit", "max_new_tokens", "batch_size", "threads", "seq_len", "stride", "max_tokens", "batches"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.demo_pool and len(args.demo_pool) != len(args.task):
@@ -147,8 +155,14 @@ def run(args: argparse.Namespace) -> int:
 
     from megallm.cli.generate import stdout_to_stderr
     from megallm.evaluation.model import EvalModel
-    from megallm.evaluation.perplexity import perplexity
+    from megallm.evaluation.perplexity import check_windows, perplexity
+    from megallm.inference.context import trained_context
+    from megallm.parallel.distributed import select_deepspeed_accelerator
 
+    if args.perplexity:  # the windows against the context the model was trained at, before its weights are read
+        select_deepspeed_accelerator()
+        trained = trained_context(args.model)
+        check_windows(args.seq_len, args.stride, trained.tokens, trained.describe(str(args.model)))
     with stdout_to_stderr():  # stdout holds the table only (DeepSpeed prints there reading a checkpoint)
         model = EvalModel.load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
                                batch_size=args.batch_size, start=args.start, log=progress)
@@ -162,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             results["tasks"].append(evaluate_task(model, task, pool, few_shot(args)))
         if args.perplexity:
             ppl = perplexity(model, args.perplexity, split=args.split, mode=args.documents, seq_len=args.seq_len,
-                             max_tokens=args.max_tokens, text_field=args.text_field, progress=progress)
+                             stride=args.stride, max_tokens=args.max_tokens, text_field=args.text_field,
+                             progress=progress)
             results["perplexity"].append(ppl.as_dict())
     print(format_table(results), flush=True)
     if args.output:

@@ -4,8 +4,11 @@ Reads the model (megallm.checkpoint.convert.read_model: a Hugging Face folder, o
 megallm checkpoint of any layout), encodes each prompt with the model's tokenizer,
 puts the token its documents begin with in front of it (the tokenizer's bos, such as
 Llama 3's <|begin_of_text|>, else megallm's end-of-document token, after which its
-documents start: megallm.data.tokenizer.SpecialTokens; --no-bos to skip), generates with the KV cache (megallm.inference.generate) and prints
-prompt + completion on stdout, tokens/s on stderr. A problem the user can fix is one line `generate: error: ...`, exit code 2.
+documents start: megallm.data.tokenizer.SpecialTokens; --no-bos to skip), generates with
+the KV cache (megallm.inference.generate) and prints prompt + completion on stdout,
+tokens/s on stderr. Prompts whose tokens plus --max-new-tokens run past the context the
+model was trained at (megallm.inference.context) are generated after one warning line.
+A problem the user can fix is one line `generate: error: ...`, exit code 2.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     select_deepspeed_accelerator()
     # deferred: these import DeepSpeed, which reads the accelerator chosen just above
     from megallm.checkpoint.convert import read_model
+    from megallm.inference.context import trained_context
     from megallm.inference.generate import GenerationStats, generate
     from megallm.inference.sampling import Sampling
     from megallm.model.weights import model_from_weights
@@ -132,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
               f"ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         start = [] if args.no_bos else [tokens.document_start_id]
         fed = [start + tok.encode(p, add_special_tokens=False).ids for p in prompts]
+        warn_beyond_context(args.source, trained_context(args.source), [len(ids) for ids in fed],
+                            args.max_new_tokens)
         stats = GenerationStats()
         for first in range(0, len(fed), args.batch_size):
             batch = fed[first:first + args.batch_size]
@@ -144,6 +150,16 @@ def run(args: argparse.Namespace) -> int:
           f"({stats.prefill_tokens_per_second:,.0f} tokens/s); decode {stats.decode_tokens} tokens in "
           f"{stats.decode_seconds:.3f} s ({stats.decode_tokens_per_second:,.0f} tokens/s)", file=sys.stderr)
     return 0
+
+
+def warn_beyond_context(source: Path, trained, prompt_lengths: list[int], max_new_tokens: int) -> None:
+    """One line on stderr when a prompt plus its new tokens runs past the context the model was trained at
+    (`trained`, a megallm.inference.context.TrainedContext): generation goes on, extrapolating."""
+    beyond = [n + max_new_tokens for n in prompt_lengths if n + max_new_tokens > trained.tokens]
+    if beyond:
+        print(f"generate: warning: {len(beyond)} of {len(prompt_lengths)} prompts with --max-new-tokens "
+              f"{max_new_tokens} run past {trained.describe(str(source))} (up to {max(beyond):,} tokens): positions "
+              "beyond it were never trained, and what the model generates there is extrapolation", file=sys.stderr)
 
 
 def print_completion(args, index: int, prompt: str, prompt_ids: list[int], new_ids: list[int],

@@ -6,7 +6,13 @@ Multiple choice: the model's log-likelihood of each choice as the prompt's conti
 (accuracy), and again after dividing by the continuation's length in characters
 (accuracy_norm, lm-evaluation-harness's acc_norm). Generation: a greedy completion stopped at
 the stop strings, stripped, scored against the targets with the task's metrics (BLEU, ROUGE:
-megallm.evaluation.metrics) and exact match.
+megallm.evaluation.metrics) and exact match. Every number that is a mean over examples has its
+standard error beside it (`<metric>_stderr`, as lm-evaluation-harness reports them; BLEU's by
+bootstrap: megallm.evaluation.metrics).
+
+A task's record keeps every example's outcome under "samples" (as lm-eval's --log_samples): its
+id, the ids of its demonstrations, and for multiple choice each choice's log-likelihood, the
+predictions and the gold index; for generation the output and the target.
 """
 
 from __future__ import annotations
@@ -17,13 +23,12 @@ from typing import Callable, Optional
 
 from megallm.errors import UsageError
 from megallm.evaluation import demos as demo_methods
-from megallm.evaluation.metrics import GENERATION_METRICS, accuracy
+from megallm.evaluation.metrics import GENERATION_METRICS, accuracy, mean_stderr
 from megallm.evaluation.prompts import continuation, few_shot_prompt
 from megallm.evaluation.tasks import MULTIPLE_CHOICE, Task
 
 PROGRESS_EVERY_S = 10.0
 CHUNK = 16  # examples scored between progress checks
-SAMPLES = 5  # a generation task's first outputs kept in its record, to read what the model wrote
 
 
 @dataclass(frozen=True)
@@ -55,20 +60,22 @@ def evaluate_task(model, task: Task, demo_pool: Optional[Task], setup: FewShot) 
     prompts = [few_shot_prompt([pool[j] for j in chosen[i]], queries[i]) for i in range(count)]
     ticker = _Ticker(task.name, count, setup.progress)
     if task.kind == MULTIPLE_CHOICE:
-        metrics, counts = score_multiple_choice(model, queries[:count], prompts, ticker.advance)
+        metrics, counts, samples = score_multiple_choice(model, queries[:count], prompts, ticker.advance)
     else:
-        metrics, counts = score_generation(model, task, queries[:count], prompts, setup, ticker.advance)
-    samples = counts.pop("samples", None)
+        metrics, counts, samples = score_generation(model, task, queries[:count], prompts, setup, ticker.advance)
+    for sample, demos in zip(samples, chosen):
+        sample["demonstrations"] = [pool[j].id for j in demos]
     return {"task": task.name, "file": str(task.path), "kind": task.kind, "k": setup.k, "method": setup.method,
             "seed": setup.seed, "demo_pool": None if demo_pool is None else str(demo_pool.path),
             "metrics": metrics, "counts": {"examples": count, "pool": len(pool), **counts},
-            "seconds": round(time.perf_counter() - began, 3), **({"samples": samples} if samples else {})}
+            "seconds": round(time.perf_counter() - began, 3), "samples": samples}
 
 
 def score_multiple_choice(model, examples: list, prompts: list[str], advance: Callable[[int], None]
-                          ) -> tuple[dict, dict]:
-    """Accuracy by the argmax of each choice's log-likelihood, and by it per character (accuracy_norm)."""
-    predictions, normalised = [], []
+                          ) -> tuple[dict, dict, list[dict]]:
+    """Accuracy by the argmax of each choice's log-likelihood, and by it per character (accuracy_norm), with
+    their standard errors; a sample per example."""
+    samples = []
     for first in range(0, len(examples), CHUNK):
         batch = list(zip(examples[first:first + CHUNK], prompts[first:first + CHUNK]))
         pairs = [(prompt, continuation(choice)) for example, prompt in batch for choice in example.choices]
@@ -76,17 +83,22 @@ def score_multiple_choice(model, examples: list, prompts: list[str], advance: Ca
         for example, _ in batch:
             lls = [next(scores)[0] for _ in example.choices]
             per_char = [ll / len(continuation(c)) for ll, c in zip(lls, example.choices)]
-            predictions.append(max(range(len(lls)), key=lls.__getitem__))
-            normalised.append(max(range(len(lls)), key=per_char.__getitem__))
+            samples.append({"id": example.id, "gold": example.gold, "loglikelihoods": lls,
+                            "prediction": max(range(len(lls)), key=lls.__getitem__),
+                            "prediction_norm": max(range(len(lls)), key=per_char.__getitem__)})
         advance(len(batch))
     golds = [e.gold for e in examples]
-    return ({"accuracy": accuracy(predictions, golds), "accuracy_norm": accuracy(normalised, golds)},
-            {"choices": sum(len(e.choices) for e in examples)})
+    metrics = {}
+    for name, key in (("accuracy", "prediction"), ("accuracy_norm", "prediction_norm")):
+        metrics[name] = accuracy([s[key] for s in samples], golds)
+        metrics[f"{name}_stderr"] = mean_stderr([float(s[key] == s["gold"]) for s in samples])
+    return metrics, {"choices": sum(len(e.choices) for e in examples)}, samples
 
 
 def score_generation(model, task: Task, examples: list, prompts: list[str], setup: FewShot,
-                     advance: Callable[[int], None]) -> tuple[dict, dict]:
-    """Greedy completions, cut at the stop strings and stripped, scored with the task's metrics."""
+                     advance: Callable[[int], None]) -> tuple[dict, dict, list[dict]]:
+    """Greedy completions, cut at the stop strings and stripped, scored with the task's metrics; a sample
+    per example."""
     stop = list(setup.stop)
     outputs = []
     for first in range(0, len(examples), CHUNK):
@@ -97,9 +109,11 @@ def score_generation(model, task: Task, examples: list, prompts: list[str], setu
     metrics: dict = {}
     for name in task.metrics:
         metrics.update(GENERATION_METRICS[name](outputs, references))
-    metrics["exact_match"] = sum(o == r.strip() for o, r in zip(outputs, references)) / len(outputs)
-    samples = [{"id": e.id, "output": o, "target": e.target} for e, o in zip(examples[:SAMPLES], outputs)]
-    return metrics, {"empty_outputs": sum(not o for o in outputs), "samples": samples}
+    exact = [float(o == r.strip()) for o, r in zip(outputs, references)]
+    metrics["exact_match"], metrics["exact_match_stderr"] = sum(exact) / len(exact), mean_stderr(exact)
+    samples = [{"id": e.id, "output": o, "target": e.target, "exact_match": x == 1.0}
+               for e, o, x in zip(examples, outputs, exact)]
+    return metrics, {"empty_outputs": sum(not o for o in outputs)}, samples
 
 
 class _Ticker:

@@ -17,13 +17,19 @@ model_args: path (a megallm checkpoint of any layout, a run or checkpoints folde
 Face Llama folder; required), dtype (fp32, bf16), batch_size, device (auto: cuda when there; cpu, cuda),
 tokenizer (a tokenizer.json), start (document: every input begins with the tokenizer's document
 start token, as megallm trains and as `hf` feeds with add_bos_token=True; tokenizer: what the
-tokenizer adds itself, as `hf` by default; none), max_length. Local tasks: `--include_path DIR`
+tokenizer adds itself, as `hf` by default; none), max_length (default and most: the context the
+model was trained at, megallm.inference.context). Local tasks: `--include_path DIR`
 with YAMLs whose `dataset_path: json` reads local files (tests/fixtures/lm_eval/); set
 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 to make sure nothing is downloaded.
 
 All scoring is megallm.evaluation.model.EvalModel's, which tokenizes as lm-eval's causal models
 do; loglikelihood_rolling scores each text's tokens given the document start token (`hf` does the
 same without add_bos_token; with it, `hf` also scores a start token it put in front of the text).
+No request ends the run: where lm-eval's `hf` model stops every task on an assertion (a token
+spanning the context / continuation boundary, such as 'def main(' + '):' tokenized 'def', ' main',
+'():', leaves its continuation no token; a continuation longer than max_length), EvalModel scores the
+request (the context loses its last token to the continuation; windows) and says so on stderr in
+one line, `megallm: ...`.
 """
 
 from __future__ import annotations

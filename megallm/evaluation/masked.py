@@ -218,11 +218,16 @@ def masked_accuracy(checkpoint_or_run: str | Path, corpus_path: str | Path, spli
     """Masked-token accuracy, MLM loss and the unigram baseline of the MLM checkpoint at `checkpoint_or_run`
     on `batches` micro-batches of `split` of the corpus at `corpus_path` (default: every window of the split
     once, a last partial micro-batch left out); see the module docstring. `seq_len`, `seed`, `micro_batch_size`
-    default to the run's (train.*; the micro-batch size groups windows into next-sentence pairs only)."""
+    default to the run's (train.*; the micro-batch size groups windows into next-sentence pairs only); a
+    `seq_len` beyond the run's train.seq_len is refused (positions the encoder never trained on)."""
     checkpoint, cfg, tokenizer_sha256 = encoder_run(Path(checkpoint_or_run))
     seq_len, mbs = seq_len or cfg.train.seq_len, micro_batch_size or cfg.train.micro_batch_size
     if seq_len < 1 or mbs < 1 or (batches is not None and batches < 1):
         raise UsageError("the sequence length, micro-batch size and number of batches must be >= 1")
+    if seq_len > cfg.train.seq_len:
+        raise UsageError(f"--seq-len {seq_len} is beyond the {cfg.train.seq_len} tokens {checkpoint} was trained at "
+                         f"(train.seq_len): the encoder would extrapolate to positions it never trained on; pass "
+                         f"--seq-len {cfg.train.seq_len} or less")
     corpus = open_corpus(str(corpus_path), None, (cfg.data.train_split, split))
     if tokenizer_sha256 not in ("", corpus.manifest.tokenizer_sha256):
         raise UsageError(f"corpus {corpus_path} was prepared with another tokenizer than {checkpoint} was trained "

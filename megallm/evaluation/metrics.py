@@ -11,29 +11,71 @@
 
 GENERATION_METRICS maps the metric names a generation task may name (megallm.evaluation.tasks)
 to their functions, each returning a dict whose key of the same name holds the headline number.
+
+Standard errors, as lm-evaluation-harness computes them (lm_eval.api.metrics), under
+`<metric>_stderr`: for a mean over examples (accuracy, exact match, ROUGE), the sample standard
+deviation over sqrt(n), `mean_stderr` (for accuracy p over n examples, sqrt(p (1 - p) / (n - 1)));
+for corpus BLEU, which is no mean, the standard deviation of BLEU over 100 bootstrap resamples of
+the examples (`bootstrap_stderr`: lm-eval's draws, random.Random(0).choices, and its 100 for BLEU).
+Fewer than two examples have none (None; lm-eval's "N/A").
 """
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Callable, Optional, Sequence
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+BLEU_BOOTSTRAP_ITERS = 100  # lm-eval's draws for BLEU's standard error (min(bootstrap_iters, 100))
+BOOTSTRAP_CHUNK = 1000  # lm-eval draws in chunks of up to 1000, chunk i from random.Random(i)
+
+
+def sample_stddev(values: Sequence[float]) -> float:
+    mean = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_stderr(values: Sequence[float]) -> Optional[float]:
+    """The standard error of the mean of `values` (lm-eval's mean_stderr); None below two values."""
+    return sample_stddev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def bootstrap_stderr(statistic: Callable[[list[int]], float], n: int, iters: int) -> Optional[float]:
+    """lm-eval's bootstrap_stderr: the sample standard deviation of `statistic(indices)` over `iters`
+    resamples of range(n) with replacement (chunk i of min(1000, iters) draws from random.Random(i));
+    None below two examples."""
+    if n < 2:
+        return None
+    chunk = min(BOOTSTRAP_CHUNK, iters)
+    draws = []
+    for i in range(iters // chunk):
+        rng = random.Random(i)
+        draws += [statistic(rng.choices(range(n), k=n)) for _ in range(chunk)]
+    return sample_stddev(draws)
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """Corpus BLEU of one reference per hypothesis: {"bleu", "signature", "precisions", "bp", "sys_len", "ref_len"}."""
+    """Corpus BLEU of one reference per hypothesis: {"bleu", "bleu_stderr", "signature", "precisions", "bp",
+    "sys_len", "ref_len"}."""
     # deferred: the evaluation command imports this module before it needs any metric
     from sacrebleu.metrics import BLEU
 
     _check_pairs(hypotheses, references)
     metric = BLEU()
     result = metric.corpus_score(list(hypotheses), [list(references)])
-    return {"bleu": result.score, "signature": str(metric.get_signature()), "precisions": list(result.precisions),
+
+    def resampled(indices: list[int]) -> float:
+        return metric.corpus_score([hypotheses[i] for i in indices], [[references[i] for i in indices]]).score
+
+    return {"bleu": result.score, "bleu_stderr": bootstrap_stderr(resampled, len(hypotheses), BLEU_BOOTSTRAP_ITERS),
+            "signature": str(metric.get_signature()), "precisions": list(result.precisions),
             "bp": result.bp, "sys_len": result.sys_len, "ref_len": result.ref_len}
 
 
 def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """Mean ROUGE-1/2/L F-measures x 100: {"rouge1", "rouge2", "rougeL", "rouge" (= rougeL)}."""
+    """Mean ROUGE-1/2/L F-measures x 100: {"rouge1", "rouge2", "rougeL", "rouge" (= rougeL)}, each with its
+    `_stderr`."""
     # deferred: rouge-score imports nltk (seconds); only generation tasks need it
     from rouge_score.rouge_scorer import RougeScorer
 
@@ -41,7 +83,8 @@ def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
     scorer = RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = [scorer.score(reference, hypothesis) for hypothesis, reference in zip(hypotheses, references)]
     means = {t: 100.0 * sum(s[t].fmeasure for s in scores) / len(scores) for t in ROUGE_TYPES}
-    return {**means, "rouge": means["rougeL"]}
+    stderrs = {f"{t}_stderr": mean_stderr([100.0 * s[t].fmeasure for s in scores]) for t in ROUGE_TYPES}
+    return {**means, "rouge": means["rougeL"], **stderrs, "rouge_stderr": stderrs["rougeL_stderr"]}
 
 
 def accuracy(predictions: Sequence, golds: Sequence) -> float:

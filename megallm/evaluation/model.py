@@ -6,12 +6,21 @@ the weights, before this process starts its own world of one) with its tokenizer
 
 - `loglikelihood(pairs)`: for each (context, continuation), the sum over the continuation's tokens
   of log p(token | all before it), and whether each of them is the argmax (greedy). The pair is
-  split as lm-evaluation-harness does for causal models (`encode_pair`): trailing whitespace of
-  the context moves to the continuation, the whole text is encoded once and the continuation is
-  what follows the context's own encoding, so that a merge across the boundary goes the way the
-  whole text tokenizes. An empty context is the start token alone.
+  split as lm-evaluation-harness does for causal models (`TemplateLM._encode_pair`): trailing
+  whitespace of the context moves to the continuation, the whole text is encoded once and the
+  continuation is what follows the context's own encoding, so that a merge across the boundary
+  goes the way the whole text tokenizes. An empty context is the start token alone.
+  Where one token of the whole text spans the boundary and takes the whole continuation
+  ('def main(' + '):' as 'def', ' main', '():'), that cut leaves the continuation no token
+  (lm-eval's `hf` model stops the run there, on an assertion): the continuation then begins at
+  that token, the first that holds any of its characters, and the context keeps the tokens before
+  it; so the context loses its last token to the continuation. An empty continuation has
+  probability 1: log-likelihood 0, greedy. A continuation longer than max_length tokens is scored
+  in windows of max_length predictions (`windows`), as loglikelihood_rolling scores a text. What
+  was adjusted is said in one line through `log`; no request stops the others.
 - `loglikelihood_rolling(texts)`: the log-likelihood of every token of each text, given the start
-  token, in lm-eval's rolling windows (`rolling_requests`); perplexity builds on it.
+  token, in lm-eval's rolling windows (`rolling_requests`: the stride = window case of `windows`,
+  on which perplexity builds).
 - `token_logprobs(rows)`: log p(row[i] | row[:i]) for i >= 1.
 - `generate(prompts, max_new_tokens, stop)`: greedy completions over the KV cache
   (megallm.inference.generate), cut before the first stop string.
@@ -25,8 +34,10 @@ lm-eval's `hf` model feeds with `add_bos_token=True` on a folder exported by too
 start="tokenizer" puts only what the tokenizer's post-processor adds (Llama 3's bos, nothing for
 megallm's tokenizers: `hf`'s default); "none" nothing.
 
-Inputs longer than `max_length` tokens (the model's max_position_embeddings, else the
-checkpoint's train.seq_len, else 2048) keep their last max_length + 1 tokens, as lm-eval does.
+`max_length`, the longest input fed at once, is the context the model was trained at
+(megallm.inference.context: a checkpoint's train.seq_len, a Hugging Face folder's
+max_position_embeddings); a longer one is refused, never extrapolated to. Inputs longer than
+max_length tokens keep their last max_length + 1 tokens, as lm-eval does.
 Batches are right-padded: attention is causal, so padding after a row's tokens changes none of
 its logits.
 """
@@ -46,6 +57,7 @@ from tokenizers import Tokenizer
 from megallm.data.tokenizer import SpecialTokens, load_tokenizer, special_tokens
 from megallm.errors import DataError, UsageError
 from megallm.files import TOKENIZER_FILE
+from megallm.inference.context import TrainedContext, trained_context
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 STARTS = ("document", "tokenizer", "none")
@@ -79,18 +91,37 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
+def windows(stream: Sequence[int], first: int, length: int, stride: Optional[int] = None) -> list[Request]:
+    """Requests that predict stream[first:] (first >= 1), every token once, none fed more than `length`
+    tokens: Hugging Face's sliding-window recipe ("Perplexity of fixed-length models"). A window spans
+    length + 1 tokens (fed `length`, each predicting the next) and they move by `stride` (1 .. length,
+    default length): window k begins at b_k = b_0 + k * stride (b_0 = max(0, first + stride - length - 1):
+    0 when scoring begins at the stream's second token, as in Hugging Face's loop), ends at
+    e_k = min(b_k + length + 1, len(stream)) and predicts stream[e_(k-1):e_k] (stream[first:e_0] for the
+    first), the tokens before them in its span being context; every prediction after the first window
+    sees at least length - stride tokens. The window that reaches the end keeps a full span of input
+    (it begins at e_k - length - 1, as lm-eval's last rolling window does; Hugging Face's loop begins it
+    at b_k, giving its predictions less context). stride = length: lm-eval's disjoint rolling windows."""
+    stride = length if stride is None else stride
+    if not 1 <= stride <= length or first < 1:
+        raise ValueError(f"windows need 1 <= stride <= length and first >= 1, got stride {stride}, length {length}, "
+                         f"first {first}")
+    span = length + 1
+    requests: list[Request] = []
+    begin, done = max(0, first + stride - span), first
+    while done < len(stream):
+        end = min(begin + span, len(stream))
+        requests.append((list(stream[max(0, end - span):done]), list(stream[done:end])))
+        done, begin = end, begin + stride
+    return requests
+
+
 def rolling_requests(tokens: list[int], prefix: int, max_length: int) -> list[Request]:
     """lm-eval's rolling windows (get_rolling_token_windows, context_len=1, made disjoint): every token
     of `tokens` is predicted once. Window k predicts tokens [k*L, (k+1)*L) (L = max_length) from the
     L tokens before each, [prefix] standing before the first; the last, shorter window keeps a full
     L tokens of input, so its first predictions see the end of the previous window."""
-    stream = [prefix] + list(tokens)
-    requests = []
-    for first in range(0, len(tokens), max_length):
-        end = min(first + max_length, len(tokens))  # predicts stream[first + 1 : end + 1]
-        begin = max(0, end - max_length)
-        requests.append((stream[begin:first + 1], stream[first + 1:end + 1]))
-    return requests
+    return windows([prefix] + list(tokens), 1, max_length)
 
 
 @dataclass
@@ -105,6 +136,8 @@ class EvalModel:
     start: str = "document"
     max_length: int = DEFAULT_MAX_LENGTH
     batch_size: int = 8
+    trained: Optional[TrainedContext] = None  # the context the model was trained at (max_length's bound)
+    log: Callable[[str], None] = field(default=lambda _: None, repr=False)  # what loglikelihood adjusted
     _world: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     # ---- loading --------------------------------------------------------------------------------
@@ -120,8 +153,7 @@ class EvalModel:
 
         select_deepspeed_accelerator()
         # deferred: imports DeepSpeed, after the accelerator is chosen
-        from megallm.checkpoint.convert import is_hf_folder, read_model, resolve_checkpoint
-        from megallm.checkpoint.state import read_state
+        from megallm.checkpoint.convert import read_model
         from megallm.model.weights import model_from_weights
 
         if start not in STARTS:
@@ -131,6 +163,12 @@ class EvalModel:
         path, dtype, device = Path(path), resolve_dtype(dtype), resolve_device(device)
         if not path.exists():
             raise UsageError(f"model {path} does not exist")
+        trained = trained_context(path)
+        if max_length is None:
+            max_length = trained.tokens
+        elif not 1 <= max_length <= trained.tokens:
+            raise UsageError(f"max_length {max_length} is not within 1 .. {trained.describe(str(path))}: positions "
+                             f"past those were never trained; pass max_length <= {trained.tokens}")
         began = time.perf_counter()
         weights, cfg, tokenizer_file = read_model(path)  # before the process group: it may start ranks
         if cfg.bidirectional:
@@ -149,9 +187,6 @@ class EvalModel:
             special = special_tokens(tokenizer_file, tok=tok)
         except DataError as exc:
             raise UsageError(f"{exc} (evaluation needs it to begin inputs and stop generations)") from None
-        if max_length is None:
-            seq_len = 0 if is_hf_folder(path) else read_state(resolve_checkpoint(path)).seq_len
-            max_length = cfg.max_position_embeddings or seq_len or DEFAULT_MAX_LENGTH
         world = contextlib.ExitStack()
         world.enter_context(distributed(deepspeed=False))
         try:
@@ -162,7 +197,7 @@ class EvalModel:
         params = sum(p.numel() for p in model.parameters())
         log(f"{path}: {params / 1e6:.1f}M parameters on {device}, {str(dtype).removeprefix('torch.')}, "
             f"ready in {time.perf_counter() - began:.1f} s")
-        return cls(model, tok, tokenizer_file, special, str(path), start, max_length, batch_size, world)
+        return cls(model, tok, tokenizer_file, special, str(path), start, max_length, batch_size, trained, log, world)
 
     def close(self) -> None:
         """Shut down the world of one that `load` started (none if one was up before)."""
@@ -205,35 +240,62 @@ class EvalModel:
 
     def encode_pair(self, context: str, continuation: str) -> Request:
         """(context ids, continuation ids) as lm-eval's causal models split them (module docstring)."""
+        return self._encode_pair(context, continuation)[0]
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[Request, bool]:
+        """encode_pair's request, and whether a token spans the boundary (the continuation then begins at it)."""
         if context == "":
             ids = self.encode(continuation)
-            return ([self.prefix_token_id], ids) if ids[:1] != [self.prefix_token_id] else (ids[:1], ids[1:])
+            return (([self.prefix_token_id], ids) if ids[:1] != [self.prefix_token_id] else (ids[:1], ids[1:])), False
         context, continuation = split_pair(context, continuation)
-        whole = self.start_ids + self.encode(context + continuation)
-        context_ids = self.start_ids + self.encode(context)
-        return context_ids, whole[len(context_ids):]
+        whole = self.tokenizer.encode(context + continuation, add_special_tokens=False)
+        cut = len(self.encode(context))
+        spans = cut >= len(whole.ids) and continuation != ""
+        if spans:  # the first token holding a character of the continuation; none: it has no token
+            cut = next((i for i, (_, end) in enumerate(whole.offsets) if end > len(context)), len(whole.ids))
+        ids = self.start_ids + whole.ids
+        cut += len(self.start_ids)
+        return (ids[:cut] or [self.prefix_token_id], ids[cut:]), spans
 
     # ---- scoring --------------------------------------------------------------------------------
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """(log p(continuation | context), greedy) of each pair; a pair over max_length + 1 tokens keeps
-        its last max_length + 1 (lm-eval's left truncation)."""
-        requests = []
-        for context, continuation in pairs:
-            context_ids, continuation_ids = self.encode_pair(context, continuation)
-            if len(continuation_ids) > self.max_length:
-                raise UsageError(f"a continuation of {len(continuation_ids)} tokens is longer than the model's "
-                                 f"{self.max_length}-token context")
-            kept = (context_ids + continuation_ids)[-(self.max_length + 1):]
-            requests.append((kept[:-len(continuation_ids)], continuation_ids))
-        return self.score(requests)
+        its last max_length + 1 (lm-eval's left truncation), a continuation over max_length tokens is
+        scored in windows; what was adjusted is said through `log` (module docstring)."""
+        owners, requests, spanning, empty, long = [], [], [], 0, 0
+        for i, (context, continuation) in enumerate(pairs):
+            (context_ids, continuation_ids), spans = self._encode_pair(context, continuation)
+            spanning += [(context, continuation)] if spans else []
+            empty += not continuation_ids
+            long += len(continuation_ids) > self.max_length
+            if continuation_ids:
+                window = windows(context_ids + continuation_ids, len(context_ids), self.max_length)
+                owners += [i] * len(window)
+                requests += window
+        totals, greedy = [0.0] * len(pairs), [True] * len(pairs)
+        for owner, (logprob, top) in zip(owners, self.score(requests)):
+            totals[owner] += logprob
+            greedy[owner] = greedy[owner] and top
+        n = len(pairs)
+        if spanning:
+            context, continuation = spanning[0]
+            self.log(f"{len(spanning)} of {n} continuations share a token with their context (e.g. "
+                     f"{context[-24:]!r} + {continuation!r}): each is scored from that token on, the context "
+                     "keeping the tokens before it")
+        if empty:
+            self.log(f"{empty} of {n} continuations have no token: log-likelihood 0 (probability 1), greedy")
+        if long:
+            self.log(f"{long} of {n} continuations are longer than the {self.max_length}-token context: scored in "
+                     f"windows of {self.max_length} predictions, as loglikelihood_rolling scores a text")
+        return list(zip(totals, greedy))
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
         """Each text's log-likelihood: all its tokens, given the start token (module docstring)."""
         owners, requests = [], []
         for i, text in enumerate(texts):
-            windows = rolling_requests(self.encode(text), self.prefix_token_id, self.max_length)
-            owners += [i] * len(windows)
-            requests += windows
+            window = rolling_requests(self.encode(text), self.prefix_token_id, self.max_length)
+            owners += [i] * len(window)
+            requests += window
         totals = [0.0] * len(texts)
         for owner, (logprob, _) in zip(owners, self.score(requests)):
             totals[owner] += logprob

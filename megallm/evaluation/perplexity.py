@@ -13,10 +13,14 @@ Documents are scored either
   running across document boundaries within a window; or
 - "separate": each document its own stream, no attention across documents.
 A stream is put after the document start token (megallm.data.tokenizer.SpecialTokens; not again
-when it begins with it), then cut into windows of `seq_len` predicted tokens, each token predicted
-once from the tokens before it in its window (megallm.evaluation.model.rolling_requests:
-lm-evaluation-harness's rolling windows; the last window keeps seq_len tokens of input).
-`max_tokens` stops after that many documents' tokens (the last one cut).
+when it begins with it), then scored in windows of `seq_len` tokens of input that move by `stride`
+(megallm.evaluation.model.windows: Hugging Face's sliding-window recipe), each token predicted once
+from the tokens before it in its window. stride = seq_len (the default) gives disjoint windows,
+lm-evaluation-harness's rolling windows; a smaller stride gives every prediction after the first
+window at least seq_len - stride tokens of context, for stream length / stride windows of work.
+The window that reaches the end keeps seq_len tokens of input. `seq_len` defaults to the context
+the model was trained at (megallm.inference.context) and may not exceed it: past it the model
+extrapolates. `max_tokens` stops after that many documents' tokens (the last one cut).
 
 Reported, with N the predicted tokens, NLL = -sum of their log-probabilities (natural log) and
 B the UTF-8 bytes of the scored documents' text (each document's tokens decoded, special tokens
@@ -41,7 +45,7 @@ from megallm.data.corpus import open_corpus
 from megallm.data.formats import documents, pieces
 from megallm.data.shards import MANIFEST, read_documents
 from megallm.errors import DataError, UsageError
-from megallm.evaluation.model import EvalModel, Request, rolling_requests
+from megallm.evaluation.model import EvalModel, Request, windows
 
 MODES = ("joined", "separate")
 
@@ -55,6 +59,7 @@ class Perplexity:
     tokens: int  # predicted tokens, N
     bytes: int   # UTF-8 bytes of the documents' decoded text, B
     nll: float   # total negative log-likelihood, nats
+    stride: Optional[int] = None  # tokens each window moves by; seq_len (or None): disjoint windows
 
     @property
     def mean_nll(self) -> float:
@@ -111,15 +116,33 @@ def documents_of(model: EvalModel, sources: Sequence[Path], split: str, text_fie
         yield from file_documents(model, sources, text_field)
 
 
+def check_windows(seq_len: Optional[int], stride: Optional[int], limit: int, bound: str) -> tuple[int, int]:
+    """(seq_len, stride) with their defaults (`limit`, seq_len), or a UsageError: a window longer than `limit`
+    tokens, the context the model was trained at (`bound` says so: "the 256 tokens ... was trained at
+    (...)"), or a stride longer than the window."""
+    seq_len = seq_len or limit
+    stride = stride or seq_len
+    if seq_len < 1 or stride < 1:
+        raise UsageError("the sequence length and the stride must be >= 1")
+    if seq_len > limit:
+        raise UsageError(f"--seq-len {seq_len} is beyond {bound}: the model would extrapolate to positions it never "
+                         f"trained on; pass --seq-len {limit} or less")
+    if stride > seq_len:
+        raise UsageError(f"--stride {stride} is longer than the {seq_len}-token window: tokens between windows would "
+                         f"go unscored; pass --stride {seq_len} or less")
+    return seq_len, stride
+
+
 def perplexity(model: EvalModel, sources: Sequence[Path], *, split: str = "val", mode: str = "joined",
-               seq_len: Optional[int] = None, max_tokens: Optional[int] = None, text_field: str = "text",
-               progress: Optional[Callable[[str], None]] = None) -> Perplexity:
+               seq_len: Optional[int] = None, stride: Optional[int] = None, max_tokens: Optional[int] = None,
+               text_field: str = "text", progress: Optional[Callable[[str], None]] = None) -> Perplexity:
     """Perplexity of `model` on `sources` (one corpus folder, or files); see the module docstring."""
     if mode not in MODES:
         raise UsageError(f"documents mode {mode!r} is not one of {', '.join(MODES)}")
-    seq_len = seq_len or model.max_length
-    if seq_len < 1 or (max_tokens is not None and max_tokens < 1):
-        raise UsageError("the sequence length and the token limit must be >= 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError("the token limit must be >= 1")
+    bound = model.trained.describe(model.source) if model.trained else f"the model's {model.max_length} tokens"
+    seq_len, stride = check_windows(seq_len, stride, model.max_length, bound)
     docs, total = [], 0
     for doc in documents_of(model, sources, split, text_field):
         if max_tokens is not None and total + len(doc) > max_tokens:
@@ -135,9 +158,10 @@ def perplexity(model: EvalModel, sources: Sequence[Path], *, split: str = "val",
     requests: list[Request] = []
     for stream in streams:
         tokens = stream[1:] if stream[:1] == [start] else stream
-        requests += rolling_requests(tokens, start, seq_len)
+        requests += windows([start] + tokens, 1, seq_len, stride)
     scores = model.score(requests, progress=_Progress(len(requests), progress).advance)
-    return Perplexity(source=", ".join(map(str, sources)), mode=mode, seq_len=seq_len, documents=len(docs),
+    return Perplexity(source=", ".join(map(str, sources)), mode=mode, seq_len=seq_len, stride=stride,
+                      documents=len(docs),
                       tokens=sum(len(cont) for _, cont in requests),
                       bytes=sum(len(model.decode(d).encode("utf-8")) for d in docs),
                       nll=-sum(logprob for logprob, _ in scores))
@@ -151,8 +175,8 @@ class _Progress:
         self.done, self.began = 0, time.perf_counter()
         self.last = self.began
 
-    def advance(self, windows: int) -> None:
-        self.done += windows
+    def advance(self, count: int) -> None:
+        self.done += count
         now = time.perf_counter()
         if self.out and (now - self.last >= self.every or self.done == self.total):
             self.last = now

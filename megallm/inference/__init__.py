@@ -2,6 +2,8 @@
 
 - sampling.py  next token from logits: greedy, temperature, top-k, top-p
 - generate.py  left-padded batches of prompts, prefill and decode over the KV cache
+- context.py   the context a model was trained at (a checkpoint's train.seq_len, a Hugging Face
+               folder's max_position_embeddings): evaluation's bound, generation's warning
 
 The model comes from megallm.model.weights (canonical weights of a checkpoint or a
 Hugging Face folder); `tools/generate.py` (megallm.cli.generate) puts it together.

@@ -49,8 +49,8 @@ def test_tool_reports_tasks_and_perplexity(trained, world_of_one, tmp_path):
                       "--seq-len", 32, "--output", out, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["task", "kind", "k", "demos", "n", "metric", "value"]
-    assert [r.split()[-2] for r in rows] == ["accuracy", "accuracy_norm", "bleu", "rouge1", "rouge2", "rougeL",
+    assert header.split() == ["task", "kind", "k", "demos", "n", "metric", "value", "stderr"]
+    assert [r.split()[-3] for r in rows] == ["accuracy", "accuracy_norm", "bleu", "rouge1", "rouge2", "rougeL",
                                              "exact_match", "perplexity", "bits_per_byte", "byte_perplexity",
                                              "mean_nll"]
     assert "python_choice: 6/6 examples" in result.stderr and "examples/s" in result.stderr
