@@ -157,18 +157,27 @@ def test_checkpoints_of_earlier_versions_still_resume(finished_run, tmp_path, co
     assert records(tmp_path / "resumed", "train")[4]["loss"] == records(run, "train")[4]["loss"]
 
 
+RESHARD_TO = ["--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 1]
+
+
 @pytest.mark.slow
-def test_outputs_that_cannot_be_written_are_one_line(finished_run, tmp_path, mount_tmpfs, convert, monkeypatch):
+def test_read_only_outputs_are_one_line(finished_run, tmp_path, mount_tmpfs, convert):
+    _, checkpoints, _ = finished_run
+    source = _copy(checkpoints, tmp_path) / "step_00000004"
+    read_only = mount_tmpfs(1 << 20, read_only=True)
+    for command in (["export", source, read_only / "hf"], ["reshard", source, read_only / "dp2", *RESHARD_TO]):
+        assert_one_line_error(convert(*command), f"cannot write {read_only / command[2].name}: {read_only} is on a "
+                                                 "read-only filesystem", prefix=ERROR)
+
+
+@pytest.mark.slow
+def test_a_full_filesystem_is_one_line(finished_run, tmp_path, mount_tmpfs, convert, monkeypatch):
     _, checkpoints, _ = finished_run
     source = _copy(checkpoints, tmp_path) / "step_00000004"
     before = tree_digest(source)
-    read_only, small = mount_tmpfs(1 << 20, read_only=True), mount_tmpfs(256 << 10)
-    reshard_to = ["--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 1]
-    for command in (["export", source, read_only / "hf"], ["reshard", source, read_only / "dp2", *reshard_to]):
-        assert_one_line_error(convert(*command), f"cannot write {read_only / command[2].name}: {read_only} is on a "
-                                                 "read-only filesystem", prefix=ERROR)
+    small = mount_tmpfs(256 << 10)
     # Too small before the write: refused before anything is read, naming the mount and the size.
-    for command in (["export", source, small / "hf"], ["reshard", source, small / "dp2", *reshard_to]):
+    for command in (["export", source, small / "hf"], ["reshard", source, small / "dp2", *RESHARD_TO]):
         line = assert_one_line_error(convert(*command), f"no space left on {small} for {small / command[2].name}: "
                                                         "it needs about ", "B free", prefix=ERROR)
         assert f"{source} is intact" in line and list(small.iterdir()) == []
@@ -177,7 +186,7 @@ def test_outputs_that_cannot_be_written_are_one_line(finished_run, tmp_path, mou
 
     monkeypatch.setattr(conversions, "export_bytes", lambda *_: 0)
     monkeypatch.setattr(conversions, "reshard_bytes", lambda *_: 0)
-    for command in (["export", source, small / "hf"], ["reshard", source, small / "dp2", *reshard_to]):
+    for command in (["export", source, small / "hf"], ["reshard", source, small / "dp2", *RESHARD_TO]):
         result = convert(*command)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         last = result.stderr.strip().splitlines()[-1]
