@@ -3,7 +3,9 @@
     python launch/sweep.py +model=ladder_2,ladder_3 train.steps=100,200,400 optim.schedule=wsd run_dir=runs/ladder
 
 plans every run (composed and checked first), prints the plan and its compute, then trains the
-runs one after another here, or with --slurm writes and submits a SLURM job array.
+runs one after another here, or with --slurm writes and submits a SLURM job array. Exit codes: 0 all
+runs finished, 1 some failed, 75 stopped by SIGTERM or SIGUSR1 with the run in progress checkpointed
+(the same command resumes; a SLURM array task is requeued).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A sweep as users start it, `python launch/pretrain.py --multirun ...`: every run finishes in its
 own folder, the WSD branch resumes from its trunk's checkpoint and equals, bitwise, the same budget
-trained alone; the same command again skips what finished; a sweep stopped mid-run resumes it."""
+trained alone; the same command again skips what finished; a sweep stopped by SIGTERM mid-run
+checkpoints it, exits 75 without a traceback, and the same command resumes it (and says so)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ def test_a_sweep_trains_branches_skips_finished_runs_and_resumes_a_stopped_one(s
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0 and out.count("finished before, skipped") == 2, out[-3000:]
 
-    # Stopped (SIGTERM, as scancel does) while its trunk trains: the run checkpoints, and the same
-    # command resumes it from there.
+    # Stopped (SIGTERM, as scancel does) while its trunk trains: the run checkpoints and says where it
+    # stopped, the sweep exits 75 (resumable, as a preempted run does), and the same command resumes
+    # the trunk from there, saying so.
     stopped_args = [*SCHEDULE, f"data.path={small_corpus}", "train.steps=30,40", f"run_dir={tmp_path / 'stopped'}"]
     stopped = sweep(stopped_args)
     trunk = tmp_path / "stopped" / "train.steps=40"
@@ -56,11 +58,15 @@ def test_a_sweep_trains_branches_skips_finished_runs_and_resumes_a_stopped_one(s
         time.sleep(0.2)
     stopped.send_signal(signal.SIGTERM)
     out, _ = stopped.communicate(timeout=300)
-    assert stopped.returncode != 0
+    assert stopped.returncode == 75 and "Traceback" not in out, out[-3000:]
     saved = sorted(p.name for p in (trunk / "checkpoints").iterdir())
     assert len(saved) == 1 and int(saved[0].split("_")[1]) < 40, (saved, out[-3000:])
+    stopped_after = f"stopped after step {int(saved[0].split('_')[1])}"
+    assert stopped_after in out and stopped_after in (trunk / "train.log").read_text(), out[-3000:]
+    assert "train.steps=40: stopped by SIGTERM (exit code 75)" in out and "2 of 2 runs to go (exit code 75)" in out
     resumed = sweep(stopped_args)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-3000:]
+    assert f"train.steps=40: 40 steps, resuming from its newest checkpoint, {saved[0]}" in out, out[-3000:]
     assert f"resumed from {trunk / 'checkpoints' / saved[0]}" in out
     assert max(records(trunk, "train")) == 40 and max(records(tmp_path / "stopped" / "train.steps=30", "train")) == 30
