@@ -8,10 +8,11 @@ from pathlib import Path
 
 from megallm.cli import run_command
 from megallm.data.parts import Part, merge
-from megallm.data.plan import collect_inputs, plan_units
+from megallm.data.plan import collect_inputs
 from megallm.data.prepare import (
     Log,
     PrepareOptions,
+    make_plan,
     obtain_tokenizer,
     prepare,
     run_part,
@@ -70,14 +71,14 @@ def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> Non
     if args.merge:
         has_inputs = bool(args.input or args.python_stdlib)
         files = collect_inputs(args.input, args.python_stdlib) if has_inputs else None
-        merge(args.output, plan=plan_units(files, options.unit_bytes, options.text_field) if files else None, log=log)
+        merge(args.output, plan=make_plan(files, options, log) if files else None, log=log)
         return
     part = Part.parse(args.part) if args.part is not None else None
     files = collect_inputs(args.input, args.python_stdlib)
     if part is None and not args.tokenizer_only:
         prepare(files, args.output, log, **vars(options))
         return
-    plan = plan_units(files, options.unit_bytes, options.text_field)
+    plan = make_plan(files, options, log)
     start_writing(args.output)
     tok = obtain_tokenizer(plan, args.output, options, log, may_train=args.tokenizer_only)
     if part is None:

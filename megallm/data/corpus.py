@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from megallm.data.shards import MANIFEST, Manifest
-from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
+from megallm.data.tokenizer import load_tokenizer, read_exact_text, tokenizer_hash
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_FILE
 
@@ -38,12 +38,12 @@ class Corpus:
 
     def tokenizer_files(self) -> dict[str, str]:
         """{name: text} of the corpus's tokenizer file and its side files (from the folder or the URL),
-        as checkpoints keep them."""
+        as checkpoints keep them: written back, each gives its bytes again."""
         names = [self.manifest.tokenizer_file, *self.manifest.tokenizer_side_files]
         if is_url(self.location):
             texts = [read_remote(self.location, name).decode() for name in names]
         else:
-            texts = [Path(self.url(name)).read_text() for name in names]
+            texts = [read_exact_text(self.url(name)) for name in names]
         return dict(zip([TOKENIZER_FILE, *self.manifest.tokenizer_side_files], texts))
 
 

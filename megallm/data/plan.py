@@ -1,6 +1,7 @@
 """The work plan: input patterns -> sorted files -> pieces -> work units of bounded size.
 
-Files are sorted by path and each is cut into pieces (megallm/data/formats.py).
+Files are sorted by path and each is cut into pieces (megallm/data/formats.py); binary
+files are left out, each with a warning (`Plan.skipped`).
 Consecutive pieces are packed into a unit while it stays within `unit_bytes`; a piece
 larger than that is a unit of its own. A unit is what one worker tokenizes and what
 names its shards, and the plan depends only on the inputs and `unit_bytes`, never on
@@ -15,9 +16,9 @@ import json
 import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
-from megallm.data.formats import Piece, documents, pieces
+from megallm.data.formats import Piece, Undecodable, binary_reason, documents, pieces, skipped_binary
 from megallm.errors import DataError
 
 
@@ -34,15 +35,16 @@ class Unit:
         """What the unit reads, as JSON: its record must match it for the unit to count as done."""
         return [asdict(p) for p in self.pieces]
 
-    def documents(self, text_field: str) -> Iterator[tuple[str, str]]:
+    def documents(self, text_field: str, undecodable: Optional[list[Undecodable]] = None) -> Iterator[tuple[str, str]]:
         for piece in self.pieces:
-            yield from documents(piece, text_field)
+            yield from documents(piece, text_field, undecodable)
 
 
 @dataclass(frozen=True)
 class Plan:
     units: tuple[Unit, ...]
     unit_bytes: int
+    skipped: tuple[str, ...] = ()  # a warning per input left out (binary files)
 
     @property
     def size(self) -> int:
@@ -81,7 +83,11 @@ def plan_units(files: list[Path], unit_bytes: int, text_field: str) -> Plan:
     units: list[Unit] = []
     current: list[Piece] = []
     current_size = 0
+    binary = {}
     for path in sorted(files):
+        if reason := binary_reason(path):
+            binary[path] = reason
+            continue
         for piece in pieces(path, unit_bytes, text_field):
             if current and current_size + piece.size > unit_bytes:
                 units.append(Unit(len(units), tuple(current)))
@@ -90,4 +96,8 @@ def plan_units(files: list[Path], unit_bytes: int, text_field: str) -> Plan:
             current_size += piece.size
     if current:
         units.append(Unit(len(units), tuple(current)))
-    return Plan(tuple(units), unit_bytes)
+    if not units and binary:
+        path, reason = next(iter(binary.items()))
+        raise DataError(f"no text to prepare: every input is binary, e.g. {path} ({reason}); give text, JSON lines "
+                        "or Parquet files")
+    return Plan(tuple(units), unit_bytes, tuple(skipped_binary(path, reason) for path, reason in binary.items()))

@@ -2,13 +2,16 @@
 
 The steps:
 1. Plan: the inputs are cut into work units (megallm/data/plan.py, formats.py).
-2. Tokenizer: trained on a prefix of the documents, or read from --tokenizer. Either way
-   it is written to OUTPUT/tokenizer.json, with the Hugging Face files beside a given one
-   (tokenizer_config.json, special_tokens_map.json, chat_template.jinja); --eos-token is
-   recorded in OUTPUT/tokenizer_config.json. Its special tokens frame each document
-   (megallm.data.tokenizer.special_tokens).
+2. Tokenizer: trained on a prefix of the documents (progress lines while it trains), or
+   read from --tokenizer. Either way it is written to OUTPUT/tokenizer.json: a given one
+   byte for byte (rewritten only when --mask-token adds a token to it, then with that
+   token appended to its added tokens and the rest as it was), with the Hugging Face files
+   beside it (tokenizer_config.json, special_tokens_map.json, chat_template.jinja);
+   --eos-token is recorded in OUTPUT/tokenizer_config.json. Its special tokens frame each
+   document (megallm.data.tokenizer.special_tokens).
 3. Units: a pool of worker processes tokenizes the units (megallm/data/units.py),
-   skipping units an earlier run finished.
+   skipping units an earlier run finished. Binary inputs are left out when planning, and a
+   text file that is not all UTF-8 is named when its unit reads it, each in a warning line.
 4. Merge: the unit records become manifest.json (megallm/data/parts.py).
 
 A plain run does every step. For SLURM arrays, `--tokenizer-only`, `--part I/N` and
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,8 +36,16 @@ from megallm.data.parts import Part, merge, write_part_record
 from megallm.data.plan import Plan, plan_units
 from megallm.data.progress import Progress
 from megallm.data.shards import MANIFEST, Manifest
-from megallm.data.tokenizer import add_mask_token, load_tokenizer, special_tokens, tokenizer_hash, train_bpe
-from megallm.data.units import UnitSettings, init_worker, run_unit
+from megallm.data.tokenizer import (
+    add_mask_token,
+    load_tokenizer,
+    special_tokens,
+    tokenizer_hash,
+    tokenizer_json,
+    train_bpe,
+    with_added_token,
+)
+from megallm.data.units import UnitSettings, encoding_pieces, init_worker, run_unit
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES, atomic_write_bytes
 
@@ -76,13 +88,14 @@ class PrepareOptions:
 
 
 def training_texts(plan: Plan, text_field: str, budget: int) -> Iterator[str]:
-    """The first documents of the plan, up to about `budget` characters: the same on every run."""
+    """The first `budget` characters of the plan's documents (the last one cut), the same on every run,
+    in the pieces that encoding cuts them into: the trainer's memory stays bounded as the workers' does."""
     for unit in plan.units:
         for _, text in unit.documents(text_field):
             if budget <= 0:
                 return
+            yield from encoding_pieces(text[:budget])
             budget -= len(text)
-            yield text
 
 
 def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log, may_train: bool) -> Tokenizer:
@@ -90,20 +103,28 @@ def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log
     installed = output / TOKENIZER_FILE
     if options.tokenizer_path is not None:
         tok = load_tokenizer(options.tokenizer_path)
+        data = options.tokenizer_path.read_bytes()  # byte for byte: an older `tokenizers` must read it too
+        if options.mask_token is not None and add_mask_token(tok, options.mask_token):
+            data = with_added_token(data, tok, options.mask_token)
+            log(f"added the mask token {options.mask_token!r} to the tokenizer (id "
+                f"{tok.token_to_id(options.mask_token)}); {installed} is the given file with it among its added tokens")
     elif may_train:
         log(f"training a {options.vocab_size}-token byte-level BPE on up to "
             f"{options.tokenizer_train_bytes / 2**20:,.0f} MiB of the inputs")
-        tok = train_bpe(training_texts(plan, options.text_field, options.tokenizer_train_bytes), options.vocab_size)
+        start = time.perf_counter()
+        tok = train_bpe(training_texts(plan, options.text_field, options.tokenizer_train_bytes), options.vocab_size,
+                        log=log, every=options.progress_every)
+        short = (f" (not {options.vocab_size}: the text holds no more pairs to merge)"
+                 if tok.get_vocab_size() < options.vocab_size else "")
+        log(f"trained a {tok.get_vocab_size()}-token tokenizer{short} in {time.perf_counter() - start:,.1f} s")
+        data = tokenizer_json(tok).encode()
     elif installed.is_file():
         return load_tokenizer(installed)
     else:
         raise DataError(f"--part needs a tokenizer: run `tools/prepare_data.py --tokenizer-only --output {output} "
                         "...` first, or pass --tokenizer FILE")
-    if options.mask_token is not None and add_mask_token(tok, options.mask_token):
-        log(f"added the mask token {options.mask_token!r} to the tokenizer (id {tok.token_to_id(options.mask_token)})")
-    text = tok.to_str(pretty=True)
-    if not installed.is_file() or installed.read_text() != text:
-        atomic_write_bytes(installed, text.encode())
+    if not installed.is_file() or installed.read_bytes() != data:
+        atomic_write_bytes(installed, data)
     install_side_files(options.tokenizer_path, output, {"eos_token": options.eos_token,
                                                         "mask_token": options.mask_token})
     special_tokens(installed, tok=tok)  # a trained tokenizer and --eos-token
@@ -147,6 +168,8 @@ def run_part(plan: Plan, output: Path, options: PrepareOptions, tok: Tokenizer, 
             # imap: units are handed out one at a time, so memory stays about workers x unit size
             for result in pool.imap_unordered(partial(run_unit, output=output, settings=settings), units):
                 progress.update(result)
+                for warning in result.warnings:
+                    log(warning)
     log(progress.summary())
     write_part_record(output, part, plan, settings)
 
@@ -157,10 +180,18 @@ def start_writing(output: Path) -> None:
     (output / MANIFEST).unlink(missing_ok=True)
 
 
+def make_plan(files: list[Path], options: PrepareOptions, log: Log) -> Plan:
+    """The plan of `files`, each input it leaves out (a binary file) said in a warning line."""
+    plan = plan_units(files, options.unit_bytes, options.text_field)
+    for warning in plan.skipped:
+        log(warning)
+    return plan
+
+
 def prepare(files: list[Path], output: Path, log: Log = print, **options) -> Manifest:
     """A whole prepare: tokenizer, every unit (part 0/1), merge. `options`: fields of PrepareOptions."""
     opts = PrepareOptions(**options)
-    plan = plan_units(files, opts.unit_bytes, opts.text_field)
+    plan = make_plan(files, opts, log)
     start_writing(output)
     tok = obtain_tokenizer(plan, output, opts, log, may_train=True)
     run_part(plan, output, opts, tok, Part(0, 1), log)

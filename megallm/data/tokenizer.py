@@ -5,6 +5,19 @@ A tokenizer's identity is the SHA-256 of its canonical JSON: the manifest, the c
 check and every checkpoint record it, so a corpus, a model and a checkpoint made with
 different tokenizers never meet silently. Nothing is downloaded.
 
+Training (`train_bpe`) leaves out of the counts every pre-tokenized word longer than
+`MAX_TRAINING_WORD` characters (a run of letters, digits, other symbols or whitespace:
+a base64 blob, a line of dashes, a file that is one word). Such a word teaches no merge
+worth its cost: the trainer rescans every word that holds a pair at each merge, so a
+file of one 2 MB word trained for more than 5 minutes, and 50 MB for hours. The words
+are still tokenized, with the merges the rest of the text taught.
+
+Files: a given tokenizer.json travels byte for byte (an older `tokenizers` must still
+read what the user gave). A trained one is written with its merges as "a b" strings,
+the format Llama 3's and GPT-2's files use, which `tokenizers` before 0.20 (transformers
+4.44 and older) read as well as newer ones do; `with_added_token` adds one token to a
+given file's JSON and keeps the rest of it.
+
 Special tokens (`special_tokens`): a document is `[bos] + text + [eos]`.
 - eos, the end-of-document token: `--eos-token` if given, else the `eos_token` that
   `tokenizer_config.json` or `special_tokens_map.json` beside the tokenizer.json declares
@@ -24,11 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES
@@ -38,13 +53,23 @@ MASK_TOKEN = "<|mask|>"
 # Files that may declare the special tokens, in the order Hugging Face reads them.
 _DECLARING_FILES = (TOKENIZER_CONFIG_FILE, "special_tokens_map.json")
 _PROBE_TEXT = "a"  # any text: what the post-processor adds around it shows its bos
+MAX_TRAINING_WORD = 1000  # characters; longer pre-tokenized words are left out of training (module docstring)
+# The runs that byte-level pre-tokenization keeps whole (GPT-2's pattern: letters, digits, other symbols,
+# whitespace), when longer than MAX_TRAINING_WORD.
+_LONG_WORD = Regex("|".join(f"{run}{{{MAX_TRAINING_WORD + 1},}}"
+                            for run in (r"\p{L}", r"\p{N}", r"[^\s\p{L}\p{N}]", r"\s")))
+
+Log = Callable[[str], None]
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int, log: Optional[Log] = None, every: float = 5.0) -> Tokenizer:
     """Train a byte-level BPE (GPT-2 style) with two special tokens: the end-of-document marker (id 0)
-    and the mask token of masked-language modelling (id 1)."""
+    and the mask token of masked-language modelling (id 1). With `log`, a line every `every` seconds
+    says how far it got (the text read, then the time spent learning merges)."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Training only: over-long words are cut out before the byte-level split (module docstring).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(_LONG_WORD, behavior="removed"), byte_level])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -52,15 +77,89 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    if log is None:
+        tok.train_from_iterator(texts, trainer)
+    else:
+        with TrainingProgress(log, every) as progress:
+            tok.train_from_iterator(progress.counted(texts), trainer)
+    tok.pre_tokenizer = byte_level
     return tok
+
+
+class TrainingProgress:
+    """Progress lines while `train_from_iterator` runs: it reads the texts (counted here), then learns
+    merges with the GIL released, so a thread can report."""
+
+    def __init__(self, log: Log, every: float):
+        self.log, self.every = log, every
+        self.characters, self.reading = 0, True
+        self.start = time.perf_counter()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._report, name="tokenizer-progress", daemon=True)
+
+    def counted(self, texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            self.characters += len(text)
+            yield text
+        self.reading = False
+        self.merges_start = time.perf_counter()
+
+    def _report(self) -> None:
+        while not self.stopped.wait(self.every):
+            if self.reading:
+                self.log(f"tokenizer: read {self.characters / 2**20:,.1f} MiB of text "
+                         f"({time.perf_counter() - self.start:,.0f} s)")
+            else:
+                self.log(f"tokenizer: learning merges from {self.characters / 2**20:,.1f} MiB of text "
+                         f"({time.perf_counter() - self.merges_start:,.0f} s)")
+
+    def __enter__(self) -> "TrainingProgress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
+    if path.is_dir():
+        hint = f"; give {path / TOKENIZER_FILE}" if (path / TOKENIZER_FILE).is_file() else ""
+        raise DataError(f"tokenizer {path} is a folder, not a tokenizer.json{hint}")
     if not path.is_file():
         raise DataError(f"tokenizer file {path} does not exist; give the tokenizer.json the corpus was prepared with")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for any file it cannot read
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is not a tokenizer.json that Hugging Face tokenizers can read ({reason}); "
+                        "give the tokenizer.json of a fast tokenizer (a Hugging Face model folder has one)") from None
+
+
+def tokenizer_json(tok: Tokenizer) -> str:
+    """`tok` as a tokenizer.json (indented) that every `tokenizers` release reads: a BPE's merges as
+    "a b" strings where no part holds a space (module docstring), else as newer releases write them."""
+    data = json.loads(tok.to_str())
+    merges = data.get("model", {}).get("merges")
+    if merges and all(isinstance(m, list) and " " not in m[0] + m[1] for m in merges):
+        data["model"]["merges"] = [f"{a} {b}" for a, b in merges]
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def with_added_token(original: bytes, tok: Tokenizer, name: str) -> bytes:
+    """The tokenizer.json `original` with the added token `name` of `tok` (`original` plus that
+    token) appended to its added_tokens, every other value as `original` has it (merges in
+    its format), indented as it was. Checked to load as `tok`; else `tok`'s own JSON."""
+    entry = next(t for t in json.loads(tok.to_str())["added_tokens"] if t["content"] == name)
+    data = json.loads(original)
+    data["added_tokens"] = [*data.get("added_tokens", []), entry]
+    indented = b"\n" in original.strip()
+    text = json.dumps(data, indent=2 if indented else None, ensure_ascii=False,
+                      separators=None if indented else (",", ":"))
+    if tokenizer_hash(Tokenizer.from_str(text)) != tokenizer_hash(tok):
+        text = tokenizer_json(tok)
+    return text.encode()
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:
@@ -134,12 +233,17 @@ def add_mask_token(tok: Tokenizer, name: str) -> bool:
     return True
 
 
+def read_exact_text(path: str | Path) -> str:
+    """A UTF-8 file's text with its line endings as they are (written back, it gives the same bytes)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
 
 def tokenizer_files(tokenizer_file: str | Path) -> dict[str, str]:
     """{name: text} of a tokenizer.json (saved as tokenizer.json) and the side files beside it."""
     tokenizer_file = Path(tokenizer_file)
-    files = {TOKENIZER_FILE: tokenizer_file.read_text()}
+    files = {TOKENIZER_FILE: read_exact_text(tokenizer_file)}
     for name in TOKENIZER_SIDE_FILES:
         if tokenizer_file.with_name(name).is_file():
-            files[name] = tokenizer_file.with_name(name).read_text()
+            files[name] = read_exact_text(tokenizer_file.with_name(name))
     return files

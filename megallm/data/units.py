@@ -1,14 +1,23 @@
 """One work unit, as a worker process runs it: tokenize, split, write its shards, then its record.
 
-A unit's documents are read in order and tokenized in batches (without the tokenizer's
-own special tokens). Each becomes `[bos] + tokens + [eos]` (bos only for tokenizers
-whose post-processor adds one: megallm.data.tokenizer.special_tokens) and goes to "train" or "val" by a hash of its identity. Each
-split's documents fill shards `<split>-uUUUUUU-NNNNN.tar` of about `shard_tokens`
-tokens (the last one shorter), each written atomically. Then `records/unit-UUUUUU.json`
-lists the shards with their sizes and checksums. That record, written last, is what
-makes a unit count as done. A re-run skips a unit when its record matches the unit and
-the settings and every shard is there with the recorded size and checksum. It redoes
-any other unit.
+A unit's documents are read in order and tokenized in batches of at most
+`ENCODE_BATCH_CHARS` characters (without the tokenizer's own special tokens). A longer
+document is encoded in pieces of at most that many characters, each cut just before a
+space that precedes a word where there is one (`encoding_pieces`; Llama 3's own tokenizer
+code cuts long texts likewise), so a worker's memory stays bounded whatever one document
+holds (a 50 MB line once took 9.4 GB in one call). For tokenizers that split words at
+spaces (byte-level BPEs, Metaspace, WordPiece) the tokens are those of the whole document;
+only a run of half a piece without a space is cut inside a word.
+
+Each document becomes `[bos] + tokens + [eos]` (bos only for tokenizers whose
+post-processor adds one: megallm.data.tokenizer.special_tokens) and goes to "train" or
+"val" by a hash of its identity. Each split's documents fill shards
+`<split>-uUUUUUU-NNNNN.tar` of about `shard_tokens` tokens (the last one shorter), each
+written atomically. Then `records/unit-UUUUUU.json` lists the shards with their sizes and
+checksums. That record, written last, is what makes a unit count as done. A re-run skips
+a unit when its record matches the unit and the settings and every shard is there with
+the recorded size and checksum. It redoes any other unit. A plain-text input that is not
+all UTF-8 is reported in the unit's result (`UnitResult.warnings`), one line per file.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from megallm.data.formats import Undecodable
 from megallm.data.plan import Unit
 from megallm.data.shards import file_sha256, token_dtype, write_shard
 from megallm.data.tokenizer import load_tokenizer, tokenizer_hash
@@ -32,7 +42,8 @@ from megallm.files import TOKENIZER_FILE, atomic_write_bytes
 
 RECORDS = "records"  # folder of the corpus holding unit and part records
 SPLITS = ("train", "val")
-ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer per call
+ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer per call, and the longest piece of a document
+_WORD_AFTER_SPACE = re.compile(r"\S ")  # searched in reversed text: a space (U+0020), then a word
 SHARD_NAME = re.compile(r"^(train|val)-u\d{6,}-\d{5,}\.tar$")
 
 
@@ -55,6 +66,7 @@ class UnitResult:
     documents: int
     size: int  # input bytes
     skipped: bool  # done by an earlier run
+    warnings: tuple[str, ...] = ()  # one line per input file that was not all UTF-8
 
 
 def shard_name(split: str, unit_index: int, shard_index: int) -> str:
@@ -130,14 +142,40 @@ def init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def batches(docs: Iterable[tuple[str, str]], max_chars: int) -> Iterator[list[tuple[str, str]]]:
+def encoding_pieces(text: str, limit: int = ENCODE_BATCH_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most `limit` characters, each cut before the last space that precedes a
+    word in the second half of its window (else at the limit): what one encode call gets."""
+    start = 0
+    while len(text) - start > limit:
+        low, end = start + limit // 2, start + limit
+        found = _WORD_AFTER_SPACE.search(text[end:low - 1:-1])  # text[end] down to text[low]
+        cut = end - found.start() - 1 if found else end  # the space's index, else the limit
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def document_pieces(docs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, bool]]:
+    """(identity, piece, whether it is the document's last) of each piece of each document."""
+    for identity, text in docs:
+        previous = None
+        for piece in encoding_pieces(text):
+            if previous is not None:
+                yield identity, previous, False
+            previous = piece
+        yield identity, previous, True
+
+
+def batches(pieces: Iterable[tuple[str, str, bool]], max_chars: int) -> Iterator[list[tuple[str, str, bool]]]:
+    """The pieces in batches of at most `max_chars` characters (a longer piece alone): what one encode call gets,
+    whose memory grows with it (about 200 bytes a character)."""
     batch, chars = [], 0
-    for doc in docs:
-        batch.append(doc)
-        chars += len(doc[1])
-        if chars >= max_chars:
+    for piece in pieces:
+        if batch and chars + len(piece[1]) > max_chars:
             yield batch
             batch, chars = [], 0
+        batch.append(piece)
+        chars += len(piece[1])
     if batch:
         yield batch
 
@@ -146,27 +184,33 @@ def run_unit(unit: Unit, output: Path, settings: UnitSettings) -> UnitResult:
     """Tokenize one unit into its shards and record, unless an earlier run finished it."""
     record = finished_record(output, unit, settings)
     skipped = record is not None
+    undecodable: list[Undecodable] = []
     if not skipped:
-        record = tokenize_unit(unit, output, settings)
+        record = tokenize_unit(unit, output, settings, undecodable)
     shards = recorded_shards(record)
     return UnitResult(unit.index, sum(s["tokens"] for s in shards), sum(s["documents"] for s in shards),
-                      unit.size, skipped)
+                      unit.size, skipped, tuple(problem.warning() for problem in undecodable))
 
 
-def tokenize_unit(unit: Unit, output: Path, settings: UnitSettings) -> dict:
+def tokenize_unit(unit: Unit, output: Path, settings: UnitSettings, undecodable: list[Undecodable]) -> dict:
+    """Write the unit's shards and record; its plain-text files that are not all UTF-8 go to `undecodable`."""
     tok = worker_tokenizer(output / TOKENIZER_FILE, settings.tokenizer_sha256)
     dtype = token_dtype(tok.get_vocab_size())
-    first = [] if settings.bos_id is None else [settings.bos_id]
+    first = np.array([] if settings.bos_id is None else [settings.bos_id], dtype=dtype)
+    last = np.array([settings.eos_id], dtype=dtype)
     remove_unit_output(output, unit.index)
     forced = forced_validation_identity(unit, settings)
     writers = {split: SplitShards(output, split, unit.index, settings.shard_tokens) for split in SPLITS}
-    for batch in batches(unit.documents(settings.text_field), ENCODE_BATCH_CHARS):
-        texts = [text for _, text in batch]
-        for (identity, _), encoding in zip(batch, tok.encode_batch_fast(texts, add_special_tokens=False)):
-            ids = first + encoding.ids
-            ids.append(settings.eos_id)
-            held_out = identity == forced or hash_bucket(identity) < settings.val_fraction
-            writers["val" if held_out else "train"].add(np.array(ids, dtype=dtype))
+    document: list[np.ndarray] = []  # the tokens of the document's pieces so far
+    pieces = document_pieces(unit.documents(settings.text_field, undecodable))
+    for batch in batches(pieces, ENCODE_BATCH_CHARS):
+        encodings = tok.encode_batch_fast([piece for _, piece, _ in batch], add_special_tokens=False)
+        for (identity, _, ends), encoding in zip(batch, encodings):
+            document.append(np.array(encoding.ids, dtype=dtype))
+            if ends:
+                held_out = identity == forced or hash_bucket(identity) < settings.val_fraction
+                writers["val" if held_out else "train"].add(np.concatenate([first, *document, last]))
+                document = []
     for writer in writers.values():
         writer.flush()
     record = {"unit": unit.describe(), "settings": asdict(settings),
