@@ -1,4 +1,5 @@
-"""Shared fixtures: a world of one process for in-process model tests, and small corpora.
+"""Shared fixtures: a world of one process for in-process model tests, small corpora, and small
+filesystems (full or read-only disks).
 
 Tests that start training runs, worlds of ranks or tool processes are marked `slow`
 (`bash tests/run.sh -m "not slow"` runs the quick half). Helpers live in tests/helpers.py.
@@ -6,6 +7,7 @@ Tests that start training runs, worlds of ranks or tool processes are marked `sl
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,23 @@ def short_documents(tmp_path_factory) -> Path:
     prepare(short_stdlib_modules(), out, vocab_size=512, tokenizer_path=None, val_fraction=0.05,
             shard_tokens=50_000, tokenizer_train_bytes=1 << 20, log=lambda *_: None)
     return out
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(bytes, read_only=False): a fresh filesystem of that size (a full or read-only disk,
+    for real); skips where mounting needs a root we lack. Unmounted after the test."""
+    mounted = []
+
+    def mount(size: int, read_only: bool = False) -> Path:
+        where = tmp_path / f"small{len(mounted)}"
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode:
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)

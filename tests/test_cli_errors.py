@@ -1,9 +1,12 @@
 """Bad input to launch/pretrain.py: one line on stderr, exit code 2, nothing written.
 
 The config, data and dry-run checks finish before any process group starts, so they run
-here through the entry point's `main`, in this process. The real script is launched
-twice: over torchrun, where only rank 0 reports a mistake, and as a 2-rank run whose
-shards are truncated, where every rank names its shard and none hangs.
+here through the entry point's `main`, in this process; each refused run is checked to
+leave no run folder (`refused`). The real script is launched as users start it: with a
+config mistake, over torchrun, where only rank 0 reports a mistake, and as a 2-rank run
+whose shards are truncated, where every rank names its shard and none hangs. Refusals
+that come from the run's folders, or after the run folder is locked, are in
+tests/test_run_paths.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from tests.helpers import assert_one_line_error, run_main, run_pretrain, train
 
 def pretrain(args: list[str], capsys):
     return run_main(main, args, capsys)
+
+
+def refused(args: list[str], tmp_path, capsys, *phrases: str) -> str:
+    """launch/pretrain.py ARGS run_dir=TMP/run failed with one line holding `phrases`, and left no run folder."""
+    line = assert_one_line_error(pretrain([*args, f"run_dir={tmp_path}/run"], capsys), *phrases)
+    assert not (tmp_path / "run").exists()
+    return line
 
 
 @pytest.mark.parametrize(
@@ -80,12 +90,52 @@ def pretrain(args: list[str], capsys):
         (["+model=tiny", "train.objective=mlm", "mlm.mask_prob=1.5"], ["mlm.mask_prob must be within (0, 1), got 1.5"]),
         (["+model=tiny", "train.objective=mlm", "mlm.replace_with_mask=0.95"],
          ["mlm.replace_with_mask + mlm.replace_with_random must be <= 1"]),
+        # the model's numbers: tracebacks at start-up, or NaN at step 1, before they were checked
+        (["+model=tiny", "model.init_std=-1"], ["model.init_std must be > 0", "got -1.0"]),
+        (["+model=tiny", "model.make_vocab_size_divisible_by=0"],
+         ["model.make_vocab_size_divisible_by must be >= 1", "got 0"]),
+        (["+model=tiny", "model.rope_theta=0"], ["model.rope_theta must be > 1", "got 0.0"]),
+        (["+model=tiny", "model.norm_eps=-1"], ["model.norm_eps must be > 0", "got -1.0"]),
+        (["+model=tiny", "model.norm_eps=0"], ["model.norm_eps must be > 0", "got 0.0"]),
+        (["+model=tiny", f"model.hidden_size={2**70}"], ["model.hidden_size must fit in 64 bits"]),
+        # the run's numbers
+        (["+model=tiny", f"train.seed={2**65}"], ["train.seed must be within [0, 2^63)", f"got {2**65}"]),
+        (["+model=tiny", "train.seed=-1"], ["train.seed must be within [0, 2^63)", "got -1"]),
+        (["+model=tiny", "train.seq_len=1", "train.global_batch_tokens=4"], ["train.seq_len must be >= 2", "got 1"]),
+        (["+model=tiny", f"train.steps={10**23}"], ["train.steps must fit in 64 bits", f"got {10**23}"]),
+        (["+model=tiny", f"train.steps={10**16}"],
+         [f"train.steps x train.global_batch_tokens = {10**16} x 524288", "lower train.steps"]),
+        (["+model=tiny", f"checkpoint.at_steps=[{2**70}]"], ["checkpoint.at_steps[0] must fit in 64 bits"]),
+        (["+model=tiny", "train.dry_run=true", "train.dry_run_world_size=0"],
+         ["train.dry_run_world_size must be >= 1, or null", "got 0"]),
+        # a window longer than the model's context: TinyLlama was pretrained on 2048 tokens
+        (["+model=tinyllama_1b", "train.seq_len=4096"],
+         ["train.seq_len=4096 exceeds model.max_position_embeddings=2048", "model tinyllama_1b",
+          "raise model.max_position_embeddings to at least 4096", "RoPE scaling", "model.rope_scaling.rope_type"]),
+        (["+model=tiny", "model.max_position_embeddings=1024"],
+         ["train.seq_len=2048 exceeds model.max_position_embeddings=1024"]),
     ],
 )
 def test_config_mistakes(args, phrases, tmp_path, capsys):
-    result = pretrain([*args, f"run_dir={tmp_path}/run"], capsys)
-    assert_one_line_error(result, *phrases)
-    assert not (tmp_path / "run").exists()
+    refused(args, tmp_path, capsys, *phrases)
+
+
+def test_sequence_parallel_needs_whole_shards_of_the_sequence(tmp_path, capsys, monkeypatch):
+    """Sequence parallelism splits each window over the TP ranks: the README's planning command with a
+    seq_len that 4 ranks cannot share is refused, and so is a 2-rank launch's (megatron-core asserted it
+    inside the process group)."""
+    refused(["+model=7b", "train.dry_run=true", "train.dry_run_world_size=8", "parallel.tp=4",
+             "parallel.sequence_parallel=true", "train.activation_checkpointing=selective", "train.seq_len=4094",
+             "train.micro_batch_size=1", "train.global_batch_tokens=8188"], tmp_path, capsys,
+            "parallel.sequence_parallel=true splits each sequence over the parallel.tp=4",
+            "train.seq_len=4094 is not a multiple of 4")
+    fits = pretrain(["+model=7b", "train.dry_run=true", "train.dry_run_world_size=8", "parallel.tp=4",
+                     "parallel.sequence_parallel=true", "train.seq_len=4096", "train.micro_batch_size=1",
+                     "train.global_batch_tokens=8192"], capsys)
+    assert fits.returncode == 0 and "TP=4" in fits.stdout, fits.stderr
+    monkeypatch.setenv("WORLD_SIZE", "2")  # after the dry runs: they set this process's launcher variables
+    refused(["+model=tiny", "parallel.tp=2", "parallel.sequence_parallel=true", "train.seq_len=2047",
+             "train.global_batch_tokens=8188"], tmp_path, capsys, "train.seq_len=2047 is not a multiple of 2")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="these settings run on a GPU")
@@ -94,15 +144,13 @@ def test_config_mistakes(args, phrases, tmp_path, capsys):
     ("kernels.loss=liger", ["kernels.loss=liger needs a GPU", "kernels.loss=chunked"]),
 ])
 def test_gpu_only_kernels_on_cpu(setting, phrases, small_corpus, tmp_path, capsys):
-    result = pretrain(["+model=tiny", setting, f"data.path={small_corpus}", f"run_dir={tmp_path}/run"], capsys)
-    assert_one_line_error(result, *phrases)
-    assert not (tmp_path / "run").exists()
+    refused(["+model=tiny", setting, f"data.path={small_corpus}"], tmp_path, capsys, *phrases)
 
 
 def test_data_path_without_shards(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(pretrain(["+model=tiny", f"data.path={empty}"], capsys), "manifest.json is missing")
+    refused(["+model=tiny", f"data.path={empty}"], tmp_path, capsys, "manifest.json is missing")
 
 
 def test_manifest_listing_missing_shard(small_corpus, tmp_path, capsys):
@@ -110,7 +158,17 @@ def test_manifest_listing_missing_shard(small_corpus, tmp_path, capsys):
     shutil.copytree(small_corpus, broken)
     first = json.loads((broken / "manifest.json").read_text())["splits"]["train"][0]["path"]
     (broken / first).unlink()
-    assert_one_line_error(pretrain(["+model=tiny", f"data.path={broken}"], capsys), "lacks 1 shard", first)
+    refused(["+model=tiny", f"data.path={broken}"], tmp_path, capsys, "lacks 1 shard", first)
+
+
+@pytest.mark.parametrize("args,phrases", [
+    (["data.streams=100000"], ["fewer than data.streams=100000", "lower data.streams"]),
+    (["train.seq_len=1024"], ["split 'val'", "holds 0 sequence(s) of 1025 tokens"]),  # 675 held-out tokens
+])
+def test_corpus_too_small_for_the_data_order(args, phrases, small_corpus, tmp_path, capsys):
+    """Found when the data order is built: before any process group now, not in the loop (every rank
+    reported it, and the run folder was left with its lock, config.yaml and metrics.jsonl)."""
+    refused(["+model=tiny", f"data.path={small_corpus}", *args], tmp_path, capsys, *phrases)
 
 
 @pytest.mark.parametrize("damage,phrases", [
@@ -123,7 +181,7 @@ def test_invalid_manifest(damage, phrases, small_corpus, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(small_corpus, broken)
     (broken / "manifest.json").write_text(damage((broken / "manifest.json").read_text()))
-    assert_one_line_error(pretrain(["+model=tiny", f"data.path={broken}"], capsys), *phrases)
+    refused(["+model=tiny", f"data.path={broken}"], tmp_path, capsys, *phrases)
 
 
 def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path, capsys):
@@ -131,10 +189,8 @@ def test_tokenizer_that_does_not_match_manifest(small_corpus, tmp_path, capsys):
 
     other = tmp_path / "other-tokenizer.json"
     train_bpe(["a completely different little corpus " * 50], vocab_size=300).save(str(other))
-    line = assert_one_line_error(
-        pretrain(["+model=tiny", f"data.path={small_corpus}", f"data.tokenizer={other}"], capsys),
-        "does not match corpus", "vocab 512",
-    )
+    line = refused(["+model=tiny", f"data.path={small_corpus}", f"data.tokenizer={other}"], tmp_path, capsys,
+                   "does not match corpus", "vocab 512")
     assert str(other) in line
 
 
@@ -145,17 +201,13 @@ def test_mlm_on_a_corpus_without_mask_token(small_corpus, tmp_path, capsys):
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["mask_id"]
     (old / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_line_error(pretrain(["+model=tiny", "train.objective=mlm", f"data.path={old}",
-                                    f"run_dir={tmp_path}/run"], capsys),
-                          "train.objective=mlm needs a mask token", str(old), "--mask-token")
-    assert not (tmp_path / "run").exists()
+    refused(["+model=tiny", "train.objective=mlm", f"data.path={old}"], tmp_path, capsys,
+            "train.objective=mlm needs a mask token", str(old), "--mask-token")
 
 
-def test_model_vocab_smaller_than_tokenizer(small_corpus, capsys):
-    assert_one_line_error(
-        pretrain(["+model=tiny", f"data.path={small_corpus}", "model.vocab_size=100"], capsys),
-        "model.vocab_size=100 is smaller",
-    )
+def test_model_vocab_smaller_than_tokenizer(small_corpus, tmp_path, capsys):
+    refused(["+model=tiny", f"data.path={small_corpus}", "model.vocab_size=100"], tmp_path, capsys,
+            "model.vocab_size=100 is smaller")
 
 
 def test_dry_run_70b_on_a_laptop(capsys):
@@ -201,3 +253,18 @@ def test_script_reports_a_typo_in_one_line():
     """The entry point as users start it: a config mistake is one line, before any heavy import."""
     result = run_pretrain(["+model=tiny", "train.stpes=3"])
     assert_one_line_error(result, "unknown config key 'train.stpes'", "did you mean train.steps")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting,phrase", [
+    ("model.init_std=-1", "model.init_std must be > 0"),  # was: RuntimeError from torch's normal_ in the ranks
+    ("model.rope_theta=0", "model.rope_theta must be > 1"),  # was: a NaN loss at step 1
+    (f"train.seed={2**64}", "train.seed must be within [0, 2^63)"),  # was: RuntimeError from torch.manual_seed
+])
+def test_script_refuses_out_of_range_model_values(setting, phrase, small_corpus, tmp_path):
+    """`python launch/pretrain.py +model=tiny ...` as the README writes it: one line, exit 2, no run folder."""
+    result = run_pretrain(["+model=tiny", setting, f"data.path={small_corpus}", f"run_dir={tmp_path / 'run'}",
+                           "train.steps=2", "train.seq_len=64", "train.micro_batch_size=2",
+                           "train.global_batch_tokens=256"])
+    assert_one_line_error(result, phrase)
+    assert not (tmp_path / "run").exists()

@@ -60,6 +60,7 @@ def _finetune(overrides: list[str], print_cfg: bool) -> int:
         read_data,
         shape_model,
     )
+    from megallm.train.run_folder import RunFolder  # deferred: as the imports above
 
     cfg, config_yaml = compose_config(overrides, config_name="finetune",
                                       model_from=lambda composed: pretrained_model(composed.finetune.init))
@@ -72,6 +73,7 @@ def _finetune(overrides: list[str], print_cfg: bool) -> int:
     data = read_data(cfg, tokenizer_file, say)
     shape_model(cfg, data)
     check_config(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    RunFolder.checked(cfg)  # run_dir and checkpoint.dir can be written, before any process group
     config_yaml = config_to_yaml(cfg)
     weights = pretrained_weights(cfg.finetune.init) if cfg.finetune.pretrained else {}
     say(f"{cfg.finetune.task}: {data.train.rows} training and {data.val.rows} validation "

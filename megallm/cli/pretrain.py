@@ -108,8 +108,9 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
     check_device_support(cfg, on_gpu=torch.cuda.is_available())
     select_deepspeed_accelerator()
     # deferred: imports DeepSpeed, which reads the accelerator chosen just above
-    from megallm.train.build import build_trainer
+    from megallm.train.build import build_trainer, check_start
 
+    check_start(cfg, corpus)  # the run's folders and the corpus's windows, before any process group
     p = cfg.parallel
     with distributed(p.tp, p.pp, p.zero_stage) as ctx:
         if ctx.is_main and cfg.model.vocab_size > corpus.manifest.vocab_size:

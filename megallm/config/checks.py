@@ -6,6 +6,7 @@ not a cluster allocation. Each check raises `ConfigError` with the first problem
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -23,13 +24,22 @@ NAN_POLICIES = ("stop", "skip", "rollback")
 LR_SCHEDULES = ("cosine", "wsd")  # megallm.optim.schedule
 WSD_DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
 OBJECTIVES = ("causal", "mlm")  # train.objective
+INT64_LIMIT = 2**63  # every integer of a config must be below it: torch sizes, numpy indices, seeds are int64
 
 # Ranges of single values: (key, test, what the value must be). A bad value is reported as
 # "KEY must be WHAT, got VALUE" before anything starts (a negative LR or a zero interval would
-# otherwise fail minutes later, inside a process group, or not at all).
+# otherwise fail minutes later, inside a process group, or not at all). A null (optional) value
+# is not checked here.
 _positive = (lambda v: v > 0, "> 0")
 _non_negative = (lambda v: v >= 0, ">= 0")
 RANGES: list[tuple[str, Callable[[float], bool], str]] = [
+    # the model's numbers: out of range, each is a traceback at start-up (torch's normal_ refuses a
+    # negative std, the vocabulary padding divides by zero) or NaN at the first step
+    ("model.init_std", lambda v: v > 0, "> 0 (the standard deviation of the initial weights)"),
+    ("model.norm_eps", lambda v: v > 0, "> 0 (RMSNorm divides by sqrt(mean square + eps))"),
+    ("model.rope_theta", lambda v: v > 1, "> 1 (the RoPE base: 10000 in Llama 2, 500000 in Llama 3)"),
+    ("model.make_vocab_size_divisible_by", lambda v: v >= 1, ">= 1 (the embedding table is padded to a multiple "
+     "of it)"),
     ("optim.lr", *_positive),
     ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "within [0, 1]"),
     ("optim.warmup_steps", *_non_negative),
@@ -41,7 +51,10 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("optim.decay_fraction", lambda v: 0 < v <= 1, "within (0, 1]"),
     ("optim.decay_steps", lambda v: v >= 0, ">= 0 (0 takes optim.decay_fraction)"),
     ("train.steps", *_positive),
-    ("train.seq_len", *_positive),
+    ("train.seq_len", lambda v: v >= 2, ">= 2 (in a window of one token each position sees only itself)"),
+    ("train.seed", lambda v: 0 <= v < INT64_LIMIT, "within [0, 2^63) (torch and numpy seed their generators "
+     "with it)"),
+    ("train.dry_run_world_size", lambda v: v >= 1, ">= 1, or null for this launch's ranks"),
     ("train.global_batch_tokens", *_positive),
     ("train.micro_batch_size", *_positive),
     ("train.eval_every", lambda v: v >= 0, ">= 0 (0 disables evaluation)"),
@@ -70,12 +83,48 @@ def _value(cfg: RunConfig, key: str):
 
 def range_problems(cfg: RunConfig) -> list[str]:
     """"KEY must be WHAT, got VALUE" for every value outside its range in RANGES (NaN and
-    infinity are out of every range)."""
+    infinity are out of every range), and for every integer that int64 cannot hold."""
     problems = []
     for key, test, what in RANGES:
         value = _value(cfg, key)
-        if not (math.isfinite(value) and test(value)):
+        if value is not None and not (math.isfinite(value) and test(value)):
             problems.append(f"{key} must be {what}, got {value}")
+    return problems + [f"{key} must fit in 64 bits (below 2^63: torch and numpy count in int64), got {value}"
+                       for key, value in _integers(cfg) if not -INT64_LIMIT <= value < INT64_LIMIT]
+
+
+def _integers(node, path: str = "") -> list[tuple[str, int]]:
+    """(dotted key, value) of every integer in a config's dataclasses (lists included)."""
+    found = []
+    for field in dataclasses.fields(node):
+        key, value = f"{path}{field.name}", getattr(node, field.name)
+        if dataclasses.is_dataclass(value):
+            found += _integers(value, key + ".")
+        elif isinstance(value, (list, tuple)):
+            found += [(f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, int) and not isinstance(v, bool)]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            found.append((key, value))
+    return found
+
+
+def context_problems(cfg: RunConfig) -> list[str]:
+    """The training window against what the model and the layout take: the model's context
+    (max_position_embeddings), the split of the sequence over tensor-parallel ranks, and the run's
+    token count in the int64 counters of samples and tokens seen."""
+    t, m, p = cfg.train, cfg.model, cfg.parallel
+    problems = []
+    if m.max_position_embeddings is not None and 0 < m.max_position_embeddings < t.seq_len:
+        problems.append(f"train.seq_len={t.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}, "
+                        f"the context model {m.name} is made for; raise model.max_position_embeddings to at least "
+                        f"{t.seq_len} (for a pretrained model, with RoPE scaling: model.rope_scaling.rope_type=linear "
+                        "or llama3 and its factor) or lower train.seq_len")
+    if p.sequence_parallel and p.tp > 1 and t.seq_len % p.tp:
+        problems.append(f"parallel.sequence_parallel=true splits each sequence over the parallel.tp={p.tp} "
+                        f"tensor-parallel ranks, and train.seq_len={t.seq_len} is not a multiple of {p.tp}; "
+                        f"use a train.seq_len divisible by {p.tp}")
+    if 0 < t.steps and 0 < t.global_batch_tokens and t.steps * t.global_batch_tokens >= INT64_LIMIT:
+        problems.append(f"train.steps x train.global_batch_tokens = {t.steps} x {t.global_batch_tokens} tokens is "
+                        "more than the run's counters of samples and tokens hold (2^63); lower train.steps")
     return problems
 
 
@@ -103,6 +152,7 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
     if p.pipeline_partition not in PIPELINE_PARTITIONS:
         problems.append(f"parallel.pipeline_partition must be layers or parameters, got {p.pipeline_partition!r}")
     problems += range_problems(cfg)
+    problems += context_problems(cfg)
     if t.activation_checkpointing not in RECOMPUTE_MODES:
         problems.append(f"train.activation_checkpointing must be none, full or selective, "
                         f"got {t.activation_checkpointing!r}")

@@ -116,7 +116,7 @@ class FinetuneConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000  # optimizer steps of the run (the LR schedule's length)
-    seq_len: int = 2048
+    seq_len: int = 2048  # tokens per window: at least 2, at most model.max_position_embeddings where that is set
     # "causal": next-token prediction (a decoder); "mlm": masked language modelling (an encoder: the model
     # attends both ways, model.bidirectional; settings under `mlm`).
     objective: str = "causal"
@@ -252,7 +252,8 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     nan_guard: NanGuardConfig = field(default_factory=NanGuardConfig)
-    run_dir: str = "runs/default"  # metrics, checkpoints and the resolved config go here
+    # metrics, checkpoints and the resolved config go here (created if missing; "." for the current directory)
+    run_dir: str = "runs/default"
 
 
 def step_ranges(specs: list[str]) -> list[tuple[int, int]]:

@@ -18,15 +18,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from megallm.checkpoint.state import RunState, check_compatible, read_state
+from megallm.checkpoint.state import CHECKPOINTS_DIR, RunState, check_compatible, read_state
 from megallm.checkpoint.verify import choose_resume_checkpoint
 from megallm.config import ConfigError, RunConfig, batch_layout, config_from_yaml, resolved_precision
 from megallm.data.corpus import Corpus
 from megallm.data.loader import EvalBatches, TrainBatches
 from megallm.data.masking import MaskingRule
+from megallm.data.order import SampleOrder
 from megallm.data.shards import Manifest
 from megallm.engine.engine import ParallelEngine
 from megallm.engine.objective import Objective
+from megallm.errors import MegallmError
 from megallm.files import RUN_CONFIG_FILE
 from megallm.metrics.throughput import device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
@@ -46,7 +48,7 @@ from megallm.train.callbacks import (
     WandbLogger,
 )
 from megallm.train.callbacks.loggers import wandb_config
-from megallm.train.run_folder import RunFolder
+from megallm.train.run_folder import RunFolder, write_failure
 from megallm.train.run_lock import RunLock
 from megallm.train.trainer import Trainer
 
@@ -71,6 +73,16 @@ class RunData:
     initialize: Optional[Callable[[ParallelEngine], None]] = None
 
 
+def check_start(cfg: RunConfig, corpus: Corpus) -> None:
+    """Before any process group starts, what the config alone does not say: the run's folders can be
+    created and written, and each split of the corpus holds enough windows of train.seq_len tokens
+    for its data order. Raises a MegallmError in one line."""
+    RunFolder.checked(cfg)
+    for split, streams in ((cfg.data.train_split, cfg.data.streams), (cfg.data.val_split, 1)):
+        SampleOrder([s.tokens for s in corpus.manifest.splits[split]], cfg.train.seq_len, streams, seed=0,
+                    where=f"split {split!r} of {corpus.location}")
+
+
 def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext,
                   extra_callbacks: Optional[list[Callback]] = None) -> Trainer:
     """The pretraining Trainer of this rank, resumed if train.resume finds a checkpoint. `extra_callbacks`
@@ -90,9 +102,23 @@ def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistCon
 def assemble_trainer(cfg: RunConfig, config_yaml: str, ctx: DistContext, data: RunData,
                      extra_callbacks: Optional[list[Callback]] = None) -> Trainer:
     """The Trainer of this rank for `data`: the run folder locked, the checkpoint to resume from checked
-    before anything is built, the engine, the callbacks, and the resume (or `data.initialize`)."""
+    before anything is built, the engine, the callbacks, and the resume (or `data.initialize`).
+    A run refused on the way (an incompatible checkpoint, W&B that cannot start, ...) leaves no
+    folder, lock or config behind that it created; config.yaml is written last."""
     folder = RunFolder.of(cfg)
-    lock = _lock_run_folder(folder, ctx)  # before anything in the folder is read or written
+    locks = _lock_run_folder(folder, ctx)  # before anything in the folder is read or written
+    try:
+        trainer = _assemble(cfg, config_yaml, ctx, data, folder, locks, extra_callbacks)
+        _on_main_rank(ctx, folder, lambda: folder.write_config(config_yaml))
+    except BaseException:
+        for lock in reversed(locks):
+            lock.abandon()
+        raise
+    return trainer
+
+
+def _assemble(cfg: RunConfig, config_yaml: str, ctx: DistContext, data: RunData, folder: RunFolder,
+              locks: list[RunLock], extra_callbacks: Optional[list[Callback]]) -> Trainer:
     precision = resolved_precision(cfg.train.precision, ctx.device.type == "cuda")
     global_sequences, grad_accum = batch_layout(cfg.train, ctx.dims.dp)
     state = RunState(layout=ctx.dims, model=cfg.model.to_dict(), tokenizer_sha256=data.tokenizer_sha256,
@@ -104,8 +130,9 @@ def assemble_trainer(cfg: RunConfig, config_yaml: str, ctx: DistContext, data: R
 
     seed_everything(cfg.train.seed)
     engine = ParallelEngine(cfg, ctx, precision, objective=data.objective)
-    callbacks = _callbacks(cfg, config_yaml, ctx, folder, precision, data) + (extra_callbacks or [])
-    callbacks += [lock] if lock is not None else []
+    callbacks = _callbacks(cfg, config_yaml, ctx, folder, precision, data)
+    callbacks += _on_main_rank(ctx, folder, lambda: _loggers(cfg, ctx, folder, precision)) or []
+    callbacks += (extra_callbacks or []) + locks
     trainer = Trainer(engine, state, data.open_batches,
                       steps=cfg.train.steps, stop_at_step=cfg.train.stop_at_step, log_every=cfg.logging.every,
                       seq_len=cfg.train.seq_len, global_sequences=global_sequences, grad_accum=grad_accum,
@@ -151,21 +178,30 @@ def _schedule_change(cfg: RunConfig, checkpoint: Path, step: int) -> Optional[st
     return schedule_change(step, (saved.optim, saved.train.steps), (cfg.optim, cfg.train.steps))
 
 
-def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> Optional[RunLock]:
-    """Collective: rank 0 takes the run folder's lock; every rank raises if another run holds it."""
-    lock, problem = None, None
+def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> list[RunLock]:
+    """Collective: rank 0 takes the lock of the run folder, and of checkpoint.dir where that lies
+    outside it (two runs saving into one checkpoint folder would mix their checkpoints); every
+    rank raises if another run holds one. Rank 0's locks (none on other ranks)."""
+    locks, problem = [], None
     if ctx.is_main:
+        shared = [(folder.root, "run_dir")]
+        if folder.checkpoints.resolve() not in (folder.root.resolve(), (folder.root / CHECKPOINTS_DIR).resolve()):
+            shared.append((folder.checkpoints, "checkpoint.dir"))
         try:
-            lock = RunLock(folder.root).acquire()
+            for root, setting in shared:
+                locks.append(RunLock(root, setting).acquire())
         except ConfigError as error:
             problem = str(error)
+            for lock in reversed(locks):
+                lock.abandon()
     problem = agree(problem)
     if problem:
         raise ConfigError(problem)
-    if lock is not None and lock.took_over:
-        print(f"note: took over the lock of a run that ended (pid {lock.took_over.get('pid')} on "
-              f"{lock.took_over.get('host')})", flush=True)
-    return lock
+    for lock in locks:
+        if lock.took_over:
+            print(f"note: took over the lock of a run that ended (pid {lock.took_over.get('pid')} on "
+                  f"{lock.took_over.get('host')})", flush=True)
+    return locks
 
 
 def _callbacks(cfg: RunConfig, config_yaml: str, ctx: DistContext, folder: RunFolder, precision: str,
@@ -183,13 +219,40 @@ def _callbacks(cfg: RunConfig, config_yaml: str, ctx: DistContext, folder: RunFo
     ]
     if cfg.data.trace_samples and ctx.coords.tp == 0 and ctx.coords.pp == 0:
         callbacks.append(SampleTrace(folder.sample_trace(ctx.coords.dp)))
-    if ctx.is_main:  # the loggers: rank 0 alone writes
-        folder.write_config(config_yaml)
-        callbacks += [ConsoleLogger(), JsonlLogger(folder.metrics)]
-        wandb = cfg.logging.wandb.resolved(os.environ)  # null values follow WANDB_MODE, WANDB_PROJECT, ...
-        if wandb.enabled and wandb.mode != "disabled":
-            callbacks.append(WandbLogger(wandb, folder.root, wandb_config(cfg, ctx, precision)))
     return callbacks
+
+
+def _loggers(cfg: RunConfig, ctx: DistContext, folder: RunFolder, precision: str) -> list[Callback]:
+    """Rank 0's loggers: console, metrics.jsonl and, where enabled, W&B."""
+    loggers = [ConsoleLogger(), JsonlLogger(folder.metrics)]
+    settings = cfg.logging.wandb.resolved(os.environ)  # null values follow WANDB_MODE, WANDB_PROJECT, ...
+    if settings.enabled and settings.mode != "disabled":
+        import wandb  # deferred: only runs with W&B enabled need it
+
+        try:
+            loggers.append(WandbLogger(settings, folder.root, wandb_config(cfg, ctx, precision)))
+        except wandb.errors.Error as error:  # no account for online mode, a project it may not write, ...
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(f"W&B did not start in mode {settings.mode}: {reason} (logging.wandb.mode=offline "
+                              "needs no account)") from None
+    return loggers
+
+
+def _on_main_rank(ctx: DistContext, folder: RunFolder, make: Callable[[], Any]) -> Any:
+    """Collective: `make()` on rank 0 (which alone writes the run folder's files), its result there
+    (None elsewhere); a set-up error of it (a full filesystem, ...) raised on every rank in one line."""
+    result, problem = None, None
+    if ctx.is_main:
+        try:
+            result = make()
+        except MegallmError as error:
+            problem = str(error)
+        except OSError as error:
+            problem = write_failure("run_dir", folder.root, error)
+    problem = agree(problem)
+    if problem:
+        raise ConfigError(problem)
+    return result
 
 
 def _open_train_batches(cfg: RunConfig, corpus: Corpus, ctx: DistContext, consumed_samples: int) -> TrainBatches:
