@@ -61,7 +61,7 @@ from megallm.inference.context import TrainedContext, trained_context
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 STARTS = ("document", "tokenizer", "none")
-DEFAULT_MAX_LENGTH = 2048  # as tools/convert_ckpt.py export, for a checkpoint that records no seq_len
+DEFAULT_MAX_LENGTH = 2048  # an EvalModel built directly; `load` takes the trained context
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
@@ -358,10 +358,14 @@ class EvalModel:
                  temperature: float = 0.0, seed: int = 0) -> list[str]:
         """Each prompt's completion (greedy unless temperature > 0), ended by the end-of-document token
         or max_new_tokens and cut before the first of the `stop` strings. The prompt keeps its last
-        max_length - max_new_tokens tokens (as lm-eval's `hf` model)."""
+        max_length - max_new_tokens tokens (as lm-eval's `hf` model); where max_new_tokens leaves it none,
+        the generation runs past max_length, said through `log`."""
         # deferred: megallm.inference imports megatron-core's layers through the model
         from megallm.inference.generate import generate
 
+        if max_new_tokens >= self.max_length:
+            self.log(f"{max_new_tokens} new tokens run past the {self.max_length}-token context: each prompt keeps "
+                     "its last token, and positions beyond the context are extrapolated")
         keep = max(1, self.max_length - max_new_tokens)
         fed = [(self.start_ids + self.encode(p))[-keep:] for p in prompts]
         fed = [ids or [self.prefix_token_id] for ids in fed]

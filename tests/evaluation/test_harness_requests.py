@@ -158,3 +158,8 @@ def test_requests_lm_eval_cannot_split_are_scored(stdlib8192, hf_model, world_of
         assert logprob == pytest.approx(expected, abs=1e-4 * len(tail) / SEQ_LEN)
         assert lines == [f"1 of 1 continuations are longer than the {SEQ_LEN}-token context: scored in windows of "
                          f"{SEQ_LEN} predictions, as loglikelihood_rolling scores a text"]
+
+        lines.clear()  # generate_until asking for more tokens than the context holds: generated, and said
+        assert len(model.generate(["def"], SEQ_LEN, stop=[])) == 1
+        assert lines == [f"{SEQ_LEN} new tokens run past the {SEQ_LEN}-token context: each prompt keeps its last "
+                         "token, and positions beyond the context are extrapolated"]
