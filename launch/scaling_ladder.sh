@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A scaling study in one command, on the README's corpus (the Python standard library, 8192-token BPE):
 #   bash launch/scaling_ladder.sh [extra Hydra overrides for every run]
-#   1. 4 ladder rungs (conf/model/ladder_2 .. ladder_5: depth L, width 64 L; 1.5M-8.7M parameters)
+#   1. 4 ladder rungs (conf/model/ladder_2 .. ladder_5: depth L, width 64 L; 1.5M-9.0M parameters)
 #      x 3 token budgets (75, 150, 300 steps of 4096 tokens), warmup-stable-decay: per rung the
 #      300-step run trains and the shorter budgets are cool-downs branched from its stable phase
 #      (launch/sweep.py); runs/ladder/<rung,budget>/ each hold metrics, checkpoints, train.log
-#   2. tools/scaling_law.py fits Chinchilla's three approaches with bootstrap intervals, checks the
-#      law on the largest rung left out of the fit, and writes fit.json + plots to runs/ladder/fit
+#   2. tools/scaling_law.py fits Chinchilla's three approaches with bootstrap intervals (a law the
+#      points do not determine is reported as not fitted), checks approach 3 on the largest rung left
+#      out of the fit, predicts for 2e7 parameters, and writes fit.json + plots to runs/ladder/fit
 # About 45 minutes on 2 CPU cores; re-running skips finished runs and resumes interrupted ones.
 # SWEEP_DIR changes the folder; NPROC runs each run on N processes (torchrun).
 set -euo pipefail

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="approach 3: the objective is evaluated at all 4500 grid starts, L-BFGS-B runs from the K "
                           "lowest (default 32; 4500: from every start, about 100x slower, the same optimum on the "
                           "Chinchilla data)")
-    fit.add_argument("--bootstrap", type=int, default=200, metavar="R", help="bootstrap resamples (0: no intervals)")
+    fit.add_argument("--bootstrap", type=int, default=200, metavar="R",
+                     help="bootstrap resamples (0: no intervals); each refits approach 3 from its own 4 best grid "
+                          "starts, and an approach whose refits fail in more than 1 - confidence of them gets none")
     fit.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     pred = parser.add_argument_group("prediction (compute-optimal, by every approach that fitted, with the one the "

@@ -51,8 +51,12 @@ def _decades(interval) -> float:
     return np.log10(high / low) if low > 0 else np.inf
 
 
+def loss_unit(study: Study) -> str:
+    return "(nats/token)" if study.points.source == "runs" else "(the table's units)"
+
+
 def loss_label(study: Study) -> str:
-    return "final validation loss (nats/token)" if study.points.source == "runs" else "final loss (the table's units)"
+    return f"final {'validation ' * (study.points.source == 'runs')}loss {loss_unit(study)}"
 
 
 def _name(approach: str) -> str:
@@ -64,7 +68,7 @@ def _compute_grid(study: Study, predictions: Sequence[Prediction], points: int =
     c = study.points.c
     targets = [a.compute for p in predictions for a in p.allocations if np.isfinite(a.compute)]
     high = max([c.max() * 10] + [t * 2 for t in targets])
-    return np.geomspace(c.min(), high, points)
+    return np.geomspace(c.min() / 1.5, high, points)
 
 
 def _optimal_curves(study: Study, approach: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -82,14 +86,15 @@ def _bands(study: Study, approach: str, grid: np.ndarray) -> Optional[tuple[np.n
     fits = study.resampled(approach)
     if len(fits) < 2:
         return None
-    if approach == "approach3":
-        n = np.array([law.n_opt(grid) for law in fits])
-        d = np.array([law.d_opt(grid) for law in fits])
-    else:
-        n = np.array([n_opt(grid) for n_opt, _ in fits])
-        d = np.array([d_opt(grid) for _, d_opt in fits])
+    with np.errstate(over="ignore", invalid="ignore"):  # a resample's law far from the points: inf, left out
+        if approach == "approach3":
+            n = np.array([law.n_opt(grid) for law in fits])
+            d = np.array([law.d_opt(grid) for law in fits])
+        else:
+            n = np.array([n_opt(grid) for n_opt, _ in fits])
+            d = np.array([d_opt(grid) for _, d_opt in fits])
     tail = 50.0 * (1.0 - study.options.confidence)
-    return np.percentile(n, [tail, 100 - tail], axis=0), np.percentile(d, [tail, 100 - tail], axis=0)
+    return np.nanpercentile(n, [tail, 100 - tail], axis=0), np.nanpercentile(d, [tail, 100 - tail], axis=0)
 
 
 def _interval_text(study: Study, key: str) -> str:
@@ -101,10 +106,9 @@ def _mark_predictions(axes: Sequence[Axes], predictions: Sequence[Prediction], a
     """Each prediction's target: a dotted line at its compute, and each approach's N (left) and D (right)
     with its interval."""
     for p in predictions:
-        for a in p.allocations:
-            if a.approach not in approaches or not np.isfinite(a.compute):
-                continue
-            shift = 10 ** (0.05 * (APPROACHES.index(a.approach) - 1))  # side by side where they coincide
+        drawn = [a for a in p.allocations if a.approach in approaches and np.isfinite(a.compute)]
+        for k, a in enumerate(drawn):
+            shift = 10 ** (0.05 * (k - (len(drawn) - 1) / 2))  # side by side where they coincide
             for ax, value, key in ((axes[0], a.n, "n"), (axes[1], a.d, "d")):
                 interval = a.intervals.get(key)
                 error = None if not interval else [[max(value - interval[0], 0)], [max(interval[1] - value, 0)]]
@@ -230,23 +234,29 @@ def compute_optimal(study: Study, predictions: Sequence[Prediction] = ()) -> Fig
 
 
 def parametric(study: Study, held: Optional[Holdout] = None) -> Optional[Figure]:
-    if study.law is None:
+    """Approach 3's law against the observed losses; where it did not fit all points but did fit without the
+    held-out ones, that law, on the points it saw and on those it did not."""
+    p = study.points
+    if study.law is not None:
+        law, seen, heading = study.law.law, p, "Approach 3"
+    elif held is not None and held.law is not None:
+        law, heading = held.law, f"Approach 3 (not fitted on all points), fitted without\n{held.rule}"
+        seen = p.take(np.flatnonzero([name not in set(held.names) for name in p.names]))
+    else:
         return None
-    p, law = study.points, study.law.law
-    figure = Figure(figsize=(6.5, 6.5), layout="constrained")
+    figure = Figure(figsize=(7, 7), layout="constrained")
     ax = figure.add_subplot()
-    fitted = law.loss(p.n, p.d)
-    ax.scatter(p.loss, fitted, s=12, label="fitted points")
-    low, high = min(p.loss.min(), fitted.min()), max(p.loss.max(), fitted.max())
+    fitted = law.loss(seen.n, seen.d)
+    ax.scatter(seen.loss, fitted, s=12, label="fitted points")
+    low, high = min(seen.loss.min(), fitted.min()), max(seen.loss.max(), fitted.max())
     if held is not None and held.law is not None:
         ax.scatter(held.observed, held.predicted, s=40, marker="x", color="C3",
                    label=f"held out ({held.rule}), law fitted without them")
         low, high = min(low, held.observed.min(), held.predicted.min()), max(high, held.observed.max(),
                                                                              held.predicted.max())
     ax.plot([low, high], [low, high], "k--", linewidth=1, label="fitted = observed")
-    unit = loss_label(study).split(" ", 2)[-1] if p.source == "runs" else "(the table's units)"
-    ax.set(xlabel=f"observed final loss {unit}", ylabel=f"L(N, D) {unit}")
-    ax.set_title(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta\nE {law.E:.3g}, A {law.A:.4g}, "
+    ax.set(xlabel=f"observed {loss_label(study)}", ylabel=f"L(N, D) {loss_unit(study)}")
+    ax.set_title(f"{heading}: L(N, D) = E + A/N^alpha + B/D^beta\nE {law.E:.3g}, A {law.A:.4g}, "
                  f"alpha {law.alpha:.3f}, B {law.B:.4g}, beta {law.beta:.3f}", fontsize="medium")
     ax.legend(loc="lower right", fontsize="small")
     return figure
@@ -268,7 +278,7 @@ def parametric_contours(study: Study, predictions: Sequence[Prediction] = ()) ->
     figure = Figure(figsize=(8.5, 6), layout="constrained")
     ax = figure.add_subplot()
     # the highest tenth (tiny models on huge data, or huge models on a few tokens) would take the scale
-    levels = MaxNLocator(nbins=14).tick_values(loss.min(), np.quantile(loss, 0.9))
+    levels = MaxNLocator(nbins=24).tick_values(loss.min(), np.quantile(loss, 0.9))
     filled = ax.contourf(c, n, loss, levels=levels, cmap=colormaps["viridis_r"], extend="max")
     lines = ax.contour(c, n, loss, levels=levels[::2], colors="white", linewidths=0.6)
     ax.clabel(lines, fmt="%.3g", fontsize="x-small")

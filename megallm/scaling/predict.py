@@ -45,9 +45,9 @@ class Preset:
 
 
 @functools.lru_cache(maxsize=4)  # each prediction asks; reading the ~20 presets with OmegaConf takes ~0.5 s
-def presets(vocab_size: Optional[int]) -> tuple[Preset, ...]:
-    """Every conf/model/ preset's parameter count; a null vocab_size takes `vocab_size` (the fitted
-    runs'), else CSV_PRESET_VOCAB."""
+def presets(vocab_size: Optional[int], vocab_source: str = "the fitted runs'") -> tuple[Preset, ...]:
+    """Every conf/model/ preset's parameter count; a null vocab_size takes `vocab_size` (from
+    `vocab_source`), else CSV_PRESET_VOCAB."""
     out = []
     for name in available("model"):
         path = CONF_DIR / "model" / f"{name}.yaml"
@@ -58,14 +58,14 @@ def presets(vocab_size: Optional[int]) -> tuple[Preset, ...]:
         source = "preset"
         if model.vocab_size is None:
             model.vocab_size = vocab_size or CSV_PRESET_VOCAB
-            source = "the fitted runs'" if vocab_size else "the default for a CSV input"
+            source = vocab_source if vocab_size else "the default for a CSV input"
         out.append(Preset(name, parameter_count(model).total, model.vocab_size, source))
     return tuple(out)
 
 
-def nearest_preset(n: float, vocab_size: Optional[int]) -> Optional[Preset]:
+def nearest_preset(n: float, vocab_size: Optional[int], vocab_source: str = "the fitted runs'") -> Optional[Preset]:
     """The preset whose parameter count is nearest to `n` in ratio."""
-    return min(presets(vocab_size), key=lambda p: abs(np.log(p.params / n)), default=None)
+    return min(presets(vocab_size, vocab_source), key=lambda p: abs(np.log(p.params / n)), default=None)
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,11 @@ class Prediction:
 
 def law_allocation(law: Law, given: str, value: float) -> tuple[float, float, float]:
     """Approach 3's compute-optimal (N, D, 6ND) for the given compute, parameters or tokens."""
-    compute = {"compute": lambda: value, "params": lambda: law.compute_for_params(value),
-               "tokens": lambda: law.compute_for_tokens(value)}[given]()
-    n = float(law.n_opt(compute))
-    return n, float(compute) / 6.0 / n, float(compute)
+    with np.errstate(over="ignore", invalid="ignore"):  # a resample's law may reach that N or D at no finite C
+        compute = {"compute": lambda: value, "params": lambda: law.compute_for_params(value),
+                   "tokens": lambda: law.compute_for_tokens(value)}[given]()
+        n = float(law.n_opt(compute))
+        return n, float(compute) / 6.0 / n, float(compute)
 
 
 def power_allocation(n_opt: PowerLaw, d_opt: PowerLaw, given: str, value: float) -> tuple[float, float, float]:
@@ -139,8 +140,9 @@ def _allocate(study: Study, approach: str, given: str, value: float) -> Allocati
     if approach == "approach3":
         law = study.law.law
         n, d, compute = law_allocation(law, given, value)
-        rows = [(*law_allocation(s, given, value), float(s.loss(*law_allocation(s, given, value)[:2])))
-                for s in resampled]
+        with np.errstate(over="ignore", invalid="ignore"):
+            rows = [(*law_allocation(s, given, value), float(s.loss(*law_allocation(s, given, value)[:2])))
+                    for s in resampled]
         loss = float(law.loss(n, d))
     else:
         n_opt, d_opt = study.power_laws(approach)
@@ -196,7 +198,10 @@ def predict(study: Study, given: str, value: float, vocab_size: Optional[int] = 
     chosen = prediction.chosen
     if not np.isfinite(chosen.n):
         return prediction
-    preset = nearest_preset(chosen.n, vocab_size or study.points.vocab_size)
+    if vocab_size:
+        preset = nearest_preset(chosen.n, vocab_size, "--vocab-size")
+    else:
+        preset = nearest_preset(chosen.n, study.points.vocab_size)
     if preset is None:
         return prediction
     preset_tokens = chosen.compute / (6.0 * preset.params)

@@ -108,8 +108,9 @@ class Study:
             return out
         if self.law is not None:
             laws = self.resampled("approach3")
-            out.update({f"approach3.{name}": self.interval([getattr(law, name) for law in laws])
-                        for name in ("A", "B", "E", "alpha", "beta", "a", "b", "G")})
+            with np.errstate(over="ignore"):  # a resample's G beyond float64 is inf, and outside the interval
+                out.update({f"approach3.{name}": self.interval([getattr(law, name) for law in laws])
+                            for name in ("A", "B", "E", "alpha", "beta", "a", "b", "G")})
         for approach in ("approach1", "approach2"):
             if approach in self.fitted:
                 pairs = self.resampled(approach)

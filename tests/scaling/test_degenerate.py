@@ -5,6 +5,7 @@ numpy's warnings, which stay off the console."""
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 from pathlib import Path
 
@@ -114,8 +115,11 @@ def test_bootstrap_intervals_are_withheld_where_resamples_give_no_law(tmp_path, 
     result = run_main(main, [table, "--bootstrap", "20", "--starts", "8"], capsys)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "refitted: approach 1 20 of 20, approach 3 10 of 20" in out
-    assert "  intervals withheld: 10 of 20 resamples gave no fit, more than a 95% interval may leave out" in out
+    # about half: which resamples' optima land on a bound depends on the last bits (the CPU's vector width)
+    fitted = int(re.search(r"refitted: approach 1 20 of 20, approach 3 (\d+) of 20", out).group(1))
+    assert 2 <= fitted <= 18, out
+    assert f"  intervals withheld: {20 - fitted} of 20 resamples gave no fit, more than a 95% interval may leave out" \
+        in out
     alpha = next(line for line in out.splitlines() if line.strip().startswith("alpha"))
     assert "[" not in alpha
 
