@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -32,7 +31,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from megallm.checkpoint.hf import read_hf_folder, read_hf_model_files, write_hf_folder
+from megallm.checkpoint.hf import read_hf_folder, read_hf_model_files, read_json, write_hf_folder
 from megallm.checkpoint.portable import PortableState, apply_state, gather_state
 from megallm.checkpoint.saving import filled_up, load_checkpoint, mount_point, size_text, write_checkpoint
 from megallm.checkpoint.state import (
@@ -41,6 +40,7 @@ from megallm.checkpoint.state import (
     WEIGHTS_FILE,
     RunState,
     complete_checkpoints,
+    is_step_folder_name,
     read_state,
     read_weights,
 )
@@ -96,7 +96,8 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
-    configured = _configured_checkpoint_dir(path)
+    # A checkpoint folder (step_NNNNNNNN) carries config.yaml too: only a run folder's names its checkpoint.dir.
+    configured = None if is_step_folder_name(path.name) else _configured_checkpoint_dir(path)
     for root in (path, configured or path / CHECKPOINTS_DIR):
         found = complete_checkpoints(root)
         if found:
@@ -434,7 +435,7 @@ def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, c
 def describe(path: Path) -> str:
     """One line on what a checkpoint or folder holds."""
     if is_hf_folder(path):
-        config = json.loads((path / HF_CONFIG_FILE).read_text())
+        config = read_json(path / HF_CONFIG_FILE)
         return f"Hugging Face {config.get('architectures', ['?'])[0]} at {path}"
     checkpoint = resolve_checkpoint(path)
     state = verified_state(checkpoint)

@@ -55,6 +55,7 @@ WEIGHTS_FILE = "consolidated.pt"
 RNG_DIR = "rng"
 CHECKPOINTS_DIR = "checkpoints"  # under a run folder, unless checkpoint.dir says otherwise
 _TAG = re.compile(r"^step_(\d{8})$")
+USE_ANOTHER = "use another checkpoint"  # the advice that ends a damaged checkpoint's message
 # Model config keys that change nothing the model computes: a resuming run may set them as it likes.
 DESCRIPTIVE_MODEL_KEYS = ("name", "max_position_embeddings")
 
@@ -125,11 +126,16 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def is_step_folder_name(name: str) -> bool:
+    """Whether `name` is a published checkpoint folder's name (step_NNNNNNNN)."""
+    return _TAG.match(name) is not None
+
+
 def step_folders(root: Path) -> list[Path]:
     """Published checkpoint folders under root (step_NNNNNNNN, sound or not), oldest first."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name)), key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_step_folder_name(p.name)), key=lambda p: p.name)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -143,13 +149,13 @@ def read_state(path: Path) -> RunState:
         fields = json.loads((path / STATE_FILE).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} has no {STATE_FILE} (deleted, or an incomplete copy); "
-                              "use another checkpoint") from None
+                              f"{USE_ANOTHER}") from None
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is damaged (truncated or not JSON); "
-                              "use another checkpoint") from None
+                              f"{USE_ANOTHER}") from None
     problem = _state_file_problem(fields) if isinstance(fields, dict) else f"{STATE_FILE} is not a JSON object"
     if problem:
-        raise CheckpointError(f"checkpoint {path}: {problem}; use another checkpoint")
+        raise CheckpointError(f"checkpoint {path}: {problem}; {USE_ANOTHER}")
     known = RunState.__dataclass_fields__
     return RunState(**{k: v for k, v in fields.items() if k in known})
 

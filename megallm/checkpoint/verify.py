@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch.distributed as dist
 
-from megallm.checkpoint.state import RunState, read_state, step_folders
+from megallm.checkpoint.state import USE_ANOTHER, RunState, read_state, step_folders
 from megallm.errors import CheckpointError
 from megallm.parallel.distributed import agree
 
@@ -80,8 +80,8 @@ def _on_rank0(value_of: Callable[[], Any], distributed: bool) -> Any:
 def _state_or_problem(path: Path) -> Union[RunState, str]:
     try:
         return read_state(path)
-    except CheckpointError as error:
-        return str(error)
+    except CheckpointError as error:  # the callers say what to do instead
+        return str(error).removesuffix(f"; {USE_ANOTHER}")
 
 
 def checkpoint_problem(path: Path, distributed: bool) -> Optional[str]:
@@ -103,7 +103,7 @@ def verified_state(path: Path) -> RunState:
     CheckpointError naming the damage otherwise."""
     problem = checkpoint_problem(path, distributed=False)
     if problem:
-        raise CheckpointError(f"{problem}; use another checkpoint (nothing was read from this one)")
+        raise CheckpointError(f"{problem}; {USE_ANOTHER} (nothing was read from this one)")
     return read_state(path)
 
 
@@ -145,7 +145,7 @@ def choose_resume_checkpoint(resume: str, root: Path, on_damaged: str, distribut
             raise CheckpointError(f"train.resume={resume} does not exist; pass a checkpoint folder or auto")
         problem = checkpoint_problem(path, distributed)
         if problem:
-            raise CheckpointError(f"train.resume={resume}: {problem}; use another checkpoint")
+            raise CheckpointError(f"train.resume={resume}: {problem}; {USE_ANOTHER}")
         return path
     for path in reversed(_on_rank0(lambda: step_folders(root), distributed)):
         problem = checkpoint_problem(path, distributed)
