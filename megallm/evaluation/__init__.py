@@ -5,6 +5,7 @@ Model-independent (no torch):
 - demos.py     choosing k demonstrations per query: random, BM25 (bm25s), embedding (cosine)
 - prompts.py   the few-shot prompt format: answered demonstrations, blank lines, the open query
 - metrics.py   BLEU (sacrebleu), ROUGE (rouge-score), accuracy and macro-F1 (scikit-learn)
+               and lm-eval's standard errors beside them
 - sources.py   real data from this machine (fortunes, gettext catalogs, dpkg descriptions,
                stdlib docstrings) -> classification and task files with their licences
 
