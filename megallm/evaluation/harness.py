@@ -25,11 +25,12 @@ HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 to make sure nothing is downloaded.
 All scoring is megallm.evaluation.model.EvalModel's, which tokenizes as lm-eval's causal models
 do; loglikelihood_rolling scores each text's tokens given the document start token (`hf` does the
 same without add_bos_token; with it, `hf` also scores a start token it put in front of the text).
-No request ends the run: where lm-eval's `hf` model stops every task on an assertion (a token
-spanning the context / continuation boundary, such as 'def main(' + '):' tokenized 'def', ' main',
-'():', leaves its continuation no token; a continuation longer than max_length), EvalModel scores the
-request (the context loses its last token to the continuation; windows) and says so on stderr in
-one line, `megallm: ...`.
+No request ends the run. Where lm-eval's split leaves a continuation no token (a token spanning the
+context / continuation boundary, such as 'def main(' + '):' tokenized 'def', ' main', '():'), its
+`hf` model stops every task on an assertion or, served from its logits cache, scores the
+continuation 0 (probability 1); and it asserts on a continuation longer than max_length. EvalModel
+scores both (the context loses its last token to the continuation; windows) and says so on stderr
+in one line, `megallm: ...`.
 """
 
 from __future__ import annotations

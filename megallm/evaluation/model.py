@@ -12,9 +12,10 @@ the weights, before this process starts its own world of one) with its tokenizer
   goes the way the whole text tokenizes. An empty context is the start token alone.
   Where one token of the whole text spans the boundary and takes the whole continuation
   ('def main(' + '):' as 'def', ' main', '():'), that cut leaves the continuation no token
-  (lm-eval's `hf` model stops the run there, on an assertion): the continuation then begins at
-  that token, the first that holds any of its characters, and the context keeps the tokens before
-  it; so the context loses its last token to the continuation. An empty continuation has
+  (lm-eval 0.4's `hf` model then stops the run on an assertion or, where its logits cache serves
+  the request from another of the same context, scores it 0: probability 1, a wrong number): the
+  continuation then begins at that token, the first that holds any of its characters, and the
+  context keeps the tokens before it; so the context loses its last token to the continuation. An empty continuation has
   probability 1: log-likelihood 0, greedy. A continuation longer than max_length tokens is scored
   in windows of max_length predictions (`windows`), as loglikelihood_rolling scores a text. What
   was adjusted is said in one line through `log`; no request stops the others.
