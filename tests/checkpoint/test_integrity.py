@@ -29,7 +29,6 @@ from tests.helpers import (
     assert_one_line_error,
     records,
     run_main,
-    run_tool,
     train,
     tree_digest,
 )
@@ -38,6 +37,7 @@ SCHEDULE = ["model.num_layers=2", "train.seq_len=32", "train.micro_batch_size=2"
             "train.steps=4", "optim.warmup_steps=2", "optim.lr=3e-3", "logging.every=1", "train.eval_every=0",
             "checkpoint.every=2", "checkpoint.keep_last=0", "data.num_workers=0"]
 ERROR = "convert_ckpt: error: "
+RESHARD_TO = ["--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 1]
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +93,15 @@ def _edit_state(checkpoint: Path, drop: tuple[str, ...]) -> None:
 
 
 @pytest.mark.slow
-def test_damaged_weights_are_neither_exported_nor_resharded(finished_run, tmp_path):
+def test_damaged_weights_are_neither_exported_nor_resharded(finished_run, tmp_path, convert):
     _, checkpoints, _ = finished_run
     damaged = _copy(checkpoints, tmp_path) / "step_00000004"
     _flip_bytes(_model_file(damaged))
     weights_file = str(_model_file(damaged).relative_to(damaged))
     before, listing = tree_digest(damaged), sorted(p.name for p in tmp_path.iterdir())
-    for command in (["export", damaged, tmp_path / "hf"],
-                    ["reshard", damaged, tmp_path / "dp2", "--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 1]):
-        result = run_tool("convert_ckpt", *command)
-        assert_one_line_error(result, f"checkpoint {damaged} is damaged", f"{weights_file} (fails its checksum)",
-                              prefix=ERROR)
+    for command in (["export", damaged, tmp_path / "hf"], ["reshard", damaged, tmp_path / "dp2", *RESHARD_TO]):
+        assert_one_line_error(convert(*command), f"checkpoint {damaged} is damaged",
+                              f"{weights_file} (fails its checksum)", prefix=ERROR)
         assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no OUT, no OUT.partial, no work folder
         assert tree_digest(damaged) == before  # no new checksums written over the damage
 
@@ -155,9 +153,6 @@ def test_checkpoints_of_earlier_versions_still_resume(finished_run, tmp_path, co
                      f"checkpoint.dir={tmp_path / 'new'}"])
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
     assert records(tmp_path / "resumed", "train")[4]["loss"] == records(run, "train")[4]["loss"]
-
-
-RESHARD_TO = ["--tp", 1, "--pp", 1, "--dp", 2, "--zero-stage", 1]
 
 
 @pytest.mark.slow
