@@ -189,10 +189,13 @@ def box(loss) -> list[tuple[Optional[float], Optional[float]]]:
 def lbfgs(start: np.ndarray, n, d, loss, delta: float = HUBER_DELTA) -> tuple[np.ndarray, float, bool]:
     """L-BFGS-B from one start within the box, run to convergence (LBFGS_OPTIONS): the final parameters,
     the objective, and whether it converged after moving from its start."""
-    start = np.asarray(start, float)
+    bounds = box(loss)
+    low = np.array([-np.inf if lo is None else lo for lo, _ in bounds])
+    high = np.array([np.inf if hi is None else hi for _, hi in bounds])
+    start = np.clip(np.asarray(start, float), low, high)  # where L-BFGS-B starts from
     result = minimize(_objective_and_gradient, start, args=(*_data(n, d, loss), delta), jac=True,
-                      method="L-BFGS-B", bounds=box(loss), options=LBFGS_OPTIONS)
-    moved = result.nit > 0 and not np.array_equal(result.x, np.clip(start, *np.array(box(loss), float).T))
+                      method="L-BFGS-B", bounds=bounds, options=LBFGS_OPTIONS)
+    moved = result.nit > 0 and not np.array_equal(result.x, start)
     return result.x, float(result.fun), bool(result.success and moved and np.isfinite(result.fun))
 
 
@@ -212,8 +215,8 @@ def degenerate(law: Law, n, d, loss) -> Optional[str]:
         terms = {"N": (law.A / n ** law.alpha, "A/N^alpha"), "D": (law.B / d ** law.beta, "B/D^beta")}
     for variable, (term, name) in terms.items():
         if not np.all(np.isfinite(term)):
-            return f"{name} overflows at these points (A {law.A:.3g}, alpha {law.alpha:.3g}, B {law.B:.3g}, " \
-                   f"beta {law.beta:.3g})"
+            return (f"{name} overflows at these points (A {law.A:.3g}, alpha {law.alpha:.3g}, B {law.B:.3g}, "
+                    f"beta {law.beta:.3g})")
         if np.max(term / loss) < TERM_FLOOR:
             return (f"{name} ran under {TERM_FLOOR:g} of the loss at every point (A {law.A:.3g}, B {law.B:.3g}): these "
                     f"points do not pin the loss's dependence on {variable}")
