@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                "      --demo-pool eval/fortunes.train.jsonl --output results/tiny.json\n"
                "  python tools/evaluate.py hf/tiny --task eval/translation.test.jsonl --k 2 --max-new-tokens 48\n"
                "  python tools/evaluate.py runs/tiny --perplexity data/corpus --split val --wandb\n"
+               "  python tools/evaluate.py runs/tiny --perplexity data/corpus --stride 64   # sliding windows\n"
                "lm-evaluation-harness tasks: python -m megallm.evaluation.harness --model megallm "
                "--model_args path=MODEL --tasks NAME",
         formatter_class=argparse.RawDescriptionHelpFormatter)
