@@ -12,6 +12,8 @@
 `save_family(family, folder, layout)` writes the folder with the config.json layout of
 transformers 5 (`rope_parameters`, as the installed transformers writes it) or of
 transformers 4 (top-level `rope_theta` / `rope_scaling`, rewritten from it).
+`save_published(config, folder)` writes a model with a published config.json as it is
+(Llama-2-7b-hf's, sizes shrunk), beside the Llama 2-style tokenizer.
 """
 
 from __future__ import annotations
@@ -77,10 +79,42 @@ def save_family(family: str, folder: Path, layout: str = "transformers5", seed: 
     """Write the family's tiny model (random weights, norms not all ones) and tokenizer to `folder`."""
     import transformers
 
-    tok, tokenizer_config = build_tokenizer(family)
+    tok = save_tokenizer(family, folder)
     bos, eos = (tok.token_to_id(t) for t in SPECIAL[family])
-    config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), bos_token_id=bos, eos_token_id=eos,
-                                      **MODEL[family])
+    save_random_model(transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), bos_token_id=bos, eos_token_id=eos,
+                                               **MODEL[family]), folder, seed)
+    if layout == "transformers4":
+        write_transformers4_layout(folder / "config.json")
+    return folder
+
+
+def save_published(config: dict, folder: Path, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """A model of a published config.json (`config`, sizes shrunk and vocab_size the Llama 2-style tokenizer's),
+    random weights in `dtype`, with that config.json written verbatim (no key added or dropped)."""
+    import transformers
+
+    tok = save_tokenizer("llama2", folder)
+    assert config["vocab_size"] == tok.get_vocab_size()
+    save_random_model(transformers.LlamaConfig(**config), folder, seed, dtype)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def save_tokenizer(family: str, folder: Path):
+    """Write the family's tokenizer.json, tokenizer_config.json and special_tokens_map.json; the tokenizer."""
+    tok, tokenizer_config = build_tokenizer(family)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": SPECIAL[family][0], "eos_token": SPECIAL[family][1]}, indent=2))
+    return tok
+
+
+def save_random_model(config, folder: Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+    """A `LlamaForCausalLM` of `config` with random weights, norms not all ones and sharp attention, saved."""
+    import transformers
+
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -89,14 +123,7 @@ def save_family(family: str, folder: Path, layout: str = "transformers5", seed: 
                 p.uniform_(0.5, 1.5)
             elif "q_proj" in name or "k_proj" in name:
                 p.mul_(8.0)  # sharp attention: positions, hence RoPE, matter
-    model.save_pretrained(folder)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": SPECIAL[family][0], "eos_token": SPECIAL[family][1]}, indent=2))
-    if layout == "transformers4":
-        write_transformers4_layout(folder / "config.json")
-    return folder
+    model.to(dtype).save_pretrained(folder)
 
 
 def write_transformers4_layout(config_file: Path) -> None:

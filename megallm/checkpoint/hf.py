@@ -8,10 +8,16 @@ names, vocabulary rows trimmed to `model.vocab_size`), which any layout consolid
   Hugging Face keeps `q_proj`, `k_proj`, `v_proj` with heads in order.
 - gate/up: megallm's `gate_up` is `[gate; up]`; Hugging Face has `gate_proj`, `up_proj`.
 - Rotary: both use the "rotate half" convention, so no permutation of q/k rows.
-- Tied embeddings: `tie_word_embeddings` and no `lm_head.weight`.
+- Tied embeddings: `tie_word_embeddings` and no `lm_head.weight`. A tied folder whose file
+  also holds an `lm_head.weight` is read when that equals the embeddings, and refused
+  when it differs: the folder then does not say which is the output layer (transformers 5
+  uses the file's head, a tied model the embeddings).
 - Vocabulary padding (megallm pads rows for TP): trimmed on export, restored by the
   model builder on import.
-config.json is megallm.checkpoint.hf_config's. A folder's own files besides the weights
+config.json is megallm.checkpoint.hf_config's; reading one that leaves out a setting
+transformers defaults and that changes the logits (Llama 2's missing `rope_theta`) says
+so in one line. A config.json, generation_config.json or safetensors file that does not
+parse is a one-line ConversionError naming it. A folder's own files besides the weights
 travel with the model: the tokenizer files (tokenizer.json and its side files, kept
 beside the tokenizer in corpora and checkpoints) and `HF_MODEL_FILES` (config.json,
 generation_config.json: kept in the checkpoint's RunState.hf_model_files), so an export
@@ -22,13 +28,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from megallm.checkpoint.hf_config import hf_config, model_config_from_hf
+from megallm.checkpoint.hf_config import defaulted_settings, hf_config, model_config_from_hf
 from megallm.data.tokenizer import SpecialTokens, special_tokens
 from megallm.errors import ConversionError, DataError
 from megallm.files import HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES, writing_folder
@@ -174,26 +182,64 @@ def _tokenizer_config(tokenizer_file: Path, bos_id: Optional[int], eos_id: Optio
     return config
 
 
+def read_json(path: Path) -> dict:
+    """A Hugging Face folder's JSON file; ConversionError naming it when it does not parse."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path} is not valid JSON ({exc}): it is damaged or was cut short; "
+                              "download or write it again") from None
+
+
 def read_hf_model_files(folder: Path) -> dict:
     """{name: JSON} of the folder's HF_MODEL_FILES that exist (kept by an import, used by its export)."""
-    return {name: json.loads((Path(folder) / name).read_text()) for name in HF_MODEL_FILES
-            if (Path(folder) / name).is_file()}
+    return {name: read_json(Path(folder) / name) for name in HF_MODEL_FILES if (Path(folder) / name).is_file()}
 
 
-def read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """A Hugging Face Llama folder -> (canonical megallm weights, ModelConfig)."""
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except SafetensorError as exc:
+        raise ConversionError(f"{file} is not a readable safetensors file ({exc}): it is damaged or was cut short; "
+                              "download or write it again") from None
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_hf_folder(folder: Path, log: Callable[[str], None] = _notice) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """A Hugging Face Llama folder -> (canonical megallm weights, ModelConfig); `log` gets a line naming
+    the settings config.json leaves out and megallm reads as transformers' defaults."""
     folder = Path(folder)
     if not (folder / HF_CONFIG_FILE).is_file():
         raise ConversionError(f"{folder} is not a Hugging Face model folder ({HF_CONFIG_FILE} missing)")
-    cfg = model_config_from_hf(json.loads((folder / HF_CONFIG_FILE).read_text()))
+    config = read_json(folder / HF_CONFIG_FILE)
+    cfg = model_config_from_hf(config)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ConversionError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")
     hf = {}
     for file in files:
-        hf.update(load_file(str(file)))
+        hf.update(read_safetensors(file))
     missing = [n for n in to_hf_names(cfg) if n not in hf]
     if missing:
         raise ConversionError(f"{folder} lacks {len(missing)} tensor(s) a Llama of this config has, e.g. {missing[0]}")
+    _check_tied_head(hf, cfg, folder)
+    defaulted = defaulted_settings(config)
+    if defaulted:  # said once the folder is read: an error stays the one line
+        log(f"{folder / HF_CONFIG_FILE} leaves out {', '.join(key.split('=')[0] for key in defaulted)}: read as "
+            f"{', '.join(defaulted)}, transformers' Llama default{'s' if len(defaulted) > 1 else ''}")
     return from_hf_state_dict(hf, cfg), cfg
 
+
+def _check_tied_head(hf: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> None:
+    """A tied model's file may hold an lm_head.weight only if it is the embeddings (module docstring)."""
+    head, embedding = hf.get("lm_head.weight"), hf["model.embed_tokens.weight"]
+    if cfg.tie_embeddings and head is not None and not torch.equal(head, embedding):
+        raise ConversionError(
+            f"{folder}: config.json ties the output layer to the embeddings (tie_word_embeddings true), but the "
+            "weights hold an lm_head.weight that differs from model.embed_tokens.weight, so the folder does not say "
+            "which is the output layer (transformers 5 uses the file's lm_head.weight, a tied model the "
+            "embeddings); set tie_word_embeddings to false to keep that head, or remove lm_head.weight from the "
+            "weights to tie")

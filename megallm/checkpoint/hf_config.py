@@ -8,14 +8,17 @@
 Reading refuses, in one line naming each key and value, every setting that changes what
 the model computes and that megallm's Llama does not compute (biases, another activation,
 sliding windows, partial rotary, RoPE types other than default / linear / llama3, a
-head_dim other than hidden / heads, dropout); a config without `rope_theta` is refused
-rather than given a default. Keys that transformers' LlamaConfig itself defaults (e.g.
-`rms_norm_eps` 1e-6) take the same default.
+head_dim other than hidden / heads, dropout). Keys that transformers' LlamaConfig itself
+defaults take the same default (`LLAMA_DEFAULTS`): `rms_norm_eps` 1e-6, and `rope_theta`
+10000, which the config.json of Llama-2-7b-hf and TinyLlama (written by transformers
+4.31) leave out; `defaulted_settings` names those a config leaves out, for a notice.
 
 Writing (`hf_config`) starts from the config.json an imported model came from, when
 there is one, and sets only what megallm knows (shape, RoPE, max_position_embeddings,
-dtype), keeping its layout, special token ids and every other key: a Hugging Face model
-imported and exported again keeps its config.json. Without one, it writes the
+dtype), keeping its layout, special token ids and every other key; a key the original
+leaves out stays out while megallm's value is the default a reader assumes for it (a
+Llama 2 config gets no `head_dim`, `tie_word_embeddings` or `rope_theta`): a Hugging Face
+model imported and exported again keeps its config.json. Without one, it writes the
 transformers 4 layout, which transformers 4 and 5 both read.
 """
 
@@ -31,9 +34,12 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 ROPE_KEYS = {"linear": ("factor",),
              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-# transformers' LlamaConfig defaults for keys a config.json may leave out.
+# transformers' LlamaConfig defaults for keys a config.json may leave out (transformers 5 reads a missing
+# rope_theta as RotaryEmbeddingConfigMixin.default_theta, 4.x as LlamaConfig's rope_theta=10000.0).
 LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "initializer_range": 0.02,
-                  "tie_word_embeddings": False, "hidden_act": "silu"}
+                  "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 10000.0}
+# Defaults that change the logits: a config that leaves one out gets a notice (`defaulted_settings`).
+NOTED_DEFAULTS = ("rope_theta", "rms_norm_eps")
 
 
 def rope_from_hf(config: dict) -> tuple[float, RopeScaling, list[str]]:
@@ -48,8 +54,7 @@ def rope_from_hf(config: dict) -> tuple[float, RopeScaling, list[str]]:
         params["rope_theta"] = config.get("rope_theta")
     theta = params.get("rope_theta")
     if theta is None:
-        raise ConversionError("config.json gives no rope_theta (neither top-level nor in rope_parameters), and "
-                              "megallm does not guess the RoPE base: add the model's rope_theta to config.json")
+        theta = LLAMA_DEFAULTS["rope_theta"]
     unsupported = []
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial not in (None, 1, 1.0):
@@ -84,6 +89,17 @@ def unsupported_settings(config: dict) -> list[str]:
     if other_layers:
         found.append(f"layer_types={other_layers}")
     return found
+
+
+def rope_theta_given(config: dict) -> bool:
+    """Whether the config sets rope_theta (top-level, or in transformers 5's rope_parameters)."""
+    return config.get("rope_theta") is not None or (config.get("rope_parameters") or {}).get("rope_theta") is not None
+
+
+def defaulted_settings(config: dict) -> list[str]:
+    """`key=value` of each NOTED_DEFAULTS key the config leaves out, with the value it is read as."""
+    given = {"rope_theta": rope_theta_given(config), "rms_norm_eps": config.get("rms_norm_eps") is not None}
+    return [f"{key}={LLAMA_DEFAULTS[key]:g}" for key in NOTED_DEFAULTS if not given[key]]
 
 
 def model_config_from_hf(config: dict, name: str = "hf") -> ModelConfig:
@@ -128,20 +144,37 @@ def hf_config(cfg: ModelConfig, *, bos_id: Optional[int], eos_id: Optional[int],
     shape["max_position_embeddings"] = cfg.max_position_embeddings or original_positions or max_positions
     scaling = cfg.rope_scaling.to_dict() if cfg.rope_scaling.scales else None
     if original is not None:
-        config = {**original, **shape}
+        config = {**original, **_differing_from_absent(shape, original, cfg)}
         if "torch_dtype" in original or "dtype" in original:
             config["torch_dtype" if "torch_dtype" in original else "dtype"] = dtype
         if original.get("rope_parameters") is not None:
             rope = {"rope_type": "default"} if scaling is None else scaling
-            config["rope_parameters"] = {**original["rope_parameters"], "rope_theta": cfg.rope_theta, **rope}
+            theta = {"rope_theta": cfg.rope_theta} if _theta_kept(original, cfg) else {}
+            config["rope_parameters"] = {**original["rope_parameters"], **theta, **rope}
         else:
-            config.update(rope_theta=cfg.rope_theta, rope_scaling=_merged(original.get("rope_scaling"), scaling))
+            config["rope_scaling"] = _merged(original.get("rope_scaling"), scaling)
+            if _theta_kept(original, cfg):
+                config["rope_theta"] = cfg.rope_theta
         return config
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", **shape, "rope_theta": cfg.rope_theta,
         "rope_scaling": scaling, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "initializer_range": cfg.init_std, "torch_dtype": dtype, "bos_token_id": bos_id, "eos_token_id": eos_id,
     }
+
+
+def _differing_from_absent(shape: dict, original: dict, cfg: ModelConfig) -> dict:
+    """The keys of `shape` that `original` has, and those it lacks whose value differs from what a
+    reader takes for a missing key (transformers' defaults: head_dim = hidden / heads, key/value
+    heads = heads, ...): written, they would only add keys the original never had."""
+    absent = {**LLAMA_DEFAULTS, "head_dim": cfg.hidden_size // cfg.num_heads, "num_key_value_heads": cfg.num_heads}
+    return {key: value for key, value in shape.items()
+            if key in original or key not in absent or value != absent[key]}
+
+
+def _theta_kept(original: dict, cfg: ModelConfig) -> bool:
+    """Whether to write rope_theta: the original has it, or megallm's differs from the default a missing one is."""
+    return rope_theta_given(original) or cfg.rope_theta != LLAMA_DEFAULTS["rope_theta"]
 
 
 def _merged(original: Optional[dict], scaling: Optional[dict]) -> Optional[dict]:

@@ -161,8 +161,6 @@ REFUSED = {  # (layout, edit, phrases in the one-line error)
                 ["rope_parameters.rope_type='yarn'"]),
     "dynamic_t4": ("transformers4", lambda c: c["rope_scaling"].update(rope_type="dynamic"),
                    ["rope_scaling.rope_type='dynamic'"]),
-    "no_rope_theta_t4": ("transformers4", lambda c: c.pop("rope_theta"), ["no rope_theta"]),
-    "no_rope_theta_t5": ("transformers5", lambda c: c["rope_parameters"].pop("rope_theta"), ["no rope_theta"]),
     "llama3_without_factors": ("transformers4", lambda c: c["rope_scaling"].pop("low_freq_factor"),
                                ["lacks low_freq_factor"]),
 }
