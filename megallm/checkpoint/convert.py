@@ -258,30 +258,30 @@ def writing_output(out: Path, needed_bytes: int, source: Path) -> Iterator[Path]
     is read; a filesystem that fills up (or fails) while writing is one line, with `<out>.partial`
     removed. `source` is only read."""
     out = Path(out).absolute()
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConversionError(f"cannot write {out}: creating {parent} failed ({error.strerror}); "
-                              "choose another output folder") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        why = "on a read-only filesystem" if os.statvfs(parent).f_flag & os.ST_RDONLY else "not writable by this user"
-        raise ConversionError(f"cannot write {out}: {parent} is {why}; choose another output folder")
-    free = shutil.disk_usage(parent).free
+    parent = existing = out.parent
+    while not existing.exists() and existing != existing.parent:  # the folder the output's folders go into
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConversionError(f"cannot write {out}: {existing} is not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "on a read-only filesystem" if os.statvfs(existing).f_flag & os.ST_RDONLY else "not writable by this user"
+        raise ConversionError(f"cannot write {out}: {existing} is {why}; choose another output folder")
+    free = shutil.disk_usage(existing).free
     advice = f"free some space or choose an output folder on a larger filesystem ({source} is intact)"
     if free < needed_bytes:
-        raise ConversionError(f"no space left on {mount_point(parent)} for {out}: it needs about "
+        raise ConversionError(f"no space left on {mount_point(existing)} for {out}: it needs about "
                               f"{size_text(needed_bytes)}, {size_text(free)} free; {advice}")
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         yield parent
     except Exception as error:
         shutil.rmtree(partial_path(out), ignore_errors=True)
-        if filled_up(error, parent):
-            raise ConversionError(f"no space left on {mount_point(parent)} while writing {out}: it needs about "
-                                  f"{size_text(needed_bytes)}; nothing was written; {advice}") from None
+        if filled_up(error, existing):
+            raise ConversionError(f"no space left on {mount_point(existing)} while writing {out}: it needs about "
+                                  f"{size_text(needed_bytes)}; the partial output was removed; {advice}") from None
         if isinstance(error, OSError) and error.strerror:  # e.g. a filesystem that turned read-only
             raise ConversionError(f"writing {out} failed: {error.strerror} ({error.filename or parent}); "
-                                  f"nothing was written ({source} is intact)") from None
+                                  f"the partial output was removed ({source} is intact)") from None
         raise
     except BaseException:
         shutil.rmtree(partial_path(out), ignore_errors=True)
