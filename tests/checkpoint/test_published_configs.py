@@ -8,7 +8,7 @@
 - a tied model whose file also holds an `lm_head.weight` is read when that equals the
   embeddings and refused, naming the cause, when it differs;
 - a config.json that is not JSON and a cut-short safetensors file are one-line errors naming
-  the file, in import, verify, generate (and info, which reads config.json).
+  the file, in import, verify, generate, evaluate (and info, which reads config.json).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from megallm.cli.convert_ckpt import main as convert_main
+from megallm.cli.evaluate import main as evaluate_main
 from megallm.cli.generate import main as generate_main
 from megallm.files import partial_path
 from tests.helpers import assert_one_line_error, run_main
@@ -96,6 +97,7 @@ def test_a_tied_model_with_another_head_is_refused_naming_the_cause(tmp_path, ca
 @pytest.mark.parametrize("damage", ["config_json", "safetensors"])
 def test_damaged_files_in_a_folder_are_one_line_errors_naming_them(tmp_path, capsys, damage):
     folder = save_family("llama2", tmp_path / "hf", layout="transformers4")
+    capsys.readouterr()  # transformers' progress bars
     if damage == "config_json":
         damaged = folder / "config.json"
         damaged.write_text(damaged.read_text()[:-40])  # cut short
@@ -104,12 +106,16 @@ def test_damaged_files_in_a_folder_are_one_line_errors_naming_them(tmp_path, cap
         damaged = folder / "model.safetensors"
         damaged.write_bytes(damaged.read_bytes()[:-1000])
         phrase = "is not a readable safetensors file"
-    out = tmp_path / "out"
-    commands = [(convert_main, ["import", folder, out, "--weights-only"]), (convert_main, ["verify", folder]),
-                (generate_main, [folder, "--prompt", "def", "--max-new-tokens", "2"])]
+    out, text = tmp_path / "out", tmp_path / "text.txt"
+    text.write_text("def read_config(path):\n    return path\n")
+    commands = [("convert_ckpt", convert_main, ["import", folder, out, "--weights-only"]),
+                ("convert_ckpt", convert_main, ["verify", folder]),
+                ("generate", generate_main, [folder, "--prompt", "def", "--max-new-tokens", "2"]),
+                ("evaluate", evaluate_main, [folder, "--perplexity", text])]
     if damage == "config_json":
-        commands.append((convert_main, ["info", folder]))
-    for command, argv in commands:
-        prog = "generate" if command is generate_main else "convert_ckpt"
-        assert_one_line_error(run_main(command, argv, capsys), str(damaged), phrase, prefix=f"{prog}: error: ")
+        commands.append(("convert_ckpt", convert_main, ["info", folder]))
+    for prog, command, argv in commands:
+        # evaluate reads the trained context from config.json first, with its own words
+        phrases = [str(damaged)] if (prog, damage) == ("evaluate", "config_json") else [str(damaged), phrase]
+        assert_one_line_error(run_main(command, argv, capsys), *phrases, prefix=f"{prog}: error: ")
     assert not out.exists()
