@@ -183,7 +183,12 @@ def declared_token(tokenizer_file: Path, key: str) -> Optional[str]:
     for name in _DECLARING_FILES:
         path = Path(tokenizer_file).with_name(name)
         if path.is_file():
-            value = json.loads(path.read_text()).get(key)
+            try:
+                declared = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DataError(f"{path} is not valid JSON ({exc}); fix it, or remove it and name the end-of-document "
+                                "token with --eos-token") from None
+            value = declared.get(key) if isinstance(declared, dict) else None
             if isinstance(value, dict):  # {"content": "</s>", "lstrip": false, ...}
                 value = value.get("content")
             if value:

@@ -5,7 +5,8 @@
 - a JSON line of 8 MiB (a 50 MB line peaked at 9.4 GB) is encoded in pieces: the worker's
   peak memory stays bounded (measured as the peak RSS of the tool's processes), and the
   pieces give the whole document's tokens (megallm's, Llama 3- and Llama 2-style tokenizers);
-- a `.parquet` that is not Parquet and `--tokenizer README.md` are one-line errors;
+- a `.parquet` that is not Parquet, `--tokenizer README.md` and a tokenizer whose
+  tokenizer_config.json was cut short are one-line errors;
 - a binary file (a copy of /bin/ls) is left out with a warning, a Latin-1 file is read
   with a warning naming it and its bytes that are not UTF-8, and binary inputs alone are
   refused in one line.
@@ -112,7 +113,7 @@ def test_encoding_in_pieces_gives_the_whole_documents_tokens():
     assert list(encoding_pieces("abcdefghij", 4)) == ["abcd", "efgh", "ij"]  # no space: cut at the limit
 
 
-def test_a_fake_parquet_and_a_readme_as_tokenizer_are_one_line_errors(tmp_path, capsys):
+def test_a_fake_parquet_and_unreadable_tokenizers_are_one_line_errors(tmp_path, capsys):
     pytest.importorskip("pyarrow")
     fake = tmp_path / "data.parquet"
     fake.write_text("id,text\n1,not parquet\n")
@@ -126,6 +127,15 @@ def test_a_fake_parquet_and_a_readme_as_tokenizer_are_one_line_errors(tmp_path, 
     assert_one_line_error(result, "README.md is not a tokenizer.json", "give the tokenizer.json",
                           prefix="prepare_data: error: ")
     assert not (tmp_path / "c2").exists()
+
+    folder = tmp_path / "tokenizer"  # a tokenizer.json whose tokenizer_config.json beside it was cut short
+    folder.mkdir()
+    tiny_tokenizer(folder / "tokenizer.json")
+    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>", "model_max')
+    result = run_main(prepare_main, ["--input", text, "--output", tmp_path / "c3", "--tokenizer",
+                                     folder / "tokenizer.json"], capsys)
+    assert_one_line_error(result, f"{folder / 'tokenizer_config.json'} is not valid JSON", "--eos-token",
+                          prefix="prepare_data: error: ")
 
 
 def test_binary_files_are_left_out_and_latin1_is_named(tmp_path, capsys):
