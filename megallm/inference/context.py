@@ -16,7 +16,6 @@ new tokens run past it. What counts as trained:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,15 +40,16 @@ def trained_context(path: Path) -> TrainedContext:
     Hugging Face folder), from its records alone (no weight is read); see the module docstring."""
     # deferred: the checkpoint package imports DeepSpeed, which reads the accelerator its callers choose first
     from megallm.checkpoint.convert import is_hf_folder, resolve_checkpoint
+    from megallm.checkpoint.hf import read_json
     from megallm.checkpoint.state import read_state
 
     path = Path(path)
     if is_hf_folder(path):
         config = path / HF_CONFIG_FILE
-        try:
-            positions = json.loads(config.read_text()).get("max_position_embeddings")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            raise ConversionError(f"{config} is not a JSON object; a Hugging Face model's config.json is one") from None
+        fields = read_json(config)
+        if not isinstance(fields, dict):
+            raise ConversionError(f"{config} holds a JSON {type(fields).__name__}; a model's config.json is an object")
+        positions = fields.get("max_position_embeddings")
         if positions:
             return TrainedContext(positions, f"max_position_embeddings in {config}")
         return TrainedContext(HF_DEFAULT_POSITIONS, f"{config} has no max_position_embeddings: transformers' default")
