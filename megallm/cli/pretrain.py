@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Optional
 
-from megallm.cli import report
+from megallm.cli import report, report_failure
 from megallm.config import (
     ConfigError,
     RunConfig,
@@ -121,4 +121,6 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
             trainer.fit()
         except DataError as error:  # may be one rank's shard: every rank says which
             return report(PROG, error, every_rank=True)
+        except Exception as error:  # one line for the job; the loader workers are stopped already
+            return report_failure(PROG, error)
     return trainer.exit_code  # 0, or PREEMPTED_EXIT_CODE after a stop signal

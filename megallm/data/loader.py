@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils import signal_handling as loader_signals
 
 from megallm.data.corpus import Corpus
 from megallm.data.order import Address, SampleOrder
@@ -153,6 +154,10 @@ def _worker_init(_worker_id: int) -> None:
     die_with_parent(signal.SIGKILL)
 
 
+# A SIGKILLed worker is gone within milliseconds; this only bounds the wait for one the kernel is slow to reap.
+WORKER_EXIT_TIMEOUT_S = 5.0
+
+
 class TrainBatches:
     """Micro-batches [mbs, seq_len + 1] (int64) for one data-parallel rank, from a global sample count."""
 
@@ -194,6 +199,24 @@ class TrainBatches:
 
     def epoch(self, consumed_samples: int) -> float:
         return consumed_samples / self.order.epoch_samples
+
+    def close(self) -> None:
+        """Stop the loader workers now; the batches cannot be read after. They ignore stop signals
+        (`_worker_init`), so DataLoader's own shutdown, which ends with SIGTERM, can leave them
+        running and Python's exit waiting for them forever: they get SIGKILL (they hold nothing
+        to save), first taken off DataLoader's SIGCHLD watch, which would report them as failed."""
+        chunks, self._chunks = self._chunks, iter(())
+        workers = getattr(chunks, "_workers", [])  # a multi-process DataLoader iterator's
+        if getattr(chunks, "_worker_pids_set", False):
+            loader_signals._remove_worker_pids(id(chunks))
+            chunks._worker_pids_set = False
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+        for worker in workers:
+            worker.join(timeout=WORKER_EXIT_TIMEOUT_S)
+        if hasattr(chunks, "_shutdown_workers"):
+            chunks._shutdown_workers()  # closes its queues; the workers are gone, so it waits for none
 
 
 def token_batch(rows: list[np.ndarray], device: torch.device) -> torch.Tensor:

@@ -5,4 +5,6 @@
 - topology.py     megatron-core's groups and DeepSpeed's topology agree; DeepSpeed's `mpu`
 - memory.py       estimated memory per rank (the dry run's table)
 - local_world.py  a function on N spawned CPU ranks, for tools that need a layout's processes
+- fork_server.py  imported first by local_world's fork server: it dies with its caller
+- lifetime.py     ranks and loader workers that die with their launcher; who reports a failure
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 import socket
 from dataclasses import dataclass
@@ -95,9 +96,24 @@ def init_distributed(tp: int = 1, pp: int = 1, zero_stage: int = 0, timeout_minu
     if deepspeed:
         import deepspeed as ds  # deferred: after select_deepspeed_accelerator (DeepSpeed reads it at import)
 
+        _skip_shared_memory_op()
         ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                        backend=backend, device=device, dims=dims)
+
+
+def _skip_shared_memory_op() -> None:
+    """Start DeepSpeed's communication without its CPU shared-memory op. On the CPU accelerator,
+    DeepSpeed JIT-builds `deepspeed_shm_comm` (C++, with ninja) into TORCH_EXTENSIONS_DIR,
+    by default ~/.cache/torch_extensions, shared by every virtual environment: each one
+    rebuilds it (minutes), and a build killed midway leaves a `lock` file on which every later
+    start waits for ever. The op serves only `inference_all_reduce` (DeepSpeed-Inference's
+    tensor parallelism), which megallm never calls; without it DeepSpeed uses
+    torch.distributed's all_reduce there. deepspeed.comm.torch builds it in `build_shm_op`."""
+    # deferred: DeepSpeed is imported by the caller, after the accelerator. By name: `import
+    # deepspeed.comm.torch as ...` would give the torch that deepspeed.comm imported.
+    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module.build_shm_op = lambda: None
 
 
 def agree(problem: Optional[str]) -> Optional[str]:

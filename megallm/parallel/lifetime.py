@@ -8,17 +8,25 @@ process when its parent exits: ranks take SIGTERM (they checkpoint and stop,
 megallm.train.callbacks.preemption), loader workers SIGKILL (they hold nothing to save).
 A rank whose torchrun died before the request took effect finds itself `orphaned_by_launcher`
 and stops at once, instead of waiting in init_process_group for a rendezvous that is gone.
+
+A rank that fails ends at once, and one rank of the job says why (`reports_failure`): rank 0
+when it failed, else the first rank that did. The others are echoes (a collective whose peer
+is gone) or the same failure again (every rank overflowed in one step); torchrun ends the
+ranks still waiting once the failed ones have exited.
 """
 
 from __future__ import annotations
 
 import ctypes
+import datetime
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STORE_TIMEOUT_S = 5  # a failing rank's wait for the launcher's store to answer
 # What a launcher (torchrun, megallm.parallel.local_world) gives each rank: a process that starts a world
 # of its own passes its children an environment without them.
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -55,3 +63,29 @@ def orphaned_by_launcher() -> bool:
 
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def reports_failure(rank: int, world_size: int, wait_s: float) -> bool:
+    """Whether this failing rank is the one to say why the job failed: rank 0 at once, another rank
+    when no rank has claimed it within `wait_s` (it failed alone: rank 0 waits for it in a
+    collective). Claimed in the launcher's key-value store (MASTER_ADDR:MASTER_PORT; torchrun's
+    outlives the ranks), which allows one claim per job attempt; where the store cannot be
+    reached, rank 0 alone reports."""
+    if world_size == 1:
+        return True
+    try:
+        # deferred: torch, only for a failing rank of a world (this module is imported before torch)
+        import torch.distributed as dist
+
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
+        key = f"megallm/failure_reporter/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        if rank != 0:
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if store.check([key]):
+                    return False
+                time.sleep(0.1)
+        return store.compare_set(key, "", str(rank)) == str(rank).encode()
+    except Exception:  # no launcher's store (gone, or none): nothing to agree through
+        return rank == 0

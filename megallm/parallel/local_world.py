@@ -12,6 +12,8 @@ Ranks are forked from a server process that has imported torch, megatron-core an
 DeepSpeed once (multiprocessing's "forkserver" with those modules preloaded), so a
 world costs those imports once per calling process instead of once per rank. The
 server starts with CUDA hidden and DeepSpeed pointed at the CPU: these ranks use gloo.
+The server dies with the calling process (megallm.parallel.fork_server) and each rank with
+the server, so a tool stopped by any signal leaves no process behind.
 
 The ranks' stdout and stderr are written to `<logs>/rank_RRRRR.out` and `.err` when
 `logs` is given, else discarded (MEGALLM_DEBUG=1 keeps them on the console). A crash is
@@ -24,6 +26,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import signal
 import tempfile
 import time
 import traceback
@@ -35,11 +38,12 @@ import torch.multiprocessing as mp
 
 from megallm.errors import MegallmError, WorldError
 from megallm.parallel.distributed import free_port, shutdown
-from megallm.parallel.lifetime import LAUNCHER_VARIABLES
+from megallm.parallel.lifetime import LAUNCHER_VARIABLES, die_with_parent
 
 # The heavy imports every rank makes anyway, paid once in the fork server (megallm first: it
-# silences megatron-core's warning about Transformer Engine).
-PRELOAD = ["megallm", "torch", "megatron.core", "deepspeed"]
+# silences megatron-core's warning about Transformer Engine; its fork_server module ties the
+# server's life to its caller's before the slow imports).
+PRELOAD = ["megallm.parallel.fork_server", "torch", "megatron.core", "deepspeed"]
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
 
 
@@ -59,6 +63,7 @@ def _redirect_output(logs: Optional[str], rank: int) -> None:
 
 def _rank_main(rank: int, world_size: int, port: int, workdir: str, logs: Optional[str], fn: Callable,
                args: tuple) -> None:
+    die_with_parent(signal.SIGKILL)  # the fork server, which dies with the caller
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **CPU_ONLY)
     _redirect_output(logs, rank)

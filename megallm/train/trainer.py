@@ -77,6 +77,7 @@ class Trainer:
         self.state.hf_model_files = saved.hf_model_files  # an imported model's config.json etc., for its export
         self.load_callback_states(saved.callbacks)
         if self.batches is not None:
+            _close(self.batches)
             self.batches = self.open_batches(self.state.consumed_samples)
         return saved
 
@@ -103,20 +104,32 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> RunState:
+        """Train to the last step. Whatever ends it, the loader workers are stopped before it returns
+        or raises; an exception first reaches every callback's `on_error`, then goes on."""
         self.batches = self.open_batches(self.state.consumed_samples)
-        self._call("on_fit_start")
-        while self.state.step < self.last_step and self.stop_reason is None:
-            self.skip_batch = False
-            self._call("pre_step")
-            self._call("post_train_batch", self._train_step())
-            if self.is_log_step:
-                record = {"kind": "train", "step": self.state.step, "total_steps": self.steps}
-                self._call("collect_metrics", record)
-                self.log(record)
-            self._call("post_step")
-        if self.stop_reason is not None:
-            self.say(f"stopped after step {self.state.step}: {self.stop_reason}")
-        self._call("on_fit_end")
+        try:
+            self._call("on_fit_start")
+            while self.state.step < self.last_step and self.stop_reason is None:
+                self.skip_batch = False
+                self._call("pre_step")
+                self._call("post_train_batch", self._train_step())
+                if self.is_log_step:
+                    record = {"kind": "train", "step": self.state.step, "total_steps": self.steps}
+                    self._call("collect_metrics", record)
+                    self.log(record)
+                self._call("post_step")
+            if self.stop_reason is not None:
+                self.say(f"stopped after step {self.state.step}: {self.stop_reason}")
+            self._call("on_fit_end")
+        except BaseException as error:
+            for callback in self.callbacks:
+                try:
+                    callback.on_error(self, error)
+                except Exception:  # `error` is the news; a callback failing to clean up after it is not
+                    pass
+            raise
+        finally:  # on an error too: left running, the loader workers would keep this process from exiting
+            _close(self.batches)
         return self.state
 
     def _train_step(self) -> StepOutput:
@@ -138,3 +151,10 @@ class Trainer:
         self.state.tokens_seen += self.tokens_per_step
         return StepOutput(loss=loss, lr=lr, micro_batches=micro_batches, samples=samples, applied=applied,
                           skipped_batch=self.skip_batch)
+
+
+def _close(batches) -> None:
+    """Stop `batches`' loader workers where it has any (megallm.data.loader.TrainBatches)."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()

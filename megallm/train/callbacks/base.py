@@ -14,6 +14,8 @@ no edit to the loop. The trainer calls, on every rank, in this order:
             log_metrics(trainer, record)      write the record (also for "eval" records)
         post_step(trainer)                    after the step's metrics: evaluate, save, stop
     on_fit_end(trainer)                       after the last step
+    on_error(trainer, error)                  instead, when an exception ends the loop (this rank
+                                          then fails: no collective, nothing slow)
 
 `trainer.state.step` counts the steps done: in `post_train_batch` and later it is the
 number of the step that just ran. Every rank runs every hook, so a hook may use
@@ -75,6 +77,9 @@ class Callback:
         pass
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        pass
+
+    def on_error(self, trainer: Trainer, error: BaseException) -> None:
         pass
 
     def state_dict(self) -> dict:

@@ -10,7 +10,10 @@ synchronises a GPU. The trainer then stops after that step, which the Checkpoint
 saves, and the process exits with PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL), which
 launch/slurm/pretrain.sbatch turns into a requeue; the requeued job resumes from the
 checkpoint (train.resume=auto). A signal during set-up, before the first step, has its
-default effect (nothing to save yet).
+default effect (nothing to save yet), and so has one after an exception ended the loop: a
+failing rank has no step to finish, and a SIGTERM from torchrun (another rank failed) or
+from the kernel (torchrun is gone, megallm.parallel.lifetime) must end it, not be kept
+for a checkpoint that will never come.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ class PreemptionHandler(Callback):
                                  f"{PREEMPTED_EXIT_CODE} so that the job is requeued", exit_code=PREEMPTED_EXIT_CODE)
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        self._restore_signals()
+
+    def on_error(self, trainer: Trainer, error: BaseException) -> None:
+        self._restore_signals()
+
+    def _restore_signals(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
