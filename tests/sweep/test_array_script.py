@@ -1,6 +1,7 @@
 """The preemption contract of the SLURM scripts without a cluster: launch/slurm/preemption.sh (shared by
 pretrain.sbatch and the sweep's array script) with scancel and scontrol replaced by stubs that log
-their arguments, and the array script that launch/sweep.py --slurm writes. The real cluster runs
+their arguments, torchrun under megallm.parallel.torchrun (what both run) passing a stop signal and
+its ranks' 75 on, and the array script that launch/sweep.py --slurm writes. The real cluster runs
 them in tests/integration/test_slurm.py."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from megallm.parallel.lifetime import LAUNCHER_VARIABLES
 from megallm.sweep.execute import PREEMPTED_EXIT_CODE, PREEMPTION_SCRIPT, slurm_script
 from megallm.sweep.plan import plan_sweep
 
@@ -77,6 +79,44 @@ def test_any_other_exit_code_ends_the_job_with_it_not_requeued(tmp_path):
     shell, calls, _ = batch_shell(tmp_path, code=3)
     out, _ = shell.communicate(timeout=60)
     assert shell.returncode == 3 and "requeueing" not in out and not calls.exists(), out
+
+
+# A rank: on a stop signal, rank 0 exits 75 at once (its checkpoint saved); rank 1 takes 3 s more with the
+# signal's default action back (a rank past its checkpoint), so torchrun's SIGTERM, once rank 0 has exited, ends it.
+RANK = """
+import os, signal, sys, time
+stopped = []
+for sig in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(sig, lambda s, f: stopped.append(s))
+open(os.path.join(sys.argv[1], os.environ["RANK"]), "w").close()
+while not stopped:
+    time.sleep(0.05)
+if os.environ["RANK"] == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(3)
+sys.exit(75)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_torchrun_passes_a_stop_signal_and_the_first_ranks_exit_code_on(tmp_path, sig):
+    """Plain torchrun dies of SIGUSR1 (138) and exits 1 after SIGTERM, whatever its ranks did."""
+    (tmp_path / "rank.py").write_text(RANK)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    launcher = subprocess.Popen([sys.executable, "-m", "megallm.parallel.torchrun", "--standalone",
+                                 "--nproc_per_node=2", str(tmp_path / "rank.py"), str(ready)],
+                                env={k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while len(list(ready.iterdir())) < 2:
+        assert time.time() < deadline and launcher.poll() is None, launcher.communicate()[0]
+        time.sleep(0.05)
+    launcher.send_signal(sig)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == PREEMPTED_EXIT_CODE, out
+    assert "torchrun: exit codes by rank: 0: 75 (first), 1: 143" in out
 
 
 def test_the_array_script_keeps_the_preemption_contract(tmp_path):
