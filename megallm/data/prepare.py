@@ -105,9 +105,12 @@ def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log
         tok = load_tokenizer(options.tokenizer_path)
         data = options.tokenizer_path.read_bytes()  # byte for byte: an older `tokenizers` must read it too
         if options.mask_token is not None and add_mask_token(tok, options.mask_token):
-            data = with_added_token(data, tok, options.mask_token)
+            appended = with_added_token(data, tok, options.mask_token)
+            how = ("the given file with it appended to its added tokens" if appended is not None
+                   else "the tokenizer with it, as `tokenizers` writes it")
+            data = appended if appended is not None else tokenizer_json(tok).encode()
             log(f"added the mask token {options.mask_token!r} to the tokenizer (id "
-                f"{tok.token_to_id(options.mask_token)}); {installed} is the given file with it among its added tokens")
+                f"{tok.token_to_id(options.mask_token)}); {installed} is {how}")
     elif may_train:
         log(f"training a {options.vocab_size}-token byte-level BPE on up to "
             f"{options.tokenizer_train_bytes / 2**20:,.0f} MiB of the inputs")

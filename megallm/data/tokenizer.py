@@ -147,19 +147,17 @@ def tokenizer_json(tok: Tokenizer) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
-def with_added_token(original: bytes, tok: Tokenizer, name: str) -> bytes:
+def with_added_token(original: bytes, tok: Tokenizer, name: str) -> Optional[bytes]:
     """The tokenizer.json `original` with the added token `name` of `tok` (`original` plus that
     token) appended to its added_tokens, every other value as `original` has it (merges in
-    its format), indented as it was. Checked to load as `tok`; else `tok`'s own JSON."""
+    its format), indented as it was; None if that does not load as `tok`."""
     entry = next(t for t in json.loads(tok.to_str())["added_tokens"] if t["content"] == name)
     data = json.loads(original)
     data["added_tokens"] = [*data.get("added_tokens", []), entry]
     indented = b"\n" in original.strip()
     text = json.dumps(data, indent=2 if indented else None, ensure_ascii=False,
                       separators=None if indented else (",", ":"))
-    if tokenizer_hash(Tokenizer.from_str(text)) != tokenizer_hash(tok):
-        text = tokenizer_json(tok)
-    return text.encode()
+    return text.encode() if tokenizer_hash(Tokenizer.from_str(text)) == tokenizer_hash(tok) else None
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:
