@@ -22,8 +22,8 @@ def _start_world(extensions: str) -> list[str]:
     from megallm.parallel.distributed import distributed
 
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions  # read when an op is built, not at import
-    with distributed() as ctx:
-        assert ctx.world_size == 2
+    with distributed():  # with DeepSpeed's communication, as a training run starts it
+        pass
     return sorted(str(p.relative_to(extensions)) for p in Path(extensions).rglob("*"))
 
 
@@ -31,5 +31,5 @@ def test_a_stale_extension_lock_neither_stops_nor_rebuilds(tmp_path):
     op_folder = tmp_path / "deepspeed_shm_comm"
     op_folder.mkdir()
     (op_folder / "lock").touch()  # its builder was killed: nobody will remove it
-    listings = run_ranks(2, _start_world, str(tmp_path), timeout=180)
-    assert listings == [["deepspeed_shm_comm", "deepspeed_shm_comm/lock"]] * 2  # nothing built
+    listing = run_ranks(1, _start_world, str(tmp_path), timeout=180)[0]  # it waited for ever on the lock
+    assert listing == ["deepspeed_shm_comm", "deepspeed_shm_comm/lock"]  # and nothing was built
