@@ -5,6 +5,12 @@ positions restart at every segment, and a token attends only within its segment.
 the mean loss of a packed batch is (sum over segments of their token-loss sums) / tokens,
 and so are its gradients, which the reference below computes by running every segment as
 a batch of its own.
+
+Tolerances (docs/testing/tolerances.md): the packed batch and its reference add the same 48 token
+terms (2 rows of 24 inputs) in other orders, from matmuls of other shapes, which MKL blocks
+differently for each shape and each CPU vector width. fp32 rounding in a sum of n terms is at most
+about n eps (eps = 2^-23 = 1.19e-7) relative to the sum of their magnitudes, so they agree within
+48 eps; what the tests must catch (a document seeing another) moves the loss by 4e-4.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from megallm.model import attention
 from megallm.model.attention import block_causal_mask, self_attention, varlen_segments
 from megallm.model.packing import document_ids, document_positions
 from tests.model.inputs import CFG, EOS, packed_windows
+
+EPS = torch.finfo(torch.float32).eps
+REORDERED = 48 * EPS  # 5.7e-6: the same 48 token terms added in another order (see the module docstring)
 
 
 def segments(windows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,9 +77,10 @@ def test_rotary_takes_each_tokens_own_position(world_of_one, monkeypatch):
     cos, sin = rotary(positions)  # [s, b, 1, d]
     table_cos, table_sin = rotary(torch.arange(5)[None])  # [s, 1, 1, d]: positions 0..s-1
     assert cos.shape == (5, 2, 1, 8) and cos.dtype == torch.float32
-    for row in range(2):
-        assert torch.equal(cos[:, row], table_cos[positions[row], 0])
-        assert torch.equal(sin[:, row], table_sin[positions[row], 0])
+    for row in range(2):  # the same angles in tensors of other shapes, which a vector kernel may split between its
+        # vector body and its scalar tail otherwise: within 2 eps (a wrong position turns the first pair by 1 radian)
+        torch.testing.assert_close(cos[:, row], table_cos[positions[row], 0], rtol=0, atol=2 * EPS)
+        torch.testing.assert_close(sin[:, row], table_sin[positions[row], 0], rtol=0, atol=2 * EPS)
 
     seen, original = [], RotaryEmbedding.forward
 
@@ -114,10 +124,11 @@ def test_packed_batch_equals_segments_run_alone(world_of_one):
     windows = packed_windows()
     packed, packed_grads = loss_and_grads(model, lambda: packed_loss(model, windows))
     alone, alone_grads = loss_and_grads(model, lambda: segments_loss(model, windows))
-    # Observed on the CPU machine: equal losses, gradients within 5e-7 of each tensor's largest entry.
-    assert packed == pytest.approx(alone, rel=1e-7, abs=0)
+    # Observed: losses equal with AVX-512 kernels, 1.4 eps apart with AVX2 ones (MKL_ENABLE_INSTRUCTIONS=AVX2,
+    # as on an AMD EPYC); gradients within 4 eps of each tensor's largest entry with either.
+    assert packed == pytest.approx(alone, rel=REORDERED, abs=0)
     for name, grad in alone_grads.items():
-        assert relative_max_diff(packed_grads[name], grad) < 2e-6, name
+        assert relative_max_diff(packed_grads[name], grad) < REORDERED, name
 
     # Without masking the documents see each other and positions run on: far from the reference
     # (loss 4e-4 relative, some gradient by more than its largest entry), so the checks above can fail.
@@ -138,8 +149,10 @@ def test_rows_without_end_of_document_are_unchanged(world_of_one):
     windows[windows == EOS] = EOS + 1
     masked, masked_grads = loss_and_grads(model, lambda: packed_loss(model, windows))
     plain, plain_grads = loss_and_grads(model, lambda: packed_loss(model, windows, masking=False))
-    assert masked == plain
-    assert all(torch.equal(masked_grads[n], plain_grads[n]) for n in plain_grads)
+    # Not bitwise: SDPA with a mask and SDPA's own causal path are other kernels (equal bits observed).
+    assert masked == pytest.approx(plain, rel=REORDERED, abs=0)
+    for name, grad in plain_grads.items():
+        assert relative_max_diff(masked_grads[name], grad) < REORDERED, name
 
 
 @pytest.mark.parametrize("recompute", ["full", "selective"])
@@ -151,6 +164,9 @@ def test_recompute_with_masking_gives_identical_gradients(world_of_one, recomput
     for mode in ("none", recompute):
         model = build_model(CFG, recompute=mode)
         results[mode] = loss_and_grads(model, lambda: packed_loss(model, windows))
+    # Bitwise on any CPU: recomputing reruns the same kernels on the same shapes in the same process (CPU
+    # kernels are deterministic for a given shape, thread count and alignment: PyTorch aligns every
+    # allocation to 64 bytes); only when the forward runs differs.
     assert results[recompute][0] == results["none"][0]
     for name, grad in results["none"][1].items():
         assert torch.equal(grad, results[recompute][1][name]), name
