@@ -4,17 +4,20 @@ Real gloo process groups (2 and 4 ranks via torchrun), 10 fp32 steps of a small 
 the same data and seed. Compared with the single-process run:
 - the loss at every step, within 1e-5 relative;
 - the final weights gathered from all ranks into one copy (checkpoint.consolidated),
-  within 5e-5 relative L2 difference per tensor.
+  within 1e-3 relative L2 difference per tensor.
 
 Why a tolerance at all: the layouts add the same numbers in other orders (TP splits the
 matmul reductions, DP and ZeRO sum gradients over ranks), which changes fp32 results in
-the last bits. Single weight entries can differ by more than the losses: Adam divides
-each update by sqrt(v), so an entry with a tiny gradient turns rounding noise into a
-visible update. The per-tensor relative L2 measure bounds the whole tensor while
-tolerating that. Observed on the 2-core CPU machine (deterministic runs): 2.9e-7 (PP=2)
-to 4.1e-6 (TP=2 x DP=2 ZeRO-3, embedding); an earlier version of this corpus (with
-empty documents) gave 2.0e-5 on TP=2, hence the bound of 5e-5. Each run prints its
-worst tensor (`pytest -s`).
+the last bits: a few eps (1.2e-7) per reduction, so losses agree within 1e-5 (84 eps;
+observed <= 1.7e-7 with AVX-512, AVX2 and scalar kernels). Single weight entries can
+differ by more: Adam divides each update by sqrt(v), so an entry whose gradient is itself
+of rounding size takes a step that rounding decides, up to the learning rate (3e-3) per
+step. One such entry in the embedding (norm 3.8) is 8e-4 of it: hence 1e-3 per tensor,
+while a run that trains another model is off by far more (document masking switched
+off: 0.5). Observed: rounding alone leaves every tensor within 9e-6; one embedding entry
+of the TP=2 x DP=2 ZeRO-3 run took another step: 3.4e-5 with AVX-512 kernels, 5.1e-5 with
+AVX2 ones (MKL_ENABLE_INSTRUCTIONS=AVX2, as on an AMD EPYC), which failed the earlier
+bound of 5e-5 (docs/testing/tolerances.md). Each run prints its worst tensor (`pytest -s`).
 
 The corpus is the standard library's short modules (~60 tokens each), so that the
 layouts train with document masking at work (on by default): many training windows
@@ -133,7 +136,7 @@ def test_layout_matches_single_process(runs, layout):
         differences[name] = ((got_w[name] - tensor).norm() / tensor.norm()).item()
     worst = max(differences, key=differences.get)
     print(f"{layout}: worst weight relative L2 {differences[worst]:.1e} ({worst})")
-    assert differences[worst] < 5e-5, (layout, worst, differences[worst])
+    assert differences[worst] < 1e-3, (layout, worst, differences[worst])
     # Training moved the weights far more than the layouts disagree.
     start = torch.load(root / baseline / "checkpoints" / "step_00000005" / "consolidated.pt")["model"]
     assert (ref_w["blocks.0.attn.qkv.weight"] - start["blocks.0.attn.qkv.weight"]).norm() > 1e-3
