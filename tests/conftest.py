@@ -7,12 +7,24 @@ Tests that start training runs, worlds of ranks or tool processes are marked `sl
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import short_stdlib_modules, stdlib_subset
+
+# torch.compile's cache is shared by every process of a user (/tmp/torchinductor_<user>): an entry left
+# by a run killed mid-write, or by several suites at once, crashed a compiled test (free(): invalid
+# pointer). Each session compiles into a cache of its own, as a fresh CI machine does; the ranks and
+# tools the tests start inherit it.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="megallm-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import sys
 import warnings
 from typing import Optional
 
-from megallm.cli import report
+from megallm.cli import report, report_failure
 from megallm.config import check_config, compose_config, config_to_yaml
 from megallm.errors import DataError, MegallmError
 from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun
@@ -86,4 +86,6 @@ def _finetune(overrides: list[str], print_cfg: bool) -> int:
             trainer.fit()
         except DataError as error:
             return report(PROG, error, every_rank=True)
+        except Exception as error:  # one line for the job, as pretraining's
+            return report_failure(PROG, error)
     return trainer.exit_code

@@ -11,7 +11,6 @@ optimizer starts fresh. A fine-tuning that finds its own checkpoint resumes from
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ from typing import Optional
 import torch
 
 from megallm.checkpoint.convert import checkpoint_tokenizer, is_hf_folder, read_model, resolve_checkpoint
+from megallm.checkpoint.hf import read_json
 from megallm.checkpoint.hf_config import model_config_from_hf
 from megallm.checkpoint.portable import apply_weights
 from megallm.checkpoint.state import read_state
@@ -51,7 +51,7 @@ def pretrained_model(init: Optional[str]) -> dict:
                           "folder) or a Hugging Face Llama folder")
     path = Path(init)
     if is_hf_folder(path):
-        return model_config_from_hf(json.loads((path / "config.json").read_text()), name=path.name).to_dict()
+        return model_config_from_hf(read_json(path / "config.json"), name=path.name).to_dict()
     model = dict(read_state(resolve_checkpoint(path)).model)
     return {**model, "nsp_head": False}  # pretraining's next-sentence head is not fine-tuned
 

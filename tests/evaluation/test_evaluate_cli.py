@@ -16,16 +16,10 @@ from megallm.evaluation.model import EvalModel
 from megallm.evaluation.perplexity import perplexity
 from megallm.evaluation.prompts import continuation, few_shot_prompt
 from megallm.evaluation.tasks import read_task
-from tests.evaluation.trained import trained_model
 from tests.helpers import REPO, assert_one_line_error, run_main, run_tool
 
 FIXTURES = REPO / "tests" / "fixtures" / "lm_eval"
 CHOICE, GENERATION = FIXTURES / "choice_task.jsonl", FIXTURES / "generation_task.jsonl"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_model(tmp_path_factory)
 
 
 def expected_accuracy(model: EvalModel, k: int, method: str, seed: int, limit: int) -> float:

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-from tests.evaluation.trained import trained_model
 from tests.helpers import REPO
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -59,8 +58,7 @@ def test_registered_beside_lm_evals_own_models():
 
 
 @pytest.mark.slow
-def test_sharded_checkpoint_scores_as_hf_on_its_export(tmp_path_factory, world_of_one, offline, capsys):
-    trained = trained_model(tmp_path_factory)
+def test_sharded_checkpoint_scores_as_hf_on_its_export(trained, world_of_one, offline, capsys):
     ours = evaluate("megallm", f"path={trained.checkpoint},dtype=fp32",
                     ["megallm_tiny_mc", "megallm_tiny_gen", "megallm_tiny_text"])
     theirs = evaluate("hf", f"pretrained={trained.hf},dtype=float32,add_bos_token=True",

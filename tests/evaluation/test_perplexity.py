@@ -15,17 +15,11 @@ from megallm.data.shards import Manifest, read_documents
 from megallm.errors import DataError, UsageError
 from megallm.evaluation.model import EvalModel
 from megallm.evaluation.perplexity import Perplexity, perplexity
-from tests.evaluation.trained import trained_model
 
 transformers = pytest.importorskip("transformers")
 
 SEQ = 32  # tokens predicted per window: documents span several
 CAP = 1200  # tokens of the val split scored (of ~2,300): enough windows, little time
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
