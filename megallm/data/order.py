@@ -42,6 +42,9 @@ class SampleOrder:
         total = int(self.windows.sum())
         self.per_stream = total // streams
         if self.per_stream == 0:
+            if streams == 1:  # validation reads one stream: data.streams is not the cause
+                raise DataError(f"{where} holds no sequence of {seq_len + 1} tokens (train.seq_len + 1); "
+                                "add text or lower train.seq_len")
             raise DataError(
                 f"{where} holds {total} sequence(s) of {seq_len + 1} tokens, fewer than data.streams={streams}; "
                 "add text, lower train.seq_len or lower data.streams"
