@@ -88,7 +88,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, log: Optional[Log] = None, 
 
 class TrainingProgress:
     """Progress lines while `train_from_iterator` runs: it reads the texts (counted here), then learns
-    merges with the GIL released, so a thread can report."""
+    merges with the GIL released, so a thread can report. The start of the merges is always said."""
 
     def __init__(self, log: Log, every: float):
         self.log, self.every = log, every
@@ -103,6 +103,9 @@ class TrainingProgress:
             yield text
         self.reading = False
         self.merges_start = time.perf_counter()
+        # Said once whatever `every` is: the merges may take longer than the reading did.
+        self.log(f"tokenizer: learning merges from {self.characters / 2**20:,.1f} MiB of text "
+                 f"(read in {self.merges_start - self.start:,.0f} s)")
 
     def _report(self) -> None:
         while not self.stopped.wait(self.every):

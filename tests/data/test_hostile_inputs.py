@@ -70,7 +70,7 @@ def test_a_file_of_one_long_word_trains_the_tokenizer_in_seconds(tmp_path):
                                     "--workers", "1", "--progress-every", "0.5", timeout=150)
     assert result.returncode == 0, f"exit {result.returncode} (124: still training after 150 s)\n{result.stderr}"
     assert "trained a 258-token tokenizer" in result.stdout  # bytes and the two special tokens: nothing to merge
-    assert "tokenizer: learning merges from 4.0 MiB of text" in result.stdout  # progress while it trains
+    assert "tokenizer: learning merges from 4.0 MiB of text" in result.stdout  # said when the merges start
     assert peak < 800, f"peak RSS {peak:.0f} MiB"  # observed 315 MiB
     (document,) = corpus_documents(corpus)
     tok = load_tokenizer(corpus / "tokenizer.json")
