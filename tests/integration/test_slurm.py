@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from megallm.checkpoint.state import check_complete, read_state
 from megallm.data.shards import Manifest
@@ -143,7 +144,10 @@ def test_the_readme_cpu_line_checkpoints_on_usr1_exits_75_requeues_and_resumes_e
     assert "data.path=data/stdlib" in words
     root = repository_root(tmp_path / "root", small_corpus)
     shorter = [o for o in SCHEDULE if not o.startswith("+model=")]  # a 40-step model, after the README's line
-    submitted = cluster.run(*words, *shorter, cwd=root, extra_env=env)
+    # The submitting shell has a MASTER_PORT on which a process serves a store, as the full suite's had (an
+    # in-process world of this pytest): sbatch passes it on, and torchrun joins that store on every attempt.
+    shells_store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True)
+    submitted = cluster.run(*words, *shorter, cwd=root, extra_env={**env, "MASTER_PORT": str(shells_store.port)})
     job = re.fullmatch(r"Submitted batch job (\d+)", submitted)[1]
     run_dir = root / dict(w.split("=", 1) for w in words if w.startswith("run_dir="))["run_dir"]
     log = root / "logs" / f"megallm-pretrain-{job}.out"
@@ -171,6 +175,7 @@ def test_the_readme_cpu_line_checkpoints_on_usr1_exits_75_requeues_and_resumes_e
     # the second attempt (same job, log appended): resumed from it and trained to the end
     assert "(attempt 2)" in output and f"resumed from {saved[0].relative_to(root)} at step {stopped_at}" in output
     assert "Restarts=1" in cluster.run("scontrol", "show", "job", job)
+    del shells_store
 
     reference = tmp_path / "reference"
     result = run_pretrain([*words[words.index("+model=tiny"):], *shorter, f"data.path={small_corpus}",
