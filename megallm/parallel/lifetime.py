@@ -79,7 +79,9 @@ def reports_failure(rank: int, world_size: int, wait_s: float) -> bool:
 
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                               timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
-        key = f"megallm/failure_reporter/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        # one key per rendezvous and restart: a store may outlive a job (one that held MASTER_PORT before it)
+        attempt = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        key = f"megallm/failure_reporter/{attempt}"
         if rank != 0:
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
