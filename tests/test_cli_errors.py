@@ -163,7 +163,8 @@ def test_manifest_listing_missing_shard(small_corpus, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,phrases", [
     (["data.streams=100000"], ["fewer than data.streams=100000", "lower data.streams"]),
-    (["train.seq_len=1024"], ["split 'val'", "holds no sequence of 1025 tokens", "lower train.seq_len"]),  # 675 held-out tokens
+    # 675 held-out tokens
+    (["train.seq_len=1024"], ["split 'val'", "holds no sequence of 1025 tokens", "lower train.seq_len"]),
 ])
 def test_corpus_too_small_for_the_data_order(args, phrases, small_corpus, tmp_path, capsys):
     """Found when the data order is built: before any process group now, not in the loop (every rank

@@ -47,7 +47,8 @@ def test_llama2_7b_config_reads_as_the_7b_preset():
     preset = compose_config(["+model=7b"])[0].model.to_dict()
     assert model_config_from_hf(LLAMA2_7B, name="7b").to_dict() == preset
     # transformers 5's layout without rope_theta reads the same (its default_theta is 10000 too)
-    layout5 = {**{k: v for k, v in LLAMA2_7B.items() if k != "rope_scaling"}, "rope_parameters": {"rope_type": "default"}}
+    layout5 = {**{k: v for k, v in LLAMA2_7B.items() if k != "rope_scaling"},
+               "rope_parameters": {"rope_type": "default"}}
     assert model_config_from_hf(layout5, name="7b").to_dict() == preset
 
 
@@ -66,7 +67,8 @@ def test_llama2_published_config_imports_and_exports_the_same_config(llama2_fold
     original = json.loads((llama2_folder / "config.json").read_text())
     result = run_main(convert_main, ["import", llama2_folder, imported, "--weights-only"], capsys)
     assert result.returncode == 0, result.stderr
-    notice = f"{llama2_folder / 'config.json'} leaves out rope_theta: read as rope_theta=10000, transformers' Llama default"
+    notice = (f"{llama2_folder / 'config.json'} leaves out rope_theta: read as rope_theta=10000, "
+              "transformers' Llama default")
     assert (notice in result.stderr) == ("rope_theta" not in original)
     assert "transformers computes megallm's logits" in result.stderr  # import's own check, at 64 tokens
     result = run_main(convert_main, ["info", imported], capsys)

@@ -20,7 +20,6 @@ with the reason, only where SLURM cannot be installed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
