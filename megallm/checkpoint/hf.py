@@ -183,12 +183,17 @@ def _tokenizer_config(tokenizer_file: Path, bos_id: Optional[int], eos_id: Optio
 
 
 def read_json(path: Path) -> dict:
-    """A Hugging Face folder's JSON file; ConversionError naming it when it does not parse."""
+    """A Hugging Face folder's JSON file (an object, as config.json and generation_config.json are);
+    ConversionError naming it when it does not parse or holds another JSON value."""
     try:
-        return json.loads(Path(path).read_text())
+        fields = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConversionError(f"{path} is not valid JSON ({exc}): it is damaged or was cut short; "
                               "download or write it again") from None
+    if not isinstance(fields, dict):
+        raise ConversionError(f"{path} holds a JSON {type(fields).__name__}, not an object of settings; "
+                              "download or write it again")
+    return fields
 
 
 def read_hf_model_files(folder: Path) -> dict:

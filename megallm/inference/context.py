@@ -19,10 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from megallm.errors import ConversionError
 from megallm.files import HF_CONFIG_FILE
-
-HF_DEFAULT_POSITIONS = 2048  # transformers' LlamaConfig default, for a config.json without the key
 
 
 @dataclass(frozen=True)
@@ -41,18 +38,17 @@ def trained_context(path: Path) -> TrainedContext:
     # deferred: the checkpoint package imports DeepSpeed, which reads the accelerator its callers choose first
     from megallm.checkpoint.convert import is_hf_folder, resolve_checkpoint
     from megallm.checkpoint.hf import read_json
+    from megallm.checkpoint.hf_config import LLAMA_DEFAULTS
     from megallm.checkpoint.state import read_state
 
     path = Path(path)
     if is_hf_folder(path):
         config = path / HF_CONFIG_FILE
-        fields = read_json(config)
-        if not isinstance(fields, dict):
-            raise ConversionError(f"{config} holds a JSON {type(fields).__name__}; a model's config.json is an object")
-        positions = fields.get("max_position_embeddings")
+        positions = read_json(config).get("max_position_embeddings")
         if positions:
             return TrainedContext(positions, f"max_position_embeddings in {config}")
-        return TrainedContext(HF_DEFAULT_POSITIONS, f"{config} has no max_position_embeddings: transformers' default")
+        return TrainedContext(LLAMA_DEFAULTS["max_position_embeddings"],
+                              f"{config} has no max_position_embeddings: transformers' default")
     checkpoint = resolve_checkpoint(path)
     state = read_state(checkpoint)
     original = (state.hf_model_files.get(HF_CONFIG_FILE) or {}).get("max_position_embeddings") or 0
@@ -64,4 +60,5 @@ def trained_context(path: Path) -> TrainedContext:
     declared = state.model.get("max_position_embeddings")
     if declared:  # a checkpoint that records no sequence length
         return TrainedContext(declared, f"model.max_position_embeddings of {checkpoint}")
-    return TrainedContext(HF_DEFAULT_POSITIONS, f"{checkpoint} records no sequence length: the Llama default")
+    return TrainedContext(LLAMA_DEFAULTS["max_position_embeddings"],
+                          f"{checkpoint} records no sequence length: the Llama default")
