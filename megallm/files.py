@@ -8,6 +8,8 @@
   folder, renames it to `final` and fsyncs the parent. A folder under its final name
   is therefore complete. `writing_folder(final)` does both around a block, for a
   single writer (an export, a weights-only import).
+- Before a folder is created: `nearest_existing` (where creating it starts) and
+  `read_only_filesystem`, for the one-line refusals of run folders and conversion outputs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ RUN_CONFIG_FILE = "config.yaml"  # the resolved config, in a run folder and in e
 METRICS_FILE = "metrics.jsonl"  # in a run folder: every logged record, one JSON object per line
 HF_CONFIG_FILE = "config.json"  # a Hugging Face model folder's config
 PARTIAL_SUFFIX = ".partial"
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists (a dangling link counts): the folder that
+    creating `path` with its parents starts in."""
+    path = Path(path)
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def read_only_filesystem(path: Path) -> bool:
+    """Whether the existing `path` lies on a filesystem mounted read-only."""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 def temporary_path(path: Path) -> Path:

@@ -49,7 +49,14 @@ from megallm.config import RunConfig, batch_layout, check_config, compose_config
 from megallm.data.tokenizer import load_tokenizer, tokenizer_files, tokenizer_hash
 from megallm.engine.engine import ParallelEngine
 from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError
-from megallm.files import HF_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE, partial_path
+from megallm.files import (
+    HF_CONFIG_FILE,
+    RUN_CONFIG_FILE,
+    TOKENIZER_FILE,
+    nearest_existing,
+    partial_path,
+    read_only_filesystem,
+)
 from megallm.model.config import ModelConfig
 from megallm.model.flops import parameter_count
 from megallm.model.weights import model_from_weights
@@ -258,13 +265,12 @@ def writing_output(out: Path, needed_bytes: int, source: Path) -> Iterator[Path]
     is read; a filesystem that fills up (or fails) while writing is one line, with `<out>.partial`
     removed. `source` is only read."""
     out = Path(out).absolute()
-    parent = existing = out.parent
-    while not existing.exists() and existing != existing.parent:  # the folder the output's folders go into
-        existing = existing.parent
+    parent = out.parent
+    existing = nearest_existing(parent)  # the folder the output's folders go into
     if not existing.is_dir():
         raise ConversionError(f"cannot write {out}: {existing} is not a folder; choose another output folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        why = "on a read-only filesystem" if os.statvfs(existing).f_flag & os.ST_RDONLY else "not writable by this user"
+        why = "on a read-only filesystem" if read_only_filesystem(existing) else "not writable by this user"
         raise ConversionError(f"cannot write {out}: {existing} is {why}; choose another output folder")
     free = shutil.disk_usage(existing).free
     advice = f"free some space or choose an output folder on a larger filesystem ({source} is intact)"

@@ -17,7 +17,7 @@ from typing import Optional
 
 from megallm.checkpoint.state import CHECKPOINTS_DIR
 from megallm.config import ConfigError, RunConfig
-from megallm.files import METRICS_FILE, RUN_CONFIG_FILE
+from megallm.files import METRICS_FILE, RUN_CONFIG_FILE, nearest_existing, read_only_filesystem
 
 SAMPLES_DIR = "samples"  # data.trace_samples: dp_rank_RRRRR.jsonl
 # Less free space than this counts as a full filesystem: the run's config and first metrics records
@@ -65,16 +65,14 @@ class RunFolder:
 def unwritable(key: str, folder: Path) -> Optional[str]:
     """Why the folder `folder` (config key `key`) cannot be created and written, or None: it exists and
     is not a folder, it lies under a file, its filesystem is read-only or full, or this user may not write."""
-    existing = folder
-    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         where = "exists and is not a folder" if existing == folder else f"lies under {existing}, which is not a folder"
         return f"{key}={folder} {where}; choose a folder (it is created if missing)"
     cannot = f"{key}={folder} cannot be written" if existing == folder else \
         f"{key}={folder} cannot be created in {existing}"
     if not os.access(existing, os.W_OK | os.X_OK):
-        why = "a read-only filesystem" if os.statvfs(existing).f_flag & os.ST_RDONLY else "no write permission"
+        why = "a read-only filesystem" if read_only_filesystem(existing) else "no write permission"
         return f"{cannot} ({why}); choose a folder this user can write"
     free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from megallm.errors import ConfigError
+from megallm.files import nearest_existing
 from megallm.train.callbacks.base import Callback
 from megallm.train.run_folder import write_failure
 
@@ -138,9 +139,5 @@ class RunLock(Callback):
 def _first_missing(folder: Path) -> Optional[Path]:
     """The outermost of `folder` and its parents that does not exist (what mkdir(parents=True) creates
     first), or None if `folder` exists."""
-    missing = None
-    for path in (folder, *folder.parents):
-        if path.exists() or path.is_symlink():
-            break
-        missing = path
-    return missing
+    existing = nearest_existing(folder)
+    return None if existing == folder else existing / folder.relative_to(existing).parts[0]
