@@ -263,20 +263,15 @@ class EvalModel:
         """(log p(continuation | context), greedy) of each pair; a pair over max_length + 1 tokens keeps
         its last max_length + 1 (lm-eval's left truncation), a continuation over max_length tokens is
         scored in windows; what was adjusted is said through `log` (module docstring)."""
-        owners, requests, spanning, empty, long = [], [], [], 0, 0
-        for i, (context, continuation) in enumerate(pairs):
+        per_pair, spanning, empty, long = [], [], 0, 0
+        for context, continuation in pairs:
             (context_ids, continuation_ids), spans = self._encode_pair(context, continuation)
             spanning += [(context, continuation)] if spans else []
             empty += not continuation_ids
             long += len(continuation_ids) > self.max_length
-            if continuation_ids:
-                window = windows(context_ids + continuation_ids, len(context_ids), self.max_length)
-                owners += [i] * len(window)
-                requests += window
-        totals, greedy = [0.0] * len(pairs), [True] * len(pairs)
-        for owner, (logprob, top) in zip(owners, self.score(requests)):
-            totals[owner] += logprob
-            greedy[owner] = greedy[owner] and top
+            per_pair.append(windows(context_ids + continuation_ids, len(context_ids), self.max_length)
+                            if continuation_ids else [])
+        scores = self.score_windows(per_pair)
         n = len(pairs)
         if spanning:
             context, continuation = spanning[0]
@@ -288,19 +283,23 @@ class EvalModel:
         if long:
             self.log(f"{long} of {n} continuations are longer than the {self.max_length}-token context: scored in "
                      f"windows of {self.max_length} predictions, as loglikelihood_rolling scores a text")
-        return list(zip(totals, greedy))
+        return scores
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
         """Each text's log-likelihood: all its tokens, given the start token (module docstring)."""
-        owners, requests = [], []
-        for i, text in enumerate(texts):
-            window = rolling_requests(self.encode(text), self.prefix_token_id, self.max_length)
-            owners += [i] * len(window)
-            requests += window
-        totals = [0.0] * len(texts)
-        for owner, (logprob, _) in zip(owners, self.score(requests)):
+        per_text = [rolling_requests(self.encode(text), self.prefix_token_id, self.max_length) for text in texts]
+        return [logprob for logprob, _ in self.score_windows(per_text)]
+
+    def score_windows(self, groups: Sequence[Sequence[Request]]) -> list[tuple[float, bool]]:
+        """For each group of requests (the windows of one text or continuation), the sum of their
+        log-probabilities and whether every token was the argmax: (0.0, True) for an empty group. All
+        requests are scored in one pass, batched across groups."""
+        owners = [i for i, group in enumerate(groups) for _ in group]
+        totals, greedy = [0.0] * len(groups), [True] * len(groups)
+        for owner, (logprob, top) in zip(owners, self.score([r for group in groups for r in group])):
             totals[owner] += logprob
-        return totals
+            greedy[owner] = greedy[owner] and top
+        return list(zip(totals, greedy))
 
     def score(self, requests: Sequence[Request], progress: Optional[Callable[[int], None]] = None
               ) -> list[tuple[float, bool]]:
