@@ -28,7 +28,6 @@ MIN_SIZES = 3  # approach 3 on fewer model sizes cannot separate A/N^alpha from 
 # the lowest start alone reaches the optimum of all 4500 (tests/scaling/test_parametric.py); 4 keep 200
 # resamples to about half a minute on 2 cores.
 BOOTSTRAP_STARTS = 4
-APPROACHES = ("envelope", "isoflop", "laws")  # Samples' fields, in the order of approaches 1, 2, 3
 
 
 @dataclass(frozen=True)

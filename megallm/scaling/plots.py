@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator, NullFormatter
 
 from megallm.scaling.predict import Holdout, Prediction
-from megallm.scaling.study import APPROACHES, Study
+from megallm.scaling.study import Study, approach_name
 
 DPI = 100
 COLORS = {"approach1": "C0", "approach2": "C1", "approach3": "C2"}
@@ -57,10 +57,6 @@ def loss_unit(study: Study) -> str:
 
 def loss_label(study: Study) -> str:
     return f"final {'validation ' * (study.points.source == 'runs')}loss {loss_unit(study)}"
-
-
-def _name(approach: str) -> str:
-    return f"approach {APPROACHES.index(approach) + 1}"
 
 
 def _compute_grid(study: Study, predictions: Sequence[Prediction], points: int = 100) -> np.ndarray:
@@ -200,9 +196,9 @@ def compute_optimal(study: Study, predictions: Sequence[Prediction] = ()) -> Fig
     for approach in study.fitted:
         color = COLORS[approach]
         n_curve, d_curve, n_text, d_text = _optimal_curves(study, approach, grid)
-        left.plot(grid, n_curve, color=color, label=f"{_name(approach)}: {n_text}"
+        left.plot(grid, n_curve, color=color, label=f"{approach_name(approach)}: {n_text}"
                                                     f"{_interval_text(study, f'{approach}.a')}")
-        right.plot(grid, d_curve, color=color, label=f"{_name(approach)}: {d_text}"
+        right.plot(grid, d_curve, color=color, label=f"{approach_name(approach)}: {d_text}"
                                                      f"{_interval_text(study, f'{approach}.b')}")
         bands = _bands(study, approach, grid)
         if bands is not None:
@@ -223,7 +219,7 @@ def compute_optimal(study: Study, predictions: Sequence[Prediction] = ()) -> Fig
     for ax in (left, right):
         _vertical(ax, p.c.max(), "largest fitted compute", "--")
     band = (f"; bands: {100 * study.options.confidence:g}% bootstrap intervals" if study.samples is not None else "")
-    best = "" if study.support is None else f"; the points support {_name(study.support.best)} best"
+    best = "" if study.support is None else f"; the points support {approach_name(study.support.best)} best"
     left.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=f"compute-optimal {PARAMS_LABEL}",
              title=f"N_opt(C){band}")
     right.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=f"compute-optimal {TOKENS_LABEL}",

@@ -10,7 +10,7 @@ from megallm.scaling.bootstrap import BOOTSTRAP_STARTS
 from megallm.scaling.fit import PowerLaw
 from megallm.scaling.parametric import HUBER_DELTA
 from megallm.scaling.predict import Holdout, Prediction
-from megallm.scaling.study import APPROACHES, SAMPLE_FIELDS, TITLES, Study
+from megallm.scaling.study import SAMPLE_FIELDS, TITLES, Study, approach_name
 
 # A CSV's compute column and 6ND agree within this (Chinchilla's 6ND, read off a figure: within 0.1%) or
 # the table says how far they part.
@@ -50,7 +50,7 @@ def _describe_points(study: Study, source: str) -> list[str]:
              f"{_g(p.c.max(), 3)} FLOPs", describe_compute(study)]
     if study.samples is not None:
         s = study.samples
-        refitted = ", ".join(f"approach {APPROACHES.index(a) + 1} {s.fitted(SAMPLE_FIELDS[a])} of {s.resamples}"
+        refitted = ", ".join(f"{approach_name(a)} {s.fitted(SAMPLE_FIELDS[a])} of {s.resamples}"
                              for a in study.fitted)
         grid = f" (approach 3 from the grid's {BOOTSTRAP_STARTS} best starts for each)" if study.law is not None else ""
         lines.append(f"intervals: {100 * study.options.confidence:g}% percentile bootstrap, {s.resamples} resamples "
@@ -126,24 +126,21 @@ def law_warnings(study: Study) -> list[str]:
             "compute-optimal split are not to be trusted"]
 
 
-def _name(approach: str) -> str:
-    return f"approach {APPROACHES.index(approach) + 1}"
-
-
 def describe_support(study: Study) -> list[str]:
     """Which approach the points support best, and the forecasts that say so."""
     s = study.support
     if s is None:
         return [f"which approach the points support: no verdict ({study.no_verdict})"]
-    means = ", ".join(f"{_name(a)} {100 * (np.exp(s.mean_error(a)) - 1):.0f}%" for a in s.approaches)
+    means = ", ".join(f"{approach_name(a)} {100 * (np.exp(s.mean_error(a)) - 1):.0f}%" for a in s.approaches)
     others = [s.mean_error(a) for a in s.approaches if a != s.best]
     margin = " (narrowly)" if others and min(others) < NARROW * s.mean_error(s.best) else ""
-    lines = [f"which approach the points support: {_name(s.best)} best{margin}. Forecasting N_opt at each of the "
-             f"{len(s.forecasts)} largest compute levels from the points below it, the approaches miss the level's "
-             f"parabola minimum by (geometric mean over the levels): {means}"]
+    lines = [f"which approach the points support: {approach_name(s.best)} best{margin}. Forecasting N_opt at each "
+             f"of the {len(s.forecasts)} largest compute levels from the points below it, the approaches miss the "
+             f"level's parabola minimum by (geometric mean over the levels): {means}"]
     for f in s.forecasts:
-        each = ", ".join(f"{_name(a)} {_g(n, 3)} ({100 * (n / f.observed - 1):+.0f}%)" for a, n in f.predicted.items())
-        missing = "".join(f"; {_name(a)} not fitted below it: {why}" for a, why in f.not_fitted.items())
+        each = ", ".join(f"{approach_name(a)} {_g(n, 3)} ({100 * (n / f.observed - 1):+.0f}%)"
+                         for a, n in f.predicted.items())
+        missing = "".join(f"; {approach_name(a)} not fitted below it: {why}" for a, why in f.not_fitted.items())
         lines.append(f"  {_g(f.compute, 3)} FLOPs ({f.size} points, minimum at N {_g(f.observed, 3)}): {each}{missing}")
     return lines
 
@@ -166,7 +163,7 @@ def describe_prediction(study: Study, p: Prediction) -> list[str]:
         loss = ("" if p.preset_loss is None else
                 f", loss {_with_interval(p.preset_loss, p.preset_interval).strip()} by approach 3's law")
         lines.append(f"  nearest preset: +model={preset.name} ({_g(preset.params, 3)} parameters, {vocab}; nearest to "
-                     f"{_name(p.chosen.approach)}'s N): {_g(p.preset_tokens, 3)} tokens for this compute{loss}")
+                     f"{approach_name(p.chosen.approach)}'s N): {_g(p.preset_tokens, 3)} tokens for this compute{loss}")
     lines += [f"  note: {note}" for note in p.notes]
     return lines
 

@@ -29,6 +29,11 @@ TITLES = {"approach1": "approach 1 (loss frontier)", "approach2": "approach 2 (I
           "approach3": "approach 3 (parametric L(N, D))"}
 
 
+def approach_name(approach: str) -> str:
+    """"approach 2" for "approach2": as the report and the plots name it."""
+    return f"approach {APPROACHES.index(approach) + 1}"
+
+
 @dataclass(frozen=True)
 class Options:
     drop_highest: int = 0  # leave out this many highest-loss points first (Epoch: 5 on the Chinchilla CSV)
