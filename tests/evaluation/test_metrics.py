@@ -15,28 +15,7 @@ import sys
 import pytest
 
 from megallm.evaluation.metrics import GENERATION_METRICS, accuracy, bleu, macro_f1, rouge
-from megallm.evaluation.tasks import read_task
-from tests.helpers import REPO
-
-FIXTURES = REPO / "tests" / "fixtures" / "eval"
-
-
-def weak_outputs(references: list[str]) -> list[str]:
-    """Deterministic mistakes: every third reference kept, one with its last word dropped, one with
-    its first two words swapped and lower-cased."""
-    outputs = []
-    for i, reference in enumerate(references):
-        words = reference.split()
-        if i % 3 == 1:
-            words = words[:-1]
-        elif i % 3 == 2:
-            words = [w.lower() for w in words[1:2] + words[:1] + words[2:]]
-        outputs.append(" ".join(words))
-    return outputs
-
-
-def references_of(name: str) -> list[str]:
-    return [e.target for e in read_task(FIXTURES / f"{name}.jsonl").examples]
+from tests.evaluation.inputs import references_of, weak_outputs
 
 
 def test_bleu_equals_sacrebleus_command_line(tmp_path):

@@ -10,29 +10,9 @@ import math
 import pytest
 
 from megallm.evaluation.metrics import bleu, mean_stderr, rouge
-from megallm.evaluation.tasks import read_task
-from tests.helpers import REPO
+from tests.evaluation.inputs import references_of, weak_outputs
 
 lm_eval_metrics = pytest.importorskip("lm_eval.api.metrics")
-
-FIXTURES = REPO / "tests" / "fixtures" / "eval"
-
-
-def weak_outputs(references: list[str]) -> list[str]:
-    """Every third reference kept, one with its last word dropped, one with its first two words swapped."""
-    outputs = []
-    for i, reference in enumerate(references):
-        words = reference.split()
-        if i % 3 == 1:
-            words = words[:-1]
-        elif i % 3 == 2:
-            words = words[1:2] + words[:1] + words[2:]
-        outputs.append(" ".join(words))
-    return outputs
-
-
-def references_of(name: str) -> list[str]:
-    return [e.target for e in read_task(FIXTURES / f"{name}.jsonl").examples]
 
 
 def test_bleu_stderr_is_lm_evals_bootstrap(monkeypatch, capsys):

@@ -1,7 +1,9 @@
-"""Inputs of the scaling-law tests: the Chinchilla CSV, synthetic points of a known law, fake run folders."""
+"""Inputs of the scaling-law tests: the Chinchilla CSV and the IsoFLOP tables as published (tests/fixtures/),
+tables of some of their rows, synthetic points of a known law, fake run folders."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Optional
@@ -12,8 +14,25 @@ from megallm.scaling.parametric import Law
 from megallm.scaling.points import Points
 
 CHINCHILLA_CSV = Path(__file__).resolve().parents[1] / "fixtures" / "chinchilla" / "svg_extracted_data.csv"
+ISOFLOPS = Path(__file__).resolve().parents[1] / "fixtures" / "isoflops"
+LLAMA3 = ISOFLOPS / "llama_3.csv"  # each point twice: as raw_loss and as exp_loss (column `condition`)
 # Hoffmann et al.'s published law (their eq. 10): a = beta / (alpha + beta) = 0.4516.
 HOFFMANN_LAW = Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)
+
+
+def kept_rows(source: Path, keep) -> list[dict]:
+    """The rows of the CSV `source` (as dicts) that `keep(row)` accepts."""
+    with open(source, newline="") as f:
+        return [row for row in csv.DictReader(f) if keep(row)]
+
+
+def write_rows(path: Path, columns, rows: list[dict]) -> Path:
+    """`rows` written as a CSV of `columns` (other keys left out)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def synthetic(law: Law, n, d) -> Points:

@@ -19,23 +19,17 @@ from megallm.scaling.fit import NotFitted, PowerLaw, envelope
 from megallm.scaling.parametric import fit_law
 from megallm.scaling.points import Points, read_csv
 from tests.helpers import REPO, run_main
+from tests.scaling.inputs import LLAMA3, kept_rows, write_rows
 
-LLAMA3 = Path(__file__).resolve().parents[1] / "fixtures" / "isoflops" / "llama_3.csv"
 LADDER = REPO / "docs" / "scaling" / "ladder_points.csv"
 
 
 def llama3_rows(folder: Path, budgets=None, condition: str = "raw_loss", budget_column: bool = False) -> Path:
     """Llama 3's points as params, tokens, loss (C = 6ND), the budget column only when asked."""
     columns = ["params", "tokens", "loss"] + ["budget"] * budget_column
-    with open(LLAMA3, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if (condition is None or r["condition"] == condition)
-                and (budgets is None or float(r["budget"]) in budgets)]
-    path = folder / f"llama3_{len(rows)}_{int(budget_column)}.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    rows = kept_rows(LLAMA3, lambda r: (condition is None or r["condition"] == condition)
+                     and (budgets is None or float(r["budget"]) in budgets))
+    return write_rows(folder / f"llama3_{len(rows)}_{int(budget_column)}.csv", columns, rows)
 
 
 def test_approach_1_needs_two_compute_levels_not_two_roundings_of_6nd(tmp_path):

@@ -5,7 +5,6 @@ whose near-duplicates are separate runs."""
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 from pathlib import Path
@@ -18,26 +17,17 @@ from megallm.cli.scaling_law import main
 from megallm.scaling.fit import isoflop
 from megallm.scaling.points import read_csv
 from tests.helpers import assert_one_line_error, run_main
-from tests.scaling.inputs import CHINCHILLA_CSV
+from tests.scaling.inputs import CHINCHILLA_CSV, ISOFLOPS, LLAMA3, kept_rows, write_rows
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "isoflops"
-LLAMA3 = FIXTURES / "llama_3.csv"
-MARIN = FIXTURES / "marin_202603.csv"
+MARIN = ISOFLOPS / "marin_202603.csv"
 LLAMA3_BUDGETS = (6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21, 1e22)  # the paper's Figure 2
 MARIN_BUDGETS = (3e18, 9e18, 1.8e19, 3e19, 9e19, 1.8e20, 3e20)
 
 
 def subset(source: Path, folder: Path, keep: dict[str, str], columns: tuple[str, ...] = ()) -> Path:
     """The rows of `source` whose columns hold `keep`'s values, with only `columns` (all when empty)."""
-    with open(source, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if all(r[k] == v for k, v in keep.items())]
-    columns = columns or tuple(rows[0])
-    path = folder / f"{source.stem}_{'_'.join(keep.values())}.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    rows = kept_rows(source, lambda r: all(r[k] == v for k, v in keep.items()))
+    return write_rows(folder / f"{source.stem}_{'_'.join(keep.values())}.csv", columns or tuple(rows[0]), rows)
 
 
 @pytest.mark.parametrize("extra", [["--predict-compute", "3.8e25"], [], ["--bootstrap", "0"]],
