@@ -3,7 +3,8 @@
 #   bash tools/setup_env.sh            -> .venv beside this checkout (MEGALLM_VENV overrides)
 # Order matters: torch first (the CPU build where no GPU is present, so pip never pulls
 # GBs of CUDA wheels), then DeepSpeed from source against that torch with its C++/CUDA
-# ops left to build just-in-time, then megallm itself with its test extra.
+# ops left to build just-in-time, then megallm itself with every extra the two README commands
+# use (the applications' libraries, megallm.extras) and the test extra.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${MEGALLM_VENV:-$root/.venv}
@@ -30,7 +31,7 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     echo "installing deepspeed (from source, ops built just-in-time)" >&2
     DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation "deepspeed>=0.16" 2>&1 | quiet >&2
   fi
-  "${pip[@]}" -e "$root[test]" 2>&1 | quiet >&2
+  "${pip[@]}" -e "$root[eval,harness,scaling,hf,parquet,test]" 2>&1 | quiet >&2
   touch "$stamp"
 fi
 echo "$venv"

@@ -5,7 +5,6 @@
 - pretrain.py       launch/pretrain.py: compose and check the config, dry-run or train
 - finetune.py       launch/finetune.py: fine-tune a pretrained model (classification head, prompt / response pairs)
 - evaluate.py       tools/evaluate.py: few-shot tasks (accuracy, BLEU, ROUGE), perplexity per token and byte
-- make_eval_data.py tools/make_eval_data.py: evaluation data from what the machine has installed
 - convert_ckpt.py   tools/convert_ckpt.py: export, import, reshard, verify, info
 - generate.py       tools/generate.py: complete prompts from a checkpoint or Hugging Face folder
 - prepare_data.py   tools/prepare_data.py: text -> token shards

@@ -21,6 +21,7 @@ from typing import Optional
 
 from megallm.cli import run_command
 from megallm.errors import DataError, UsageError
+from megallm.extras import require
 from megallm.evaluation import demos as demo_methods
 from megallm.evaluation.fewshot import FewShot, evaluate_task
 from megallm.evaluation.report import format_table, log_wandb, versions, write_results
@@ -148,6 +149,7 @@ def check_arguments(args: argparse.Namespace) -> list[tuple[Task, Optional[Task]
 
 
 def run(args: argparse.Namespace) -> int:
+    require("eval", "tools/evaluate.py")
     plans = check_arguments(args)
     if args.masked_accuracy:
         return run_masked(args)

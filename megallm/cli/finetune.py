@@ -18,6 +18,7 @@ from typing import Optional
 from megallm.cli import report, report_failure
 from megallm.config import check_config, compose_config, config_to_yaml
 from megallm.errors import DataError, MegallmError
+from megallm.extras import require
 from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun
 
 PROG = "finetune"
@@ -47,6 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _finetune(overrides: list[str], print_cfg: bool) -> int:
+    require("eval", "launch/finetune.py")  # its validation scores (accuracy, macro-F1: megallm.evaluation)
     # deferred: torch, megatron-core and DeepSpeed (~6 s); DeepSpeed reads the accelerator chosen first
     from megallm.parallel.distributed import distributed, select_deepspeed_accelerator
 

@@ -18,6 +18,7 @@ from typing import Optional
 
 from megallm.cli import run_command
 from megallm.errors import UsageError
+from megallm.extras import require
 
 PROG = "scaling_law"
 
@@ -108,6 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("scaling", "tools/scaling_law.py")
     # deferred: numpy, scipy and OmegaConf (~1 s); --help and usage errors need not wait
     from megallm.files import atomic_write_text
     from megallm.scaling import predict, report

@@ -6,8 +6,6 @@ Model-independent (no torch):
 - prompts.py   the few-shot prompt format: answered demonstrations, blank lines, the open query
 - metrics.py   BLEU (sacrebleu), ROUGE (rouge-score), accuracy and macro-F1 (scikit-learn)
                and lm-eval's standard errors beside them
-- sources.py   real data from this machine (fortunes, gettext catalogs, dpkg descriptions,
-               stdlib docstrings) -> classification and task files with their licences
 
 The model side:
 - model.py       EvalModel: one loaded model that scores, generates and embeds text
@@ -17,6 +15,7 @@ The model side:
 - harness.py     megallm models inside EleutherAI's lm-evaluation-harness (model type `megallm`)
 - report.py      results as JSON, a console table and W&B
 
-Entry points: tools/evaluate.py (megallm.cli.evaluate), tools/make_eval_data.py
-(megallm.cli.make_eval_data); what the datasets are: docs/evaluation/DATA.md.
+Entry point: tools/evaluate.py (megallm.cli.evaluate). The evaluation data is made by a tool outside
+the library, tools/make_eval_data.py (its harvesting in tools/eval_sources.py); what the
+datasets are: docs/evaluation/DATA.md.
 """

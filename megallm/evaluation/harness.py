@@ -39,10 +39,20 @@ import sys
 from collections import defaultdict
 from typing import Optional
 
-import lm_eval.models  # noqa: F401 (lm-eval registers its own models only into an empty registry: first)
-from lm_eval.api.instance import Instance
-from lm_eval.api.model import LM
-from lm_eval.api.registry import model_registry
+from megallm.extras import MissingExtraError, require
+
+try:  # before lm-eval is imported: without the harness extra, one line with the pip command
+    require("harness", "megallm.evaluation.harness")
+except MissingExtraError as missing_extra:
+    if __name__ != "__main__":
+        raise
+    print(f"harness: error: {missing_extra}", file=sys.stderr)
+    sys.exit(missing_extra.exit_code)
+
+import lm_eval.models  # noqa: E402, F401 (lm-eval registers its own models only into an empty registry: first)
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.api.model import LM  # noqa: E402
+from lm_eval.api.registry import model_registry  # noqa: E402
 
 from megallm.errors import MegallmError, UsageError
 from megallm.evaluation.model import EvalModel

@@ -12,7 +12,7 @@ An example's answer is its target (generation) or its gold choice (multiple choi
 model continues the prompt with SEPARATOR + answer: multiple-choice scoring compares the
 log-likelihoods of `continuation(choice)` = " " + choice for each choice, and a generated
 answer is the completion with its leading space stripped. Inputs of the tasks that
-megallm.evaluation.sources writes end with a cue such as "German:" or "Category:" and hold no
+tools/make_eval_data.py writes end with a cue such as "German:" or "Category:" and hold no
 blank line, so the blank lines between demonstrations are unambiguous.
 """
 

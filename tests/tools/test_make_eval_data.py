@@ -1,4 +1,5 @@
-"""Evaluation data from the machine's files (megallm.evaluation.sources) and tools/make_eval_data.py."""
+"""Evaluation data from the machine's files: tools/make_eval_data.py and tools/eval_sources.py beside it
+(on sys.path through this folder's conftest, as for the script itself)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ import inspect
 import json
 import shutil
 import struct
+import subprocess
+import sys
 import sysconfig
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from megallm.cli.make_eval_data import main as make_eval_data
-from megallm.errors import DataError
-from megallm.evaluation import sources
-from megallm.evaluation.sources import (
+import eval_sources as sources
+from eval_sources import (
     Locations,
     MissingSourceError,
     dpkg_descriptions,
@@ -27,6 +28,9 @@ from megallm.evaluation.sources import (
     split,
     write_datasets,
 )
+from make_eval_data import main as make_eval_data
+
+from megallm.errors import DataError
 from megallm.evaluation.tasks import read_task
 from tests.helpers import REPO
 
@@ -232,3 +236,12 @@ def test_make_eval_data_reports_one_line(tmp_path, capsys):
                                       "another folder\n"
     assert make_eval_data([str(tmp_path / "out"), "--max-per-source", "5"]) == 2
     assert capsys.readouterr().err.startswith("make_eval_data: error: --max-per-source must be >= 10")
+
+
+def test_the_script_finds_its_module_beside_it(tmp_path):
+    """`python tools/make_eval_data.py` as the README runs it, from another folder: eval_sources imports from
+    the script's own folder, and a mistake is one line."""
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "make_eval_data.py"), str(tmp_path / "out"),
+                          "--max-per-source", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr == "make_eval_data: error: --max-per-source must be >= 10 (each split takes a tenth)\n"

@@ -1,4 +1,5 @@
-"""Real evaluation data from this machine's own files (nothing downloaded), and the dataset folder built from it.
+"""Real evaluation data from this machine's own files (nothing downloaded), and the dataset folder built from it:
+the harvesting behind tools/make_eval_data.py.
 
 Sources (each returns dicts in a deterministic order; "id" says where a record came from):
 - fortunes: Debian's `fortunes` package (/usr/share/games/fortunes, BSD licence of
@@ -463,7 +464,7 @@ def _write_docstrings(build: _Build) -> str:
 def _licenses_text(sections: list[str], manifest: dict) -> str:
     skipped = "".join(f"\nSkipped: {source}: {why}\n" for source, why in manifest["skipped"].items())
     return ("# Sources and licences\n\nEvery file here was taken from this machine's installed files "
-            "(megallm.evaluation.sources); nothing was downloaded.\n\n" + "\n".join(sections) + skipped)
+            "(tools/eval_sources.py); nothing was downloaded.\n\n" + "\n".join(sections) + skipped)
 
 
 def _readme_text(manifest: dict) -> str:
@@ -471,7 +472,7 @@ def _readme_text(manifest: dict) -> str:
     classes = "\n".join(f"- {part}: " + ", ".join(f"{label} {n}" for label, n in counts.items())
                         for part, counts in manifest["classes"].items())
     skipped = "".join(f"\nSkipped: {source}: {why}\n" for source, why in manifest["skipped"].items())
-    return ("# Evaluation data\n\nBuilt by `tools/make_eval_data.py` (megallm.evaluation.sources) with language "
+    return ("# Evaluation data\n\nBuilt by `tools/make_eval_data.py` (tools/eval_sources.py) with language "
             f"{manifest['language']!r}, max_per_source {manifest['max_per_source']}, seed {manifest['seed']}. "
             "Task files are in megallm.evaluation.tasks' format (a header line, then one example per line); "
             'classification files hold {"text", "label"} lines. Sources and licences: LICENSES.md; what each '
