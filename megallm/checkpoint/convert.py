@@ -49,6 +49,7 @@ from megallm.config import RunConfig, batch_layout, check_config, compose_config
 from megallm.data.tokenizer import load_tokenizer, tokenizer_files, tokenizer_hash
 from megallm.engine.engine import ParallelEngine
 from megallm.errors import ConfigError, ConversionError, VerificationError, WorldError
+from megallm.extras import require
 from megallm.files import (
     HF_CONFIG_FILE,
     RUN_CONFIG_FILE,
@@ -146,6 +147,7 @@ def _engine_for(cfg: RunConfig, layout: ParallelDims) -> ParallelEngine:
 def _gather_worker(checkpoint: Path, out_file: Path, with_optimizer: bool) -> None:
     state = read_state(checkpoint)
     cfg, _ = config_from_yaml((checkpoint / RUN_CONFIG_FILE).read_text(), {"model": state.model})
+    assert state.layout is not None  # as _gather_to_file's
     engine = _engine_for(cfg, state.layout)
     load_checkpoint(engine, checkpoint)
     portable = gather_state(engine, cfg.model, with_optimizer=with_optimizer)
@@ -155,6 +157,7 @@ def _gather_worker(checkpoint: Path, out_file: Path, with_optimizer: bool) -> No
 
 def _gather_to_file(checkpoint: Path, state: RunState, with_optimizer: bool, out_file: Path) -> Path:
     """Start the layout's ranks of the (verified) checkpoint and save its layout-free state to `out_file`."""
+    assert state.layout is not None, "a weights-only checkpoint is read from its consolidated file, not gathered"
     progress(f"reading {checkpoint} ({state.layout}) with {state.layout.world_size} CPU process(es)")
     try:
         run_local_world(state.layout.world_size, _gather_worker, checkpoint, out_file, with_optimizer)
@@ -413,14 +416,14 @@ def verify_hf(folder: Path, weights: Optional[dict[str, torch.Tensor]] = None, c
     """Logits of `transformers`' LlamaForCausalLM on `folder` vs megallm's on the same weights
     (`weights`, else the folder's own); raises VerificationError above `tolerance`
     (default 1e-4 for float32 weights, 2e-2 otherwise). Returns the max |difference|."""
-    try:  # optional: transformers is the hf extra
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as transformers_logging
-    except ImportError:
-        raise ConversionError("verifying needs transformers: pip install -e .[hf]") from None
+    require("hf", "checking logits in transformers")
+    # optional: transformers is the hf extra
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()
     if weights is None:
         weights, cfg = read_hf_folder(folder)
+    assert cfg is not None and cfg.vocab_size is not None, "verify_hf: weights without their ModelConfig"
     low_precision = next(iter(weights.values())).dtype != torch.float32
     tolerance = tolerance if tolerance is not None else (2e-2 if low_precision else 1e-4)
     with distributed(deepspeed=False):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from megallm.cli import run_command
+from megallm.extras import require
 
 PROG = "convert_ckpt"
 
@@ -131,6 +132,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "verify" or (args.command == "export" and not args.no_verify):
+        require("hf", f"convert_ckpt {args.command}'s logits check in transformers"
+                + (" (--no-verify skips it)" if args.command == "export" else ""))
     # deferred: torch, megatron-core and DeepSpeed take ~6 s to import; --help and usage errors need not wait
     from megallm.parallel.distributed import select_deepspeed_accelerator
 

@@ -14,9 +14,8 @@ import sysconfig
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import eval_sources as sources
+import pytest
 from eval_sources import (
     Locations,
     MissingSourceError,
