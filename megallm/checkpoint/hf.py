@@ -48,6 +48,7 @@ HF_MODEL_FILES = (HF_CONFIG_FILE, GENERATION_CONFIG_FILE)  # JSON files about th
 
 
 def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    assert cfg.num_kv_heads is not None  # ModelConfig.__post_init__ fills None with num_heads
     d, groups, per_group = cfg.head_dim, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     grouped = qkv.view(groups, per_group + 2, d, cfg.hidden_size)
     q = grouped[:, :per_group].reshape(cfg.num_heads * d, cfg.hidden_size)
@@ -57,6 +58,7 @@ def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch
 
 
 def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    assert cfg.num_kv_heads is not None  # ModelConfig.__post_init__ fills None with num_heads
     d, groups, per_group = cfg.head_dim, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     h = cfg.hidden_size
     grouped = torch.cat([q.reshape(groups, per_group, d, h), k.reshape(groups, 1, d, h),
@@ -131,7 +133,9 @@ def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Pat
     bos = tokens.document_start_id if tokens else None  # megallm's own tokenizers: documents begin after eos
     eos = tokens.eos_id if tokens else None
     tensors = to_hf_state_dict(weights, cfg)
-    shards, current, size = [], {}, 0
+    shards: list[dict[str, torch.Tensor]] = []
+    current: dict[str, torch.Tensor] = {}
+    size = 0
     for name, tensor in tensors.items():
         nbytes = tensor.numel() * tensor.element_size()
         if current and size + nbytes > max_shard_bytes:
@@ -140,7 +144,7 @@ def write_hf_folder(weights: dict[str, torch.Tensor], cfg: ModelConfig, out: Pat
         current[name] = tensor
         size += nbytes
     shards.append(current)
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+    index: dict[str, dict] = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
              "weight_map": {}}
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     config = hf_config(cfg, bos_id=bos, eos_id=eos, max_positions=max_positions, dtype=dtype,

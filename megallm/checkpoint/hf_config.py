@@ -24,7 +24,7 @@ transformers 4 layout, which transformers 4 and 5 both read.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from megallm.errors import ConversionError
 from megallm.model.config import ROPE_TYPES, ModelConfig, RopeScaling
@@ -36,7 +36,7 @@ ROPE_KEYS = {"linear": ("factor",),
 REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 # transformers' LlamaConfig defaults for keys a config.json may leave out (transformers 5 reads a missing
 # rope_theta as RotaryEmbeddingConfigMixin.default_theta, 4.x as LlamaConfig's rope_theta=10000.0).
-LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "initializer_range": 0.02,
+LLAMA_DEFAULTS: dict[str, Any] = {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "initializer_range": 0.02,
                   "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 10000.0}
 # Defaults that change the logits: a config that leaves one out gets a notice (`defaulted_settings`).
 NOTED_DEFAULTS = ("rope_theta", "rms_norm_eps")
@@ -118,14 +118,14 @@ def model_config_from_hf(config: dict, name: str = "hf") -> ModelConfig:
         raise ConversionError(f"config.json sets {', '.join(unsupported)}, which megallm's Llama does not compute "
                               "(it has no biases, SiLU, full-width RoPE of type default, linear or llama3, no sliding "
                               "window or dropout)")
-    get = {**LLAMA_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}.get
+    settings = {**LLAMA_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
     heads = config["num_attention_heads"]
     return ModelConfig(
         name=name, hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"], num_heads=heads,
-        num_kv_heads=get("num_key_value_heads", heads), ffn_hidden_size=config["intermediate_size"],
-        vocab_size=config["vocab_size"], tie_embeddings=bool(get("tie_word_embeddings")), rope_theta=theta,
-        rope_scaling=scaling, max_position_embeddings=get("max_position_embeddings"),
-        norm_eps=float(get("rms_norm_eps")), init_std=float(get("initializer_range")),
+        num_kv_heads=settings.get("num_key_value_heads", heads), ffn_hidden_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"], tie_embeddings=bool(settings["tie_word_embeddings"]), rope_theta=theta,
+        rope_scaling=scaling, max_position_embeddings=settings["max_position_embeddings"],
+        norm_eps=float(settings["rms_norm_eps"]), init_std=float(settings["initializer_range"]),
     )
 
 

@@ -57,7 +57,7 @@ def _tp_split(param: torch.nn.Parameter) -> Optional[tuple[int, int]]:
     """(dim, stride) of a tensor-parallel parameter, None if every TP rank holds all of it."""
     if ps.get_tensor_model_parallel_world_size() == 1 or not getattr(param, "tensor_model_parallel", False):
         return None
-    return param.partition_dim, getattr(param, "partition_stride", 1)
+    return param.partition_dim, getattr(param, "partition_stride", 1)  # type: ignore[attr-defined]  # Megatron's
 
 
 def gather_tensor_parallel(shard: torch.Tensor, param: torch.nn.Parameter) -> torch.Tensor:
@@ -121,9 +121,9 @@ def gather_state(engine: ParallelEngine, model_cfg: ModelConfig,
                 if name in VOCAB_PARAMETERS:
                     full = full[: model_cfg.vocab_size]
                 local[key][name] = full.to("cpu", copy=True)
-    everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    everyone: Optional[list] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(local, everyone, dst=0)
-    if dist.get_rank() != 0:
+    if everyone is None:  # not rank 0
         return None
     merged: dict[Optional[str], dict[str, torch.Tensor]] = {key: {} for key in keys}
     for part in everyone:  # rank order: the first stage's copy of a tied weight wins
@@ -149,8 +149,8 @@ def apply_state(engine: ParallelEngine, state: PortableState, model_cfg: ModelCo
     for name, param in engine.canonical_parameters():
         if name not in state.weights:
             raise KeyError(f"the state has no tensor {name!r} that this model needs")
-        sources = {None: state.weights, **(state.adam if with_optimizer else {})}
-        for key, tensors in sources.items():
+        sources: list[tuple[Optional[str], dict[str, torch.Tensor]]] = [(None, state.weights), *state.adam.items()]
+        for key, tensors in sources:
             _set_full(engine, name, param, key, tensors[name])
     if state.lr is not None:
         engine.set_learning_rate(state.lr)

@@ -180,7 +180,7 @@ def write_checkpoint(engine: Optional[ParallelEngine], final: Path, state: RunSt
     problem = _agree(problem, distributed)
     if problem is None:
         try:
-            if distributed:
+            if engine is not None:  # distributed
                 dist.barrier()
                 _write_rank_files(engine, partial, rank)
             if rank == 0:

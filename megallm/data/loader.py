@@ -209,7 +209,7 @@ class TrainBatches:
         workers = getattr(chunks, "_workers", [])  # a multi-process DataLoader iterator's
         if getattr(chunks, "_worker_pids_set", False):
             loader_signals._remove_worker_pids(id(chunks))
-            chunks._worker_pids_set = False
+            chunks._worker_pids_set = False  # type: ignore[attr-defined]  # DataLoader's private multi-process flag
         for worker in workers:
             if worker.is_alive():
                 worker.kill()

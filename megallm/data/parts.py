@@ -108,8 +108,8 @@ def merge(output: Path, count: int | None = None, plan: Plan | None = None,
                         val_fraction=settings.val_fraction, shard_tokens=settings.shard_tokens,
                         unit_bytes=part_record["unit_bytes"], units=part_record["units"])
     for unit_index in range(part_record["units"]):
-        for split, shards in unit_shards(output, unit_index, count, settings).items():
-            manifest.splits[split].extend(ShardInfo(s["path"], s["tokens"], s["documents"], s["sha256"]) for s in shards)
+        for split, rows in unit_shards(output, unit_index, count, settings).items():
+            manifest.splits[split].extend(ShardInfo(s["path"], s["tokens"], s["documents"], s["sha256"]) for s in rows)
     if not manifest.splits["train"]:
         raise DataError(f"every document of {output} went to validation; add input or lower --val-fraction")
     remove_stale_files(output, manifest, count)
@@ -140,6 +140,7 @@ def unit_shards(output: Path, unit_index: int, count: int, settings: UnitSetting
 def remove_stale_files(output: Path, manifest: Manifest, count: int) -> None:
     """Shards, records and temporary files that earlier runs with other inputs or options left behind."""
     listed = {s.path for shards in manifest.splits.values() for s in shards}
+    assert manifest.units is not None  # merge's manifest records its units
     for path in output.iterdir():
         if (SHARD_NAME.match(path.name) and path.name not in listed) or path.name.endswith(".tmp"):
             path.unlink()

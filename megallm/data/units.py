@@ -97,7 +97,7 @@ def forced_validation_identity(unit: Unit, settings: UnitSettings) -> str | None
     buckets = {identity: hash_bucket(identity) for identity, _ in unit.documents(settings.text_field)}
     if not buckets or min(buckets.values()) < settings.val_fraction:
         return None
-    return min(buckets, key=buckets.get)
+    return min(buckets, key=buckets.__getitem__)
 
 
 class SplitShards:
@@ -163,13 +163,15 @@ def document_pieces(docs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str,
             if previous is not None:
                 yield identity, previous, False
             previous = piece
+        assert previous is not None  # encoding_pieces yields at least one piece, "" for an empty text
         yield identity, previous, True
 
 
 def batches(pieces: Iterable[tuple[str, str, bool]], max_chars: int) -> Iterator[list[tuple[str, str, bool]]]:
     """The pieces in batches of at most `max_chars` characters (a longer piece alone): what one encode call gets,
     whose memory grows with it (about 200 bytes a character)."""
-    batch, chars = [], 0
+    batch: list[tuple[str, str, bool]] = []
+    chars = 0
     for piece in pieces:
         if batch and chars + len(piece[1]) > max_chars:
             yield batch
@@ -185,7 +187,7 @@ def run_unit(unit: Unit, output: Path, settings: UnitSettings) -> UnitResult:
     record = finished_record(output, unit, settings)
     skipped = record is not None
     undecodable: list[Undecodable] = []
-    if not skipped:
+    if record is None:
         record = tokenize_unit(unit, output, settings, undecodable)
     shards = recorded_shards(record)
     return UnitResult(unit.index, sum(s["tokens"] for s in shards), sum(s["documents"] for s in shards),

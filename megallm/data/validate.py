@@ -57,7 +57,9 @@ def document_lengths(path: Path, shard: ShardInfo, manifest: Manifest) -> tuple[
                 if match[1] in keys:
                     problems.append(f"shard {shard.path}: key {match[1]} appears twice")
                 keys.add(match[1])
-                tokens = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+                content = tar.extractfile(member)
+                assert content is not None  # a regular file (member.isfile() above)
+                tokens = np.load(io.BytesIO(content.read()), allow_pickle=False)
                 problems.extend(document_problems(shard.path, match[1], tokens, manifest))
                 lengths.append(tokens.size)
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:

@@ -48,7 +48,7 @@ from megallm.model.packing import once_per_doc_ids, segment_starts
 def _flash_attn():
     """flash-attn's (dense, varlen) kernels, or None where it is not installed."""
     try:  # optional: flash-attn is the gpu extra
-        from flash_attn import flash_attn_func, flash_attn_varlen_func  # type: ignore[import-not-found]
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
     except ImportError:
         return None
     return flash_attn_func, flash_attn_varlen_func

@@ -28,6 +28,7 @@ class ParameterCount:
 
 def block_parameters(cfg: ModelConfig) -> int:
     h, d = cfg.hidden_size, cfg.head_dim
+    assert cfg.num_kv_heads is not None  # ModelConfig.__post_init__ fills None with num_heads
     attn = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d + cfg.num_heads * d * h
     mlp = 3 * h * cfg.ffn_hidden_size
     norms = 2 * h
@@ -40,6 +41,7 @@ def parameter_count(cfg: ModelConfig, tp: int = 1, padded: bool = True) -> Param
     padded=True counts the embedding rows the TP-padded vocabulary adds, as built;
     padded=False counts the tokenizer's vocabulary, as published model cards do.
     """
+    assert cfg.vocab_size is not None, "model.vocab_size must be resolved before counting parameters"
     vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp) if padded else cfg.vocab_size
     embedding = vocab * cfg.hidden_size
     output = 0 if cfg.tie_embeddings else embedding
@@ -51,6 +53,7 @@ def parameter_count(cfg: ModelConfig, tp: int = 1, padded: bool = True) -> Param
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """Training (forward + backward) FLOPs per token at this sequence length."""
+    assert cfg.vocab_size is not None, "model.vocab_size must be resolved before counting FLOPs"
     matmul_params = cfg.num_layers * (block_parameters(cfg) - 2 * cfg.hidden_size)
     matmul_params += cfg.vocab_size * cfg.hidden_size  # output projection
     attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len

@@ -63,7 +63,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         if sequence_parallel_group is not None:  # this rank saw s / tp positions: sum the gradient over TP
-            self.weight.sequence_parallel = True
+            self.weight.sequence_parallel = True  # type: ignore[attr-defined]  # Megatron's flag on a Parameter
             self.weight.register_hook(functools.partial(_sum_over_group, group=sequence_parallel_group))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,8 @@ class RotaryEmbedding(nn.Module):
     Pairs dimension i with i + d/2, so Hugging Face checkpoints need no permutation.
     Positions are per token: 0..s-1, or restarting with every packed document.
     """
+
+    inv_freq: torch.Tensor  # a buffer (register_buffer)
 
     def __init__(self, head_dim: int, theta: float, scaling: Optional[RopeScaling] = None):
         super().__init__()
@@ -108,6 +110,7 @@ def rotary_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScalin
     assert scaling.rope_type == "llama3", scaling.rope_type  # ModelConfig.check refuses the others
     factor, low, high = scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor
     old_context = scaling.original_max_position_embeddings
+    assert low is not None and high is not None and old_context is not None  # RopeScaling.problems: llama3 has them
     low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
     wavelen = 2 * math.pi / inv_freq
     # long wavelengths (low frequencies) divided by factor, short ones kept, interpolated between

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Optional, cast
 
 import numpy as np
 import torch
@@ -88,6 +88,7 @@ class EmbeddingLayer(VocabParallelEmbedding):
         super().__init__(vocab, cfg.hidden_size, init_method=normal_init(cfg.init_std), config=mp_config,
                          tp_group=tp_group)
         self.sequence_parallel = mp_config.sequence_parallel
+        assert cfg.vocab_size is not None  # layer_defs' check
         self.true_vocab_size = cfg.vocab_size
         self.tied_output = ColumnParallelLinear(
             cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std), bias=False,
@@ -103,6 +104,7 @@ class EmbeddingLayer(VocabParallelEmbedding):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Tied output projection: [s, b, h] -> [s, b, vocab / tp]; padded rows' logits are -inf."""
+        assert self.tied_output is not None  # only a tied embedding serves as the output layer
         out, _ = self.tied_output(x, weight=self.weight)
         return mask_padded_vocab(out, self.vocab_start_index, self.true_vocab_size)
 
@@ -120,6 +122,7 @@ class OutputLayer(ColumnParallelLinear):
     def __init__(self, cfg: ModelConfig, vocab: int, mp_config: ModelParallelConfig, tp_group):
         super().__init__(cfg.hidden_size, vocab, config=mp_config, init_method=normal_init(cfg.init_std),
                          bias=False, gather_output=False, tp_group=tp_group)
+        assert cfg.vocab_size is not None  # layer_defs' check
         self.true_vocab_size = cfg.vocab_size
         self.vocab_start_index = tp_group.rank() * self.output_size_per_partition
 
@@ -205,7 +208,8 @@ class LayerDef:
     kwargs: dict
     seed: int
     tied_to: Optional[str] = None  # name of the layer whose module (and weights) this position reuses
-    forward_fn: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
+    # a tied position's forward, given the module it reuses (tied_logits)
+    forward_fn: Optional[Callable[[Any, Activations], Activations]] = field(default=None, repr=False)
 
     def build(self, meta: bool = False) -> nn.Module:
         """Build the module from this layer's own seed; on `meta`, allocate and initialise nothing."""
@@ -256,13 +260,13 @@ class LlamaModel(nn.Module):
         self.cfg = cfg
         self.kernels = kernels or KernelConfig()
         by_name = {d.name: d for d in defs}
-        self.embedding = by_name["embedding"].build(meta)
+        self.embedding = cast(EmbeddingLayer, by_name["embedding"].build(meta))
         self.blocks = nn.ModuleList(d.build(meta) for d in defs[1:1 + cfg.num_layers])
         self.final_norm = by_name["final_norm"].build(meta)
-        self.nsp_head = by_name["nsp_head"].build(meta) if "nsp_head" in by_name else None
+        self.nsp_head = cast(NextSentenceHead, by_name["nsp_head"].build(meta)) if "nsp_head" in by_name else None
         self.classifier = by_name["classifier"].build(meta) if "classifier" in by_name else None
         output = by_name.get("output")
-        self.output = output.build(meta) if output is not None and not output.tied_to else None
+        self.output = cast(OutputLayer, output.build(meta)) if output is not None and not output.tied_to else None
 
     def forward(self, tokens: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 doc_ids: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
@@ -280,6 +284,7 @@ class LlamaModel(nn.Module):
         if labels is None:
             return self._logits(hidden)
         if self.classifier is not None:
+            assert pool_weights is not None, "a classifier's loss pools with pool_weights (loss.pooling_weights)"
             return classification_loss(self.classifier(hidden), ClassTargets(labels, pool_weights))
         return self._loss(hidden, Targets(labels, loss_mask, nsp_labels, denominator))
 
@@ -296,6 +301,7 @@ class LlamaModel(nn.Module):
             loss = chunked_lm_loss(hidden, labels, self._logits, self.kernels.loss_chunk_tokens, mask, denominator)
         elif self.kernels.loss == "liger":
             weight = self.embedding.weight if self.output is None else self.output.weight
+            assert self.cfg.vocab_size is not None  # layer_defs' check
             loss = liger_lm_loss(hidden, labels, weight, self.cfg.vocab_size, mask, denominator)
         else:
             loss = lm_loss(self._logits(hidden), labels, mask, denominator)
@@ -309,13 +315,13 @@ class LlamaModel(nn.Module):
         of the per-block `caches`; positions [b, q] and mask [b, 1, q, start + q] as
         megallm.model.layers.GroupedQueryAttention.forward_cached takes them."""
         x = self.embedding(tokens)
-        for block, cache in zip(self.blocks, caches, strict=True):
+        for block, cache in zip(cast(Iterable[TransformerBlock], self.blocks), caches, strict=True):
             x = block.forward_cached(x, positions, cache, start, mask)
         return self._logits(self.final_norm(x))
 
     def empty_caches(self, batch: int, slots: int) -> list[KVCache]:
         """One unfilled KV cache per block, `slots` positions per row (see forward_cached)."""
-        return [block.attn.empty_cache(batch, slots) for block in self.blocks]
+        return [block.attn.empty_cache(batch, slots) for block in cast(Iterable[TransformerBlock], self.blocks)]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.classifier is not None:

@@ -182,5 +182,6 @@ def objective_loss(outputs: Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor
     logits, nsp_logits = (outputs, None) if isinstance(outputs, torch.Tensor) else outputs
     loss = lm_loss(logits, target.labels, target.loss_mask, target.denominator)
     if nsp_logits is not None:
+        assert target.nsp_labels is not None, "a next-sentence head's logits come with nsp_labels"
         loss = loss + nsp_loss(nsp_logits, target.nsp_labels)
     return loss

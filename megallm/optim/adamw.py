@@ -25,7 +25,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
     `full_shape`: a parameter's unpartitioned shape (ZeRO-3 partitions flatten parameters
     at construction; the engine passes how to see through that).
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if len(full_shape(param)) >= 2 else no_decay).append(param)

@@ -91,6 +91,7 @@ class ParallelDims:
         if tp < 1 or pp < 1:
             return problems + [f"{n['tp']} and {n['pp']} must be >= 1, got tp={tp} pp={pp}"]
         if tp > 1:
+            assert model.num_kv_heads is not None  # ModelConfig.__post_init__ fills None with num_heads
             if model.num_kv_heads % tp:
                 problems.append(
                     f"{n['tp']}={tp} does not divide model.num_kv_heads={model.num_kv_heads}: each tensor-parallel "

@@ -13,7 +13,7 @@ import importlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -76,7 +76,7 @@ def init_distributed(tp: int = 1, pp: int = 1, zero_stage: int = 0, timeout_minu
     else:
         backend, device = "gloo", torch.device("cpu")
         # Share the cores among the processes on this machine instead of oversubscribing.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores // local_world))
 
     if not torch.distributed.is_initialized():
@@ -112,7 +112,7 @@ def _skip_shared_memory_op() -> None:
     torch.distributed's all_reduce there. deepspeed.comm.torch builds it in `build_shm_op`."""
     # deferred: DeepSpeed is imported by the caller, after the accelerator. By name: `import
     # deepspeed.comm.torch as ...` would give the torch that deepspeed.comm imported.
-    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module: Any = importlib.import_module("deepspeed.comm.torch")  # untyped: its attributes are unknown
     backend_module.build_shm_op = lambda: None
 
 

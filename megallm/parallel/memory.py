@@ -43,6 +43,7 @@ class MemoryEstimate:
 def stage_parameters(cfg: ModelConfig, tp: int, pp: int) -> int:
     """Parameters on one rank of the heaviest pipeline stage (blocks balanced over stages)."""
     h = cfg.hidden_size
+    assert cfg.vocab_size is not None, "model.vocab_size must be resolved before estimating memory"
     vocab = padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp)
     table = vocab * h // tp
     block = (block_parameters(cfg) - 2 * h) // tp + 2 * h  # norm weights are replicated over TP
@@ -58,6 +59,7 @@ def estimate_memory(cfg: ModelConfig, *, seq_len: int, micro_batch_size: int, pr
                     dp: int, fused_attention: bool, tp: int = 1, pp: int = 1, micro_batches: int = 1,
                     recompute: str = "none", sequence_parallel: bool = False) -> MemoryEstimate:
     params = stage_parameters(cfg, tp, pp)
+    assert cfg.vocab_size is not None and cfg.num_kv_heads is not None  # stage_parameters' check; __post_init__
     weight_b, grad_b, optim_b = (2, 2, 12) if precision == "bf16" else (4, 4, 8)
     weights = params * weight_b / (dp if zero_stage >= 3 else 1)
     gradients = params * grad_b / (dp if zero_stage >= 2 else 1)
