@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-
 from megallm.inference.generate import GenerationStats, generate
 from megallm.model.config import ModelConfig
 from megallm.model.llama import LlamaModel, build_model
 from megallm.parallel.distributed import init_distributed, shutdown
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_case(case: str) -> tuple[int, int, int]:

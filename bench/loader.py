@@ -22,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-
-from harness import append_jsonl, environment
+from harness import append_jsonl, environment  # bench/harness.py, beside this script
 
 from megallm.config import compose_config
 from megallm.data.corpus import open_corpus
 from megallm.data.loader import TrainBatches, read_shard_tokens
 from megallm.metrics.throughput import PEAK_TFLOPS
 from megallm.model.flops import flops_per_token
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def h100_consumption(seq_len: int, mfu: float = 0.5) -> float:

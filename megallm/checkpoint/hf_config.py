@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from megallm.errors import ConversionError
-from megallm.model.config import ROPE_TYPES, ModelConfig, RopeScaling
+from megallm.model.config import ModelConfig, RopeScaling, RopeType
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # Keys each RoPE type needs (transformers' modeling_rope_utils reads them without defaults).
@@ -62,7 +62,7 @@ def rope_from_hf(config: dict) -> tuple[float, RopeScaling, list[str]]:
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
         return float(theta), RopeScaling(), unsupported
-    if rope_type not in ROPE_TYPES:
+    if rope_type not in RopeType.values():
         return float(theta), RopeScaling(), unsupported + [f"{where}.rope_type={rope_type!r}"]
     missing = [key for key in ROPE_KEYS[rope_type] if params.get(key) is None]
     if missing:

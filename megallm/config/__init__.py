@@ -6,7 +6,6 @@
 """
 
 from megallm.config.checks import (
-    OBJECTIVES,
     apply_objective,
     batch_layout,
     check_config,
@@ -17,21 +16,32 @@ from megallm.config.compose import available, compose_config, config_from_yaml, 
 from megallm.config.schema import (
     CheckpointConfig,
     DataConfig,
+    DecayShape,
     FinetuneConfig,
+    FinetunePooling,
+    FinetuneTask,
     LoggingConfig,
+    LRSchedule,
     MLMConfig,
     NanGuardConfig,
+    NanPolicy,
+    OnDamaged,
     OptimConfig,
     ParallelConfig,
+    PipelinePartition,
+    Precision,
     RunConfig,
     TrainConfig,
+    TrainingObjective,
     WandbConfig,
     resolved_precision,
     step_ranges,
 )
 from megallm.errors import ConfigError
 
-__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "FinetuneConfig", "LoggingConfig", "MLMConfig", "NanGuardConfig", "OBJECTIVES", "OptimConfig",
-           "ParallelConfig", "RunConfig", "TrainConfig", "WandbConfig", "apply_objective", "available", "batch_layout", "check_config",
-           "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size", "resolved_precision",
-           "step_ranges"]
+__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "DecayShape", "FinetuneConfig", "FinetunePooling",
+           "FinetuneTask", "LRSchedule", "LoggingConfig", "MLMConfig", "NanGuardConfig", "NanPolicy", "OnDamaged",
+           "OptimConfig", "ParallelConfig", "PipelinePartition", "Precision", "RunConfig", "TrainConfig",
+           "TrainingObjective", "WandbConfig", "apply_objective", "available", "batch_layout", "check_config",
+           "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size",
+           "resolved_precision", "step_ranges"]

@@ -1,7 +1,8 @@
 """Hydra composition of a RunConfig from `conf/` and command-line overrides.
 
 Hydra's own errors are several lines with a stack-trace hint; here each becomes one
-`ConfigError` sentence that names the bad key or value and the fix. `model` is kept out
+`ConfigError` sentence that names the bad key or value and the fix (for a field typed by a
+`Choice` enum, the values it allows). `model` is kept out
 of the defaults list so that `+model=NAME` (Hydra's append) works exactly as written;
 parallel layouts (`conf/parallel/`) are appended the same way, `+parallel=tp2`, or set
 key by key, `parallel.tp=2`.
@@ -19,8 +20,8 @@ from typing import Callable, Optional
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, EnumNode, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from megallm.config.checks import apply_objective
 from megallm.config.schema import RunConfig
@@ -57,6 +58,9 @@ def _known_keys(node_path: str) -> list[str]:
 
 
 def _explain(exc: Exception, overrides: list[str]) -> str:
+    refused = _refused_choice(exc)
+    if refused:
+        return refused
     text = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
     missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
     if missing:
@@ -72,6 +76,18 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
         return _unknown_key_message(key.group(1))
     first_lines = [line.strip() for line in text.splitlines() if line.strip()][:2]
     return "invalid configuration: " + "; ".join(first_lines)
+
+
+def _refused_choice(exc: BaseException) -> Optional[str]:
+    """"KEY must be one of A, B, C, got VALUE" where OmegaConf refused a value of an enum-typed field
+    (a Choice: its members' names are the values users write)."""
+    error: Optional[BaseException] = exc
+    while error is not None:
+        if isinstance(error, ValidationError) and isinstance(error.child_node, EnumNode):
+            allowed = ", ".join(error.child_node.enum_type.__members__)
+            return f"{error.full_key} must be one of {allowed}, got {error.value!r}"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _unknown_key_message(full: str) -> str:

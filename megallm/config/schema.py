@@ -2,8 +2,9 @@
 
 Each concern owns a dataclass (the model's lives in megallm.model.config); `RunConfig`
 nests them. Hydra merges `conf/config.yaml` and the chosen `conf/model/*.yaml` onto this
-schema (megallm.config.compose), so an unknown key or a value of the wrong type fails
-at composition; megallm.config.checks rejects values that are well-typed but
+schema (megallm.config.compose), so an unknown key, a value of the wrong type or a word
+outside its field's closed set (a `Choice` enum, declared here above the section that uses
+it) fails at composition; megallm.config.checks rejects values that are well-typed but
 inconsistent before any process group starts.
 """
 
@@ -14,8 +15,15 @@ from typing import Mapping, Optional
 
 from omegaconf import MISSING
 
-from megallm.model.config import KernelConfig, ModelConfig
+from megallm.model.config import Choice, KernelConfig, ModelConfig, Recompute
 from megallm.parallel.dims import ParallelDims
+
+
+class PipelinePartition(Choice):
+    """How pipeline stages are cut (parallel.pipeline_partition)."""
+
+    layers = "layers"  # balances transformer blocks
+    parameters = "parameters"  # balances parameter counts
 
 
 @dataclass
@@ -33,11 +41,26 @@ class ParallelConfig:
     # Megatron sequence parallelism (needs tp > 1 and NCCL: gloo has no reduce-scatter).
     sequence_parallel: bool = False
     # How pipeline stages are cut: "layers" balances transformer blocks, "parameters" balances parameter counts.
-    pipeline_partition: str = "layers"
+    pipeline_partition: PipelinePartition = PipelinePartition.layers
 
     def dims(self, world_size: int) -> ParallelDims:
         """The layout of `world_size` ranks (checked by megallm.config.checks first)."""
         return ParallelDims.for_world(world_size, self.tp, self.pp, self.zero_stage)
+
+
+class LRSchedule(Choice):
+    """optim.schedule (megallm.optim.schedule)."""
+
+    cosine = "cosine"
+    wsd = "wsd"
+
+
+class DecayShape(Choice):
+    """optim.decay_shape: the shape of a WSD run's final decay (megallm.optim.schedule.DECAY_SHAPES)."""
+
+    vars()["1-sqrt"] = "1-sqrt"  # Hägele et al.'s best; not an identifier, so declared by name (see Choice)
+    linear = "linear"
+    cosine = "cosine"
 
 
 @dataclass
@@ -50,10 +73,10 @@ class OptimConfig:
     warmup_steps: int = 100
     # "cosine": decay over the whole run after warmup; "wsd": warmup-stable-decay, the peak held until the
     # final decay (a run can then be extended, and cool-downs branched from its stable phase).
-    schedule: str = "cosine"
+    schedule: LRSchedule = LRSchedule.cosine
     decay_fraction: float = 0.2  # wsd: the share of train.steps spent decaying (Hägele et al. 2024 use 0.2)
     decay_steps: int = 0  # wsd: the decay's length in steps; 0 takes decay_fraction
-    decay_shape: str = "1-sqrt"  # wsd: the decay's shape: 1-sqrt (Hägele et al.'s best), linear or cosine
+    decay_shape: DecayShape = DecayShape["1-sqrt"]  # wsd: the decay's shape (DecayShape)
 
     def wsd_decay_steps(self, total_steps: int) -> int:
         """Steps of a WSD run's final decay: decay_steps, else decay_fraction of the run's `total_steps`."""
@@ -85,6 +108,22 @@ class MLMConfig:
     nsp: bool = False
 
 
+class FinetuneTask(Choice):
+    """finetune.task: what a fine-tuning trains (megallm.finetune)."""
+
+    classify = "classify"  # rows {text, label}: a classification head
+    sft = "sft"  # rows {prompt, response}: next-token loss on the responses
+
+
+class FinetunePooling(Choice):
+    """finetune.pooling: auto, or one of model.pooling's choices (megallm.model.config.Pooling)."""
+
+    auto = "auto"  # last for a decoder, mean for an encoder
+    last = "last"
+    mean = "mean"
+    first = "first"
+
+
 @dataclass
 class FinetuneConfig:
     """Fine-tuning (launch/finetune.py; megallm.finetune): a pretrained model trained further on labelled data.
@@ -95,7 +134,7 @@ class FinetuneConfig:
     packed into windows of train.seq_len with document masking (data.document_masking).
     """
 
-    task: str = "classify"  # classify or sft
+    task: FinetuneTask = FinetuneTask.classify
     init: Optional[str] = None  # the pretrained model: a megallm checkpoint (any layout, a run folder) or HF folder
     # false: the same model (shape, tokenizer) from random initial weights: the baseline that shows what
     # pretraining brought to the task.
@@ -110,7 +149,22 @@ class FinetuneConfig:
     response_field: str = "response"
     # classify: what the head reads: last (the last token), mean (all tokens), first (position 0) or auto:
     # last for a decoder, mean for an encoder (model.bidirectional).
-    pooling: str = "auto"
+    pooling: FinetunePooling = FinetunePooling.auto
+
+
+class TrainingObjective(Choice):
+    """train.objective: what the windows train the model to predict (megallm.engine.objective)."""
+
+    causal = "causal"  # next-token prediction (a decoder)
+    mlm = "mlm"  # masked language modelling (an encoder)
+
+
+class Precision(Choice):
+    """train.precision: the dtype of weights and activations (see resolved_precision)."""
+
+    auto = "auto"  # bf16 on GPU, fp32 on CPU
+    bf16 = "bf16"
+    fp32 = "fp32"
 
 
 @dataclass
@@ -119,11 +173,11 @@ class TrainConfig:
     seq_len: int = 2048  # tokens per window: at least 2, at most model.max_position_embeddings where that is set
     # "causal": next-token prediction (a decoder); "mlm": masked language modelling (an encoder: the model
     # attends both ways, model.bidirectional; settings under `mlm`).
-    objective: str = "causal"
+    objective: TrainingObjective = TrainingObjective.causal
     global_batch_tokens: int = 524288  # tokens per optimizer step over all data-parallel ranks
     micro_batch_size: int = 4  # sequences per rank per forward pass
     seed: int = 1234
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32; see resolved_precision
+    precision: Precision = Precision.auto  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32; see resolved_precision
     eval_every: int = 200  # steps between held-out evaluations; 0 disables
     # Micro-batches per evaluation over all data-parallel ranks (rounded up to a multiple of their
     # number): the same held-out sequences for every layout, so val_loss compares across runs.
@@ -134,7 +188,7 @@ class TrainConfig:
     stop_at_step: int = 0  # leave the loop after this step (with a checkpoint); 0: run all steps
     # Activation checkpointing: "none"; "full" reruns each block in backward (least memory);
     # "selective" reruns only the core attention (its s x s scores dominate without flash-attn).
-    activation_checkpointing: str = "none"
+    activation_checkpointing: Recompute = Recompute.none
     dry_run: bool = False  # build on the meta device, print size/FLOPs/memory, exit
     dry_run_world_size: Optional[int] = None  # world size the dry run estimates for (default: this one)
 
@@ -162,6 +216,13 @@ class DataConfig:
     trace_samples: bool = False
 
 
+class OnDamaged(Choice):
+    """checkpoint.on_damaged: what a resume does with a newest checkpoint that fails verification."""
+
+    fallback = "fallback"
+    stop = "stop"
+
+
 @dataclass
 class CheckpointConfig:
     every: int = 500  # steps between checkpoints; the last step is always saved; 0: only the last
@@ -177,7 +238,15 @@ class CheckpointConfig:
     # A newest checkpoint that fails verification (a file missing, truncated or altered, a damaged
     # megallm_state.json): "fallback" reports it, moves it aside (<name>.damaged) and resumes from the
     # one before; "stop" stops the run with the reason.
-    on_damaged: str = "fallback"
+    on_damaged: OnDamaged = OnDamaged.fallback
+
+
+class NanPolicy(Choice):
+    """nan_guard.policy (megallm.train.callbacks.nan_guard)."""
+
+    stop = "stop"
+    skip = "skip"
+    rollback = "rollback"
 
 
 @dataclass
@@ -190,7 +259,7 @@ class NanGuardConfig:
       the bad step's batch when it comes.
     Each such step is logged (kind "nonfinite": its step and global sample range)."""
 
-    policy: str = "stop"  # stop, skip or rollback
+    policy: NanPolicy = NanPolicy.stop
     max_events: int = 10  # non-finite steps that skip or rollback handle; the next one stops the run
     # Steps whose batches are read but not trained on (no update, e.g. data behind a loss spike):
     # "A-B" (inclusive) or "N", e.g. nan_guard.skip_steps=[1200-1300,1450].
@@ -269,7 +338,7 @@ def step_ranges(specs: list[str]) -> list[tuple[int, int]]:
 
 
 def resolved_precision(precision: str, on_gpu: bool) -> str:
-    """train.precision with "auto" resolved: bf16 on GPUs, fp32 on CPUs."""
-    if precision == "auto":
-        return "bf16" if on_gpu else "fp32"
-    return precision
+    """train.precision with "auto" resolved (bf16 on GPUs, fp32 on CPUs), as a plain string."""
+    if precision == Precision.auto:
+        return (Precision.bf16 if on_gpu else Precision.fp32).value
+    return Precision(precision).value

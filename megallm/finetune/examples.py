@@ -56,7 +56,8 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object")
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); "
+                                "each line must be one JSON object") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: a JSON {type(row).__name__}, not an object with the fields")
             if number == 1 and set(row) == {"task"}:  # an evaluation task file's header (megallm.evaluation.tasks)

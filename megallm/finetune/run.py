@@ -22,7 +22,7 @@ from megallm.checkpoint.hf import read_json
 from megallm.checkpoint.hf_config import model_config_from_hf
 from megallm.checkpoint.portable import apply_weights
 from megallm.checkpoint.state import read_state
-from megallm.config import ConfigError, RunConfig
+from megallm.config import ConfigError, FinetunePooling, FinetuneTask, RunConfig
 from megallm.data.tokenizer import load_tokenizer, special_tokens, tokenizer_files, tokenizer_hash
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_FILE
@@ -37,11 +37,10 @@ from megallm.finetune.batches import (
 )
 from megallm.finetune.objectives import ClassifyObjective, SupervisedObjective
 from megallm.finetune.validation import ClassificationValidation, SupervisedValidation
+from megallm.model.config import Pooling
 from megallm.parallel.distributed import DistContext
 from megallm.train.build import RunData, assemble_trainer
 from megallm.train.trainer import Trainer
-
-TASKS = ("classify", "sft")
 
 
 def pretrained_model(init: Optional[str]) -> dict:
@@ -98,11 +97,12 @@ def read_data(cfg: RunConfig, tokenizer_file: Path, say) -> LabelledData:
 def shape_model(cfg: RunConfig, data: LabelledData) -> None:
     """The pretrained shape with the task's output: a classifier's head and pooling, or none."""
     f, model = cfg.finetune, cfg.model
-    if f.task not in TASKS:
-        raise ConfigError(f"finetune.task must be classify or sft, got {f.task!r}")
-    if f.task == "classify":
-        pooling = ("mean" if model.bidirectional else "last") if f.pooling == "auto" else f.pooling
-        model.num_labels, model.pooling = len(data.names), pooling
+    if f.task == FinetuneTask.classify:
+        model.num_labels = len(data.names)
+        if f.pooling == FinetunePooling.auto:
+            model.pooling = Pooling.mean if model.bidirectional else Pooling.last
+        else:
+            model.pooling = Pooling(f.pooling)
     elif model.bidirectional:
         raise ConfigError(f"finetune.task=sft trains next-token prediction, and {f.init} is a bidirectional encoder "
                           "(train.objective=mlm); fine-tune it with finetune.task=classify")

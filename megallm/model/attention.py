@@ -73,7 +73,7 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: O
 
     q: [s, b, nh, d]; k, v: [s, b, nkv, d] with nh % nkv == 0; doc_ids: [b, s] int, or
     None for attention over the whole sequence; backend: one of
-    megallm.model.config.ATTENTION_BACKENDS. Returns [s, b, nh * d].
+    megallm.model.config.AttentionKernel. Returns [s, b, nh * d].
     """
     kernel = attention_backend(q.device, q.dtype, doc_ids is not None, backend)
     if kernel == "flash_attn":

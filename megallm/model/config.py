@@ -1,4 +1,5 @@
-"""ModelConfig: the shape of a Llama-architecture decoder (the `model` config group).
+"""ModelConfig: the shape of a Llama-architecture decoder (the `model` config group), and
+`Choice`, the base of every config field with a closed set of values.
 
 Kept free of torch and megatron imports so that configs compose and are checked in
 well under a second.
@@ -8,19 +9,78 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
-# Activation checkpointing modes (train.activation_checkpointing), see megallm.model.layers.
-RECOMPUTE_MODES = ("none", "full", "selective")
-# Attention kernels (kernels.attention), see megallm.model.attention.
-ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "flash_attn")
-# How the loss is computed from the final hidden states (kernels.loss), see megallm.model.loss.
-LOSS_KERNELS = ("plain", "chunked", "liger")
-# RoPE types megallm computes (transformers' names, modeling_rope_utils.ROPE_INIT_FUNCTIONS):
-# "default" is plain RoPE, the others stretch its frequencies.
-ROPE_TYPES = ("default", "linear", "llama3")
-# What a sequence classifier's head reads (model.pooling), see megallm.model.loss.pooling_weights.
-POOLINGS = ("last", "mean", "first")
+
+class Choice(str, Enum):
+    """A config value from a closed set: each subclass declares its set, once, beside the field it types.
+
+    OmegaConf then refuses any other value at composition, listing the allowed ones. It reads and
+    writes a member by its name (`EnumNode`: `cls[name]`, `to_yaml` writes `.name`), so every member's
+    name is its value: YAML files, overrides and the config.yaml of older checkpoints keep the plain
+    words (`train.precision: bf16`). Being a `str`, a member equals, hashes and formats as its value
+    (`cfg.train.precision == "bf16"`, f"{cfg.train.precision}", JSON). A value that is no identifier
+    ("1-sqrt") is declared as the functional API declares any name: `vars()["1-sqrt"] = "1-sqrt"`.
+    """
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The allowed values in their declared order."""
+        return tuple(member.value for member in cls)
+
+
+def plain(value):
+    """`value`, or a Choice's value as a plain `str`."""
+    return value.value if isinstance(value, Choice) else value
+
+
+class Recompute(Choice):
+    """Activation checkpointing (train.activation_checkpointing), see megallm.model.layers."""
+
+    none = "none"
+    full = "full"  # each block reruns in backward (least memory)
+    selective = "selective"  # only the core attention reruns (its s x s scores dominate without flash-attn)
+
+
+class AttentionKernel(Choice):
+    """Attention kernels (kernels.attention), see megallm.model.attention."""
+
+    auto = "auto"
+    sdpa = "sdpa"
+    flex = "flex"
+    flash_attn = "flash_attn"
+
+
+class LossKernel(Choice):
+    """How the loss is computed from the final hidden states (kernels.loss), see megallm.model.loss."""
+
+    plain = "plain"
+    chunked = "chunked"
+    liger = "liger"
+
+
+class RopeType(Choice):
+    """RoPE types megallm computes (transformers' names, modeling_rope_utils.ROPE_INIT_FUNCTIONS):
+    "default" is plain RoPE, the others stretch its frequencies."""
+
+    default = "default"
+    linear = "linear"
+    llama3 = "llama3"
+
+
+class Pooling(Choice):
+    """What a sequence classifier's head reads (model.pooling), see megallm.model.loss.pooling_weights."""
+
+    last = "last"
+    mean = "mean"
+    first = "first"
 
 
 @dataclass
@@ -36,20 +96,17 @@ class RopeScaling:
       original_max_position_embeddings / high_freq_factor kept, smoothly interpolated between.
     """
 
-    rope_type: str = "default"
+    rope_type: RopeType = RopeType.default
     factor: float = 1.0
     low_freq_factor: Optional[float] = None  # llama3 only
     high_freq_factor: Optional[float] = None  # llama3 only
     original_max_position_embeddings: Optional[int] = None  # llama3 only: the context of pretraining
 
     def problems(self) -> list[str]:
-        if self.rope_type not in ROPE_TYPES:
-            return [f"model.rope_scaling.rope_type={self.rope_type!r} is not supported; megallm computes "
-                    f"{', '.join(ROPE_TYPES)}"]
-        if self.rope_type == "default":
+        if self.rope_type == RopeType.default:
             return []
         problems = [] if self.factor > 0 else [f"model.rope_scaling.factor must be positive, got {self.factor}"]
-        if self.rope_type == "llama3":
+        if self.rope_type == RopeType.llama3:
             for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
                 value = getattr(self, key)
                 if value is None or value <= 0:
@@ -61,13 +118,13 @@ class RopeScaling:
 
     @property
     def scales(self) -> bool:
-        return self.rope_type != "default"
+        return self.rope_type != RopeType.default
 
     def to_dict(self) -> dict:
         """The transformers `rope_parameters` fields that apply to this type (without rope_theta)."""
         keys = {"default": ("rope_type",), "linear": ("rope_type", "factor")}.get(self.rope_type,
                                                                                  tuple(dataclasses.asdict(self)))
-        return {key: getattr(self, key) for key in keys}
+        return {key: plain(getattr(self, key)) for key in keys}
 
 
 @dataclass
@@ -105,7 +162,7 @@ class ModelConfig:
     # the language-model output; 0: a language model. `pooling` picks what it reads: "last" (the last token:
     # a decoder's summary of the sequence), "mean" (every token), "first" (the token at position 0).
     num_labels: int = 0
-    pooling: str = "last"
+    pooling: Pooling = Pooling.last
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -142,15 +199,15 @@ class ModelConfig:
                             "encoder's task: train.objective=mlm mlm.nsp=true)")
         if self.num_labels < 0 or self.num_labels == 1:
             problems.append(f"model.num_labels must be 0 (a language model) or at least 2, got {self.num_labels}")
-        if self.pooling not in POOLINGS:
-            problems.append(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.max_position_embeddings is not None and self.max_position_embeddings <= 0:
             problems.append(f"model.max_position_embeddings must be positive, got {self.max_position_embeddings}")
         problems += self.rope_scaling.problems()
         return problems
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The shape in plain values (a choice as its string): it goes into JSON, config.json and
+        consolidated.pt, which `torch.load(weights_only=True)` reads without megallm."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {key: plain(value) for key, value in items})
 
 
 @dataclass
@@ -164,23 +221,15 @@ class KernelConfig:
 
     # auto: flash-attn on CUDA (bf16/fp16) when installed, FlexAttention on CUDA for masked
     # documents, SDPA otherwise; or force "sdpa", "flex" or "flash_attn".
-    attention: str = "auto"
+    attention: AttentionKernel = AttentionKernel.auto
     # torch.compile each transformer block (fuses RMSNorm, RoPE and SwiGLU's elementwise work).
     compile: bool = False
     # plain: logits of the whole micro-batch in fp32, then cross-entropy. chunked: logits and
     # cross-entropy `loss_chunk_tokens` positions at a time, recomputed in backward, so the full
     # [tokens, vocab] fp32 logits never exist. liger: liger-kernel's fused linear cross-entropy
     # (CUDA, tensor parallelism 1, needs `pip install liger-kernel`).
-    loss: str = "plain"
+    loss: LossKernel = LossKernel.plain
     loss_chunk_tokens: int = 2048
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.attention not in ATTENTION_BACKENDS:
-            problems.append(f"kernels.attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
-        if self.loss not in LOSS_KERNELS:
-            problems.append(f"kernels.loss must be one of {', '.join(LOSS_KERNELS)}, got {self.loss!r}")
-        return problems
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int = 1) -> int:

@@ -47,7 +47,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from torch.utils.checkpoint import checkpoint
 
 from megallm.model.attention import masked_attention, self_attention
-from megallm.model.config import RECOMPUTE_MODES, RopeScaling
+from megallm.model.config import Recompute, RopeScaling
 from megallm.model.packing import Activations, document_positions, split_doc_ids, with_doc_ids
 
 
@@ -107,7 +107,7 @@ def rotary_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScalin
         return inv_freq
     if scaling.rope_type == "linear":
         return inv_freq / scaling.factor
-    assert scaling.rope_type == "llama3", scaling.rope_type  # ModelConfig.check refuses the others
+    assert scaling.rope_type == "llama3", scaling.rope_type  # the config's RopeType holds no other
     factor, low, high = scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor
     old_context = scaling.original_max_position_embeddings
     assert low is not None and high is not None and old_context is not None  # RopeScaling.problems: llama3 has them
@@ -245,7 +245,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg, mp_config: ModelParallelConfig, tp_group, recompute: str = "none",
                  attention: str = "auto"):
         super().__init__()
-        assert recompute in RECOMPUTE_MODES, recompute
+        assert recompute in Recompute.values(), recompute
         self.recompute_full = recompute == "full"
         layer_init = normal_init(cfg.init_std)
         # Output projections scaled by 1/sqrt(2 * layers), as GPT-2 / Megatron.

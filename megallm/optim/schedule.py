@@ -17,7 +17,7 @@ from typing import Optional
 
 from megallm.config import OptimConfig
 
-# optim.decay_shape (megallm.config.checks accepts these): progress p in [0, 1] of the decay -> the
+# optim.decay_shape (megallm.config.schema.DecayShape declares these): progress p in [0, 1] of the decay -> the
 # fraction of the way from the floor to the peak
 DECAY_SHAPES = {
     "linear": lambda p: 1 - p,

@@ -72,13 +72,13 @@ def _rank_main(rank: int, world_size: int, port: int, workdir: str, logs: Option
         Path(workdir, f"result_{rank:05d}.pkl").write_bytes(pickle.dumps(result))
     except MegallmError as exc:  # a user-fixable problem: its message is the report
         Path(workdir, f"0_rank_{rank:05d}").write_text(f"{exc}")
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except BaseException:  # a crash, or the echo of another rank's failure
         report = traceback.format_exc().strip()
         if not _debug():
             report = report.splitlines()[-1]
         Path(workdir, f"1_rank_{rank:05d}").write_text(f"rank {rank}: {report}")
-        raise SystemExit(3)
+        raise SystemExit(3) from None
     finally:
         shutdown()
 

@@ -93,7 +93,7 @@ def test_manifest_describes_the_shards(small_corpus):
     assert manifest.tokenizer_sha256 == tokenizer_hash(tok)
     assert len(manifest.splits["train"]) >= 3 and manifest.splits["val"]
     assert (manifest.text_field, manifest.val_fraction, manifest.shard_tokens) == ("text", 0.05, 50_000)
-    for split, shards in manifest.splits.items():
+    for shards in manifest.splits.values():
         for shard in shards:
             docs = list(read_documents(str(small_corpus / shard.path)))
             assert len(docs) == shard.documents

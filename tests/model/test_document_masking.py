@@ -163,7 +163,7 @@ def test_recompute_with_masking_gives_identical_gradients(world_of_one, recomput
     results = {}
     for mode in ("none", recompute):
         model = build_model(CFG, recompute=mode)
-        results[mode] = loss_and_grads(model, lambda: packed_loss(model, windows))
+        results[mode] = loss_and_grads(model, lambda: packed_loss(model, windows))  # noqa: B023 (called at once)
     # Bitwise on any CPU: recomputing reruns the same kernels on the same shapes in the same process (CPU
     # kernels are deterministic for a given shape, thread count and alignment: PyTorch aligns every
     # allocation to 64 bytes); only when the forward runs differs.

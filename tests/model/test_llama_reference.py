@@ -82,7 +82,7 @@ def test_forward_matches_reference(world_of_one, num_kv_heads, tied):
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():  # non-trivial norm scales, so a swapped norm weight would show
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     tokens = torch.randint(0, 256, (3, 17))

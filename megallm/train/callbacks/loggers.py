@@ -73,7 +73,7 @@ def wandb_config(cfg: RunConfig, ctx: DistContext, precision: str) -> dict:
     layout and the precision trained in."""
     params = parameter_count(cfg.model)
     dims = ctx.dims
-    return {**_dotted(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)),
+    return {**_dotted(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)),
             "params.total": params.total, "params.non_embedding": params.non_embedding,
             "flops_per_token": flops_per_token(cfg.model, cfg.train.seq_len), "layout.world_size": ctx.world_size,
             "layout.dp": dims.dp, "layout.tp": dims.tp, "layout.pp": dims.pp, "layout.zero_stage": dims.zero_stage,
