@@ -25,8 +25,6 @@ TOKENIZER_FILE = "tokenizer.json"  # in a prepared corpus, a checkpoint and a Hu
 # template); where present they travel with it into corpora, checkpoints and exports.
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TOKENIZER_SIDE_FILES = (TOKENIZER_CONFIG_FILE, "special_tokens_map.json", "chat_template.jinja")
-RUN_CONFIG_FILE = "config.yaml"  # the resolved config, in a run folder and in each checkpoint
-METRICS_FILE = "metrics.jsonl"  # in a run folder: every logged record, one JSON object per line
 HF_CONFIG_FILE = "config.json"  # a Hugging Face model folder's config
 PARTIAL_SUFFIX = ".partial"
 

@@ -11,7 +11,7 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "megallm"
 # Bottom to top: a core package may import those before it.
-CORE = ["errors", "extras", "files", "model", "parallel", "config", "optim", "metrics", "data", "engine",
+CORE = ["errors", "extras", "files", "run_layout", "model", "parallel", "config", "optim", "metrics", "data", "engine",
         "checkpoint", "train"]
 # Each application may import the whole core and the applications listed.
 APPLICATIONS = {

@@ -16,8 +16,9 @@ import pytest
 
 from megallm.cli.pretrain import main
 from megallm.errors import ConfigError
+from megallm.run_layout import LOCK_FILE
 from megallm.train.run_folder import RunFolder
-from megallm.train.run_lock import LOCK_FILE, RunLock
+from megallm.train.run_lock import RunLock
 from tests.helpers import SMALL_MODEL, assert_one_line_error, run_main, run_pretrain, train
 
 SHORT_RUN = [*SMALL_MODEL, "train.steps=1", "train.seq_len=32", "train.micro_batch_size=2",

@@ -35,7 +35,6 @@ from megallm.checkpoint.hf import read_hf_folder, read_hf_model_files, read_json
 from megallm.checkpoint.portable import PortableState, apply_state, gather_state
 from megallm.checkpoint.saving import filled_up, load_checkpoint, mount_point, size_text, write_checkpoint
 from megallm.checkpoint.state import (
-    CHECKPOINTS_DIR,
     STATE_FILE,
     WEIGHTS_FILE,
     RunState,
@@ -52,7 +51,6 @@ from megallm.errors import ConfigError, ConversionError, VerificationError, Worl
 from megallm.extras import require
 from megallm.files import (
     HF_CONFIG_FILE,
-    RUN_CONFIG_FILE,
     TOKENIZER_FILE,
     nearest_existing,
     partial_path,
@@ -64,6 +62,7 @@ from megallm.model.weights import model_from_weights
 from megallm.parallel.dims import CLI_OPTIONS, ParallelDims
 from megallm.parallel.distributed import distributed, init_distributed
 from megallm.parallel.local_world import run_local_world
+from megallm.run_layout import CHECKPOINTS_DIR, RUN_CONFIG_FILE, RunPaths
 
 FP32_BYTES = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # export's --dtype
@@ -78,26 +77,6 @@ def is_hf_folder(path: Path) -> bool:
     return (path / HF_CONFIG_FILE).is_file() and not (path / STATE_FILE).is_file()
 
 
-def _configured_checkpoint_dir(run: Path) -> Optional[Path]:
-    """The checkpoint.dir that the run folder `run`'s config.yaml sets, or None. A relative one is
-    taken from where the run started: `run` less the config's run_dir, else the current folder."""
-    try:
-        config = yaml.safe_load((run / RUN_CONFIG_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    configured = (config.get("checkpoint") or {}).get("dir") if isinstance(config, dict) else None
-    if not configured:
-        return None
-    configured = Path(configured)
-    if configured.is_absolute():
-        return configured
-    full, run_dir = run.resolve(), Path(str(config.get("run_dir") or ""))
-    started = Path.cwd()
-    if run_dir.parts and not run_dir.is_absolute() and full.parts[-len(run_dir.parts):] == run_dir.parts:
-        started = Path(*full.parts[:-len(run_dir.parts)])
-    return started / configured
-
-
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder, or the newest complete one under a checkpoints folder or a run folder
     (in its checkpoint.dir when its config.yaml sets one, else in <run>/checkpoints)."""
@@ -105,7 +84,8 @@ def resolve_checkpoint(path: Path) -> Path:
     if (path / STATE_FILE).is_file():
         return path
     # A checkpoint folder (step_NNNNNNNN) carries config.yaml too: only a run folder's names its checkpoint.dir.
-    configured = None if is_step_folder_name(path.name) else _configured_checkpoint_dir(path)
+    run = RunPaths.of_folder(path)
+    configured = run.checkpoints if run.keeps_checkpoints_elsewhere and not is_step_folder_name(path.name) else None
     for root in (path, configured or path / CHECKPOINTS_DIR):
         found = complete_checkpoints(root)
         if found:

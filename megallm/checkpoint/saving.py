@@ -40,9 +40,10 @@ from megallm.checkpoint.state import (
 from megallm.checkpoint.verify import checksums
 from megallm.engine.engine import ParallelEngine
 from megallm.errors import CheckpointError
-from megallm.files import RUN_CONFIG_FILE, partial_path, publish, start_partial
+from megallm.files import partial_path, publish, start_partial
 from megallm.model.config import ModelConfig
 from megallm.parallel.distributed import agree
+from megallm.run_layout import RUN_CONFIG_FILE
 
 
 def _rng_state() -> dict:

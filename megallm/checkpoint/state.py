@@ -53,7 +53,6 @@ STATE_FILE = "megallm_state.json"
 STATE_FORMAT = 2
 WEIGHTS_FILE = "consolidated.pt"
 RNG_DIR = "rng"
-CHECKPOINTS_DIR = "checkpoints"  # under a run folder, unless checkpoint.dir says otherwise
 _TAG = re.compile(r"^step_(\d{8})$")
 USE_ANOTHER = "use another checkpoint"  # the advice that ends a damaged checkpoint's message
 # Model config keys that change nothing the model computes: a resuming run may set them as it likes.

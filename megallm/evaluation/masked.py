@@ -48,7 +48,8 @@ from megallm.data.shards import Manifest
 from megallm.engine.objective import ModelInputs, Objective
 from megallm.errors import CheckpointError, UsageError
 from megallm.evaluation.model import resolve_device, resolve_dtype
-from megallm.files import RUN_CONFIG_FILE, TOKENIZER_FILE
+from megallm.files import TOKENIZER_FILE
+from megallm.run_layout import RUN_CONFIG_FILE
 
 
 # ---- the checkpoint -------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ from yaml import YAMLError
 from megallm.config.compose import config_from_yaml
 from megallm.data.shards import MANIFEST as MANIFEST_FILE
 from megallm.errors import ConfigError, DataError, UsageError
-from megallm.files import METRICS_FILE, RUN_CONFIG_FILE
 from megallm.model.flops import flops_per_token, parameter_count
+from megallm.run_layout import METRICS_FILE, RUN_CONFIG_FILE, is_run_folder
 
 # Model sizes whose parameter counts differ by less than this fraction are one size: points read
 # off a published figure (the Chinchilla CSV) scatter by a fraction of a percent around each size.
@@ -185,12 +185,12 @@ def read_csv(path: Path, duplicates: str = "refuse", note: Callable[[str], None]
         raise DataError(f"{path} lacks the column(s) for {wanted} (in any case); its columns are "
                         f"{', '.join(repr(h) for h in header)}")
     lines = _selected_lines(path, rows, header, where)
-    values: dict[str, list[float]] = {key: [] for key, column in found.items() if column is not None}
+    columns = {key: column for key, column in found.items() if column is not None}
+    values: dict[str, list[float]] = {key: [] for key in columns}
     names = []
     for line in lines:
         row = rows[line - 1]
-        for key in values:
-            column = found[key]
+        for key, column in columns.items():
             cell = _cell(row, column)
             try:
                 value = float(cell)
@@ -203,7 +203,11 @@ def read_csv(path: Path, duplicates: str = "refuse", note: Callable[[str], None]
         names.append(named or f"{path.name}:{line}")
     n, loss = np.array(values["N"]), np.array(values["loss"])
     d = np.array(values["D"]) if "D" in values else None
-    c = np.array(values["C"]) if "C" in values else 6.0 * n * d
+    if "C" in values:
+        c = np.array(values["C"])
+    else:
+        assert d is not None  # a table without C has D (the missing columns' check above)
+        c = 6.0 * n * d
     compute_column = header[found["C"]] if found["C"] is not None else None
     points = Points(tuple(names), n, d if d is not None else c / (6.0 * n), c, loss, source="csv",
                     compute_column=compute_column)
@@ -260,7 +264,7 @@ def read_runs(root: Path, note: Callable[[str], None] = print, duplicates: str =
     out with one `note`. Runs of the same (N, D), as two seeds: see `resolve_same_runs`."""
     if not root.is_dir():
         raise UsageError(f"{root} is neither a CSV file nor a folder of runs")
-    folders = sorted({p.parent for p in root.rglob(RUN_CONFIG_FILE) if (p.parent / METRICS_FILE).is_file()})
+    folders = sorted({p.parent for p in root.rglob(RUN_CONFIG_FILE) if is_run_folder(p.parent)})
     if not folders:
         raise DataError(f"no run folders under {root}: none holds both {RUN_CONFIG_FILE} and {METRICS_FILE}")
     runs = []

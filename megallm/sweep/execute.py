@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Optional
 
 from megallm.checkpoint.state import complete_checkpoints
-from megallm.files import METRICS_FILE
 from megallm.parallel.lifetime import LAUNCHER_VARIABLES
+from megallm.run_layout import METRICS_FILE
 from megallm.sweep.plan import PLAN_FILE, PlannedRun, SweepPlan, quoted
 
 PRETRAIN = Path(__file__).resolve().parents[2] / "launch" / "pretrain.py"
@@ -169,6 +169,7 @@ def _train(cmd: list[str], run_dir: Path, stop: StopSignal) -> tuple[int, float]
         stop.run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                     env=env)
         stop.pass_on()  # a signal that came while it started
+        assert stop.run.stdout is not None  # stdout=PIPE
         try:
             for line in stop.run.stdout:  # to its end: the run's last lines say where it stopped
                 sys.stdout.write(line)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from megallm.checkpoint.state import CHECKPOINTS_DIR, RunState, check_compatible, read_state
+from megallm.checkpoint.state import RunState, check_compatible, read_state
 from megallm.checkpoint.verify import choose_resume_checkpoint
 from megallm.config import ConfigError, RunConfig, batch_layout, config_from_yaml, resolved_precision
 from megallm.data.corpus import Corpus
@@ -29,11 +29,11 @@ from megallm.data.shards import Manifest
 from megallm.engine.engine import ParallelEngine
 from megallm.engine.objective import Objective
 from megallm.errors import MegallmError
-from megallm.files import RUN_CONFIG_FILE
 from megallm.metrics.throughput import device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
 from megallm.optim.schedule import schedule_change
 from megallm.parallel.distributed import DistContext, agree
+from megallm.run_layout import RUN_CONFIG_FILE
 from megallm.train.callbacks import (
     Callback,
     Checkpointer,
@@ -185,7 +185,7 @@ def _lock_run_folder(folder: RunFolder, ctx: DistContext) -> list[RunLock]:
     locks, problem = [], None
     if ctx.is_main:
         shared = [(folder.root, "run_dir")]
-        if folder.checkpoints.resolve() not in (folder.root.resolve(), (folder.root / CHECKPOINTS_DIR).resolve()):
+        if folder.keeps_checkpoints_elsewhere:
             shared.append((folder.checkpoints, "checkpoint.dir"))
         try:
             for root, setting in shared:

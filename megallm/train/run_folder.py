@@ -1,5 +1,5 @@
-"""The files of a run folder (`run_dir`): its config, metrics, checkpoints and sample traces, and
-whether the run can write them.
+"""Whether a run can write its run folder (`run_dir`, and `checkpoint.dir`): the folder's map is
+megallm.run_layout's, this adds the checks and the first write.
 
 `RunFolder.checked` is asked before any process group starts: an empty `run_dir` (it would
 write into the current directory), a path that is a file or lies under one, a read-only or
@@ -15,25 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from megallm.checkpoint.state import CHECKPOINTS_DIR
 from megallm.config import ConfigError, RunConfig
-from megallm.files import METRICS_FILE, RUN_CONFIG_FILE, nearest_existing, read_only_filesystem
+from megallm.files import nearest_existing, read_only_filesystem
+from megallm.run_layout import RunPaths
 
-SAMPLES_DIR = "samples"  # data.trace_samples: dp_rank_RRRRR.jsonl
 # Less free space than this counts as a full filesystem: the run's config and first metrics records
 # would not fit (the checkpoints' own space is checked before each save, megallm.checkpoint.saving).
 MIN_FREE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class RunFolder:
-    root: Path
-    checkpoints: Path  # checkpoint.dir, or <root>/checkpoints
+class RunFolder(RunPaths):
+    """The run folder of a config (its file names: megallm.run_layout), and the writes into it at start-up."""
 
     @classmethod
     def of(cls, cfg: RunConfig) -> RunFolder:
-        root = Path(cfg.run_dir)
-        return cls(root, Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else root / CHECKPOINTS_DIR)
+        paths = RunPaths.of_settings(cfg.run_dir, cfg.checkpoint.dir)
+        return cls(paths.root, paths.checkpoints)
 
     @classmethod
     def checked(cls, cfg: RunConfig) -> RunFolder:
@@ -47,17 +45,10 @@ class RunFolder:
             raise ConfigError(problem)
         return folder
 
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    def sample_trace(self, dp_rank: int) -> Path:
-        return self.root / SAMPLES_DIR / f"dp_rank_{dp_rank:05d}.jsonl"
-
     def write_config(self, config_yaml: str) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / RUN_CONFIG_FILE).write_text(config_yaml)
+            self.config.write_text(config_yaml)
         except OSError as error:
             raise ConfigError(write_failure("run_dir", self.root, error)) from None
 

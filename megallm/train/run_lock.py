@@ -24,10 +24,9 @@ from typing import Optional
 
 from megallm.errors import ConfigError
 from megallm.files import nearest_existing
+from megallm.run_layout import lock_file
 from megallm.train.callbacks.base import Callback
 from megallm.train.run_folder import write_failure
-
-LOCK_FILE = ".megallm.lock"
 
 
 def _alive(pid: int) -> bool:
@@ -46,7 +45,7 @@ class RunLock(Callback):
     checkpoint.dir outside the run folder is locked the same way), for the message."""
 
     def __init__(self, root: Path, setting: str = "run_dir"):
-        self.path = Path(root) / LOCK_FILE
+        self.path = lock_file(root)
         self.setting = setting
         self._fd: Optional[int] = None
         self._created: Optional[Path] = None  # the outermost folder acquire created (None: the folder existed)

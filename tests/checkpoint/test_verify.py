@@ -14,7 +14,7 @@ import pytest
 
 from megallm.checkpoint.state import read_state
 from megallm.checkpoint.verify import checkpoint_problem
-from megallm.train.run_lock import LOCK_FILE
+from megallm.run_layout import LOCK_FILE
 from tests.helpers import SMALL_MODEL, assert_one_line_error, records, run_tool, train
 
 pytestmark = pytest.mark.slow

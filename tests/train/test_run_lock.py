@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from megallm.errors import ConfigError
-from megallm.train.run_lock import LOCK_FILE, RunLock
+from megallm.run_layout import LOCK_FILE
+from megallm.train.run_lock import RunLock
 
 
 def test_second_run_refused_until_the_first_ends(tmp_path):

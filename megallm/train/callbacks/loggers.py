@@ -21,6 +21,7 @@ from megallm.files import atomic_write_text
 from megallm.metrics.format import format_console
 from megallm.model.flops import flops_per_token, parameter_count
 from megallm.parallel.distributed import DistContext
+from megallm.run_layout import RunPaths
 from megallm.train.callbacks.base import Callback
 
 if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
@@ -52,14 +53,13 @@ class JsonlLogger(Callback):
         self._file.close()
 
 
-WANDB_RUN_ID_FILE = "wandb_run_id"  # in the run folder: the W&B run that its jobs, resumed or requeued, continue
 WANDB_AXES = ("step", "tokens_seen", "flops_seen")  # unprefixed in every W&B row: the x-axes of every metric
 
 
 def wandb_run_id(run_dir: Path) -> str:
-    """The W&B run of `run_dir`: the id kept in its WANDB_RUN_ID_FILE, else a new one written there
+    """The W&B run of `run_dir`: the id kept in its wandb_run_id file (megallm.run_layout), else a new one written there
     (atomically: a job killed meanwhile leaves no half id). Delete the file to start a new W&B run."""
-    path = run_dir / WANDB_RUN_ID_FILE
+    path = RunPaths.of_settings(run_dir).wandb_run_id
     if path.is_file() and (run_id := path.read_text().strip()):
         return run_id
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as W&B's own
