@@ -14,6 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 BLOCK = 32768  # the log's block; a record's header is crc32 (uint32), length (uint16), type (uint8)
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -56,6 +57,8 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     metrics: list = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    exit_code: Optional[int] = None  # None: the job never finished its run (killed)
 
     @classmethod
     def read(cls, folder: Path) -> OfflineRun:
@@ -75,6 +78,11 @@ class OfflineRun:
                 run.rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in items})
             elif kind == "metric":
                 run.metrics.append(record.metric)
+            elif kind == "summary":
+                run.summary.update({"/".join(u.nested_key) or u.key: json.loads(u.value_json)
+                                    for u in record.summary.update})
+            elif kind == "exit":
+                run.exit_code = record.exit.exit_code
         return run
 
     def rows_with(self, key: str) -> list[dict]:

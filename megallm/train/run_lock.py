@@ -99,8 +99,8 @@ class RunLock(Callback):
             raise ConfigError(write_failure(self.setting, folder, error)) from None
         return self
 
-    def on_fit_end(self, trainer) -> None:
-        self.release()
+    def close(self, trainer) -> None:
+        self.release()  # after the last step's save, or an exception: the next job may take the folder
 
     def release(self) -> None:
         if self._fd is not None:

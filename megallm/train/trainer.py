@@ -104,9 +104,11 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> RunState:
-        """Train to the last step. Whatever ends it, the loader workers are stopped before it returns
-        or raises; an exception first reaches every callback's `on_error`, then goes on."""
+        """Train to the last step. Whatever ends it, the loader workers are stopped and every callback's
+        `close` runs before it returns or raises; an exception first reaches every callback's
+        `on_error`, then goes on."""
         self.batches = self.open_batches(self.state.consumed_samples)
+        ended_well = False
         try:
             self._call("on_fit_start")
             while self.state.step < self.last_step and self.stop_reason is None:
@@ -121,16 +123,27 @@ class Trainer:
             if self.stop_reason is not None:
                 self.say(f"stopped after step {self.state.step}: {self.stop_reason}")
             self._call("on_fit_end")
+            ended_well = True
         except BaseException as error:
-            for callback in self.callbacks:
-                try:
-                    callback.on_error(self, error)
-                except Exception:  # `error` is the news; a callback failing to clean up after it is not
-                    pass
+            self._call_each("on_error", error)
             raise
         finally:  # on an error too: left running, the loader workers would keep this process from exiting
             _close(self.batches)
+            failure = self._call_each("close")
+            if failure is not None and ended_well:  # after an exception that one is the news, not a clean-up
+                raise failure
         return self.state
+
+    def _call_each(self, hook: str, *args) -> Optional[Exception]:
+        """`hook` of every callback, even after one of them raised; the first exception raised (not
+        re-raised: the loop's own error, when there is one, is the news)."""
+        first = None
+        for callback in self.callbacks:
+            try:
+                getattr(callback, hook)(self, *args)
+            except Exception as error:
+                first = first or error
+        return first
 
     def _train_step(self) -> StepOutput:
         """One optimizer step over `grad_accum` micro-batches; the state moves on by one step."""

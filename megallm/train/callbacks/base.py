@@ -16,6 +16,10 @@ no edit to the loop. The trainer calls, on every rank, in this order:
     on_fit_end(trainer)                       after the last step
     on_error(trainer, error)                  instead, when an exception ends the loop (this rank
                                           then fails: no collective, nothing slow)
+    close(trainer)                            always, last (try/finally, as OLMo-core's): release
+                                          what the callback holds (files flushed and closed,
+                                          W&B finished, signal handlers restored, the run
+                                          lock); no collective, since a failing rank runs it too
 
 `trainer.state.step` counts the steps done: in `post_train_batch` and later it is the
 number of the step that just ran. Every rank runs every hook, so a hook may use
@@ -80,6 +84,9 @@ class Callback:
         pass
 
     def on_error(self, trainer: Trainer, error: BaseException) -> None:
+        pass
+
+    def close(self, trainer: Trainer) -> None:
         pass
 
     def state_dict(self) -> dict:

@@ -12,7 +12,7 @@ import secrets
 import string
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import OmegaConf
 
@@ -32,6 +32,9 @@ class ConsoleLogger(Callback):
     def log_metrics(self, trainer: Trainer, record: dict) -> None:
         print(format_console(record), file=sys.stdout, flush=True)
 
+    def close(self, trainer: Trainer) -> None:
+        sys.stdout.flush()
+
 
 def strict_json(record: dict) -> str:
     """A record as one line of strict JSON: NaN and infinities (which JSON lacks) become null."""
@@ -49,8 +52,8 @@ class JsonlLogger(Callback):
     def log_metrics(self, trainer: Trainer, record: dict) -> None:
         self._file.write(strict_json(record) + "\n")
 
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self._file.close()
+    def close(self, trainer: Trainer) -> None:
+        self._file.close()  # flushes: every record logged before an exception is in the file
 
 
 WANDB_AXES = ("step", "tokens_seen", "flops_seen")  # unprefixed in every W&B row: the x-axes of every metric
@@ -115,6 +118,7 @@ class WandbLogger(Callback):
         for axis in WANDB_AXES:
             self._run.define_metric(axis)
         self._kinds: set[str] = set()
+        self._failure: Optional[BaseException] = None
 
     def log_metrics(self, trainer: Trainer, record: dict) -> None:
         kind = record["kind"]
@@ -124,5 +128,14 @@ class WandbLogger(Callback):
         self._run.log({k if k in WANDB_AXES else f"{kind}/{k}": v for k, v in record.items()
                        if k not in ("kind", "time") and v is not None})
 
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self._run.finish()
+    def on_error(self, trainer: Trainer, error: BaseException) -> None:
+        self._failure = error
+
+    def close(self, trainer: Trainer) -> None:
+        """Finish the W&B run: exit code 0 (or the run's own, 75 when preempted), or 1 with the error's
+        one line in its summary after an exception, so W&B shows the run failed."""
+        if self._failure is not None:
+            self._run.summary["error"] = f"{type(self._failure).__name__}: {self._failure}".splitlines()[0]
+            self._run.finish(exit_code=1)
+        else:
+            self._run.finish(exit_code=trainer.exit_code)

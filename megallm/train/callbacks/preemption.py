@@ -63,13 +63,8 @@ class PreemptionHandler(Callback):
             trainer.request_stop(f"{name} received; saving a checkpoint and exiting with code "
                                  f"{PREEMPTED_EXIT_CODE} so that the job is requeued", exit_code=PREEMPTED_EXIT_CODE)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self._restore_signals()
-
-    def on_error(self, trainer: Trainer, error: BaseException) -> None:
-        self._restore_signals()
-
-    def _restore_signals(self) -> None:
+    def close(self, trainer: Trainer) -> None:
+        """The handlers found at on_fit_start, back (after the last step, or an exception)."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
