@@ -134,16 +134,16 @@ def run(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in model.parameters())
         print(f"generate: {args.source}: {params / 1e6:.1f}M parameters on {device}, {args.dtype}, "
               f"ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        start = [] if args.no_bos else [tokens.document_start_id]
-        fed = [start + tok.encode(p, add_special_tokens=False).ids for p in prompts]
+        bos = [tokens.document_start_id] if tokens is not None and not args.no_bos else []  # None: --no-bos
+        fed = [bos + tok.encode(p, add_special_tokens=False).ids for p in prompts]
         warn_beyond_context(args.source, trained_context(args.source), [len(ids) for ids in fed],
                             args.max_new_tokens)
         stats = GenerationStats()
         for first in range(0, len(fed), args.batch_size):
             batch = fed[first:first + args.batch_size]
             new = generate(model, batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, eos_id=None if args.no_stop else tokens.eos_id, seed=args.seed + first,
-                           stats=stats)
+                           top_p=args.top_p, eos_id=None if args.no_stop or tokens is None else tokens.eos_id,
+                           seed=args.seed + first, stats=stats)
             for i, (ids, new_ids) in enumerate(zip(batch, new)):
                 print_completion(args, first + i, prompts[first + i], ids, new_ids, tok.decode(new_ids))
     print(f"generate: prefill {stats.prompt_tokens} tokens in {stats.prefill_seconds:.3f} s "

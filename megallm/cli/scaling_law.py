@@ -169,7 +169,7 @@ def _log_wandb(study, numbers: dict, plots: list[Path], held, predictions, outpu
         if not plots:
             plots = _plots(study, Path(scratch), held, predictions)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "megallm", job_type="scaling_law",
-                         mode={"dryrun": "offline", "run": "online"}.get(mode, mode),
+                         mode={"dryrun": "offline", "run": "online"}.get(mode, mode),  # type: ignore[arg-type]  # W&B checks it
                          dir=str(output) if output else None,
                          config={"source": numbers["source"], **numbers["options"]})
         run.summary.update(_flatten({k: numbers[k] for k in ("approach1", "approach2", "approach3", "intervals")

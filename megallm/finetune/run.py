@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -82,12 +82,13 @@ def read_data(cfg: RunConfig, tokenizer_file: Path, say) -> LabelledData:
         data = LabelledData(encode_classification(train, tok, start, eos, seq_len, names),
                             encode_classification(val, tok, start, eos, seq_len, names), names, start)
     else:
-        train = examples.read_pairs(Path(f.train_file), f.prompt_field, f.response_field)
-        val = examples.read_pairs(Path(f.val_file), f.prompt_field, f.response_field) if f.val_file else None
-        if val is None:
-            train, val = examples.hold_out(train, f.val_fraction, key=lambda row: row.prompt + row.response)
-        data = LabelledData(encode_pairs(train, tok, start, eos, seq_len), encode_pairs(val, tok, start, eos, seq_len),
-                            [], start)
+        train_pairs = examples.read_pairs(Path(f.train_file), f.prompt_field, f.response_field)
+        val_pairs = examples.read_pairs(Path(f.val_file), f.prompt_field, f.response_field) if f.val_file else None
+        if val_pairs is None:
+            train_pairs, val_pairs = examples.hold_out(train_pairs, f.val_fraction,
+                                                       key=lambda row: row.prompt + row.response)
+        data = LabelledData(encode_pairs(train_pairs, tok, start, eos, seq_len),
+                            encode_pairs(val_pairs, tok, start, eos, seq_len), [], start)
     cut = data.train.truncated + data.val.truncated
     if cut:
         say(f"note: {cut} example(s) are longer than train.seq_len={seq_len} tokens and were cut")
@@ -115,6 +116,9 @@ def build_finetune(cfg: RunConfig, config_yaml: str, ctx: DistContext, weights: 
                    tokenizer_file: Path, data: LabelledData) -> Trainer:
     """The Trainer of this rank: fresh from the pretrained `weights`, or resumed from its own checkpoint."""
     f, mbs = cfg.finetune, cfg.train.micro_batch_size
+    objective: ClassifyObjective | SupervisedObjective
+    evaluator: ClassificationValidation | SupervisedValidation
+    make: Callable[[dict, torch.device], object]  # a micro-batch from its rows' arrays (ExampleBatches)
     if f.task == "classify":
         objective, make = ClassifyObjective(cfg.model.pooling), classify_batch
         evaluator = ClassificationValidation(data.val, make, data.names, cfg.train.eval_every, mbs, ctx)

@@ -75,7 +75,7 @@ class ClassificationValidation(Callback):
         if not self.every or (step % self.every and step != trainer.last_step):
             return
         logits = trainer.engine.predict(self.batches).float().cpu()  # [rows of this rank incl. copies, classes]
-        everyone = [None] * dist.get_world_size()
+        everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, (self.index, logits))
         if not trainer.ctx.is_main:
             return

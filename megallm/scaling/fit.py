@@ -185,7 +185,7 @@ def group_levels(points: Points, half_width: float = LEVEL_HALF_WIDTH) -> list[n
         return exact
     log_c = np.log10(points.c)
     free = np.ones(len(points), dtype=bool)
-    groups = []
+    groups: list[np.ndarray] = []
     while True:
         near = (np.abs(log_c[:, None] - log_c[None, :]) <= half_width) & free[None, :] & free[:, None]
         counts = near.sum(axis=1)
@@ -247,7 +247,7 @@ def choose_isoflop_mode(points: Points) -> str:
     """Approach 2's mode for these points: "levels" when shared compute levels hold at least 3 usable
     parabolas and half the points (an IsoFLOP sweep), else "interpolate" (a sweep of sizes x token budgets)."""
     levels, _ = shared_levels(points)
-    covered = sum(len(level.members) for level in levels)
+    covered = sum(len(level.members) for level in levels if level.members is not None)  # shared levels: all
     return "levels" if len(levels) >= 3 and covered >= len(points) / 2 else "interpolate"
 
 

@@ -176,7 +176,7 @@ class LawFit:
         return self.law.vector
 
 
-def _data(n, d, loss):
+def _data(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), np.log(np.asarray(loss, float))
 
 

@@ -70,10 +70,13 @@ def _compute_grid(study: Study, predictions: Sequence[Prediction], points: int =
 def _optimal_curves(study: Study, approach: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, str]:
     """N_opt and D_opt over `grid` by an approach, and the legend text of each (its coefficients)."""
     if approach == "approach3":
+        assert study.law is not None  # a fitted approach (study.fitted)
         law = study.law.law
         return (law.n_opt(grid), law.d_opt(grid), f"N_opt = {law.G:.3g} (C/6)^{law.a:.3f}",
                 f"D_opt = {1 / law.G:.3g} (C/6)^{law.b:.3f}")
-    n_opt, d_opt = study.power_laws(approach)
+    laws = study.power_laws(approach)
+    assert laws is not None  # a fitted approach (study.fitted)
+    n_opt, d_opt = laws
     return n_opt(grid), d_opt(grid), f"N_opt = {n_opt}", f"D_opt = {d_opt}"
 
 
@@ -219,7 +222,8 @@ def compute_optimal(study: Study, predictions: Sequence[Prediction] = ()) -> Fig
     for ax in (left, right):
         _vertical(ax, p.c.max(), "largest fitted compute", "--")
     band = (f"; bands: {100 * study.options.confidence:g}% bootstrap intervals" if study.samples is not None else "")
-    best = "" if study.support is None else f"; the points support {approach_name(study.support.best)} best"
+    best = ("" if study.support is None or study.support.best is None
+            else f"; the points support {approach_name(study.support.best)} best")
     left.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=f"compute-optimal {PARAMS_LABEL}",
              title=f"N_opt(C){band}")
     right.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=f"compute-optimal {TOKENS_LABEL}",

@@ -55,6 +55,7 @@ def presets(vocab_size: Optional[int], vocab_source: str = "the fitted runs'") -
             model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
         except (OSError, OmegaConfBaseException, YAMLError, ValueError, TypeError) as exc:
             raise ConfigError(f"{path} is not a model config: {str(exc).splitlines()[0]}") from exc
+        assert isinstance(model, ModelConfig)  # to_object builds the structured config's dataclass
         source = "preset"
         if model.vocab_size is None:
             model.vocab_size = vocab_size or CSV_PRESET_VOCAB
@@ -80,7 +81,7 @@ class Allocation:
     intervals: dict[str, Optional[tuple[float, float]]]  # n, d, loss
 
     def to_dict(self) -> dict:
-        out = {k: _finite(getattr(self, k)) for k in ("n", "d", "compute", "loss")}
+        out: dict[str, object] = {k: _finite(getattr(self, k)) for k in ("n", "d", "compute", "loss")}
         out["intervals"] = {k: list(v) if v else None for k, v in self.intervals.items()}
         return out
 
@@ -106,7 +107,8 @@ class Prediction:
     def chosen(self) -> Allocation:
         """The best-supported approach's allocation, else approach 3's, else the first."""
         by_name = {a.approach: a for a in self.allocations}
-        return by_name.get(self.best) or by_name.get("approach3") or self.allocations[0]
+        best = by_name.get(self.best) if self.best is not None else None
+        return best or by_name.get("approach3") or self.allocations[0]
 
     def to_dict(self) -> dict:
         return {"given": self.given, "value": self.value, "best": self.best,
@@ -138,6 +140,7 @@ def power_allocation(n_opt: PowerLaw, d_opt: PowerLaw, given: str, value: float)
 def _allocate(study: Study, approach: str, given: str, value: float) -> Allocation:
     resampled = study.resampled(approach)
     if approach == "approach3":
+        assert study.law is not None  # a fitted approach (study.fitted)
         law = study.law.law
         n, d, compute = law_allocation(law, given, value)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -145,7 +148,9 @@ def _allocate(study: Study, approach: str, given: str, value: float) -> Allocati
                     for s in resampled]
         loss = float(law.loss(n, d))
     else:
-        n_opt, d_opt = study.power_laws(approach)
+        laws = study.power_laws(approach)
+        assert laws is not None  # a fitted approach (study.fitted)
+        n_opt, d_opt = laws
         n, d, compute = power_allocation(n_opt, d_opt, given, value)
         rows = [(*power_allocation(a, b, given, value), np.nan) for a, b in resampled]
         loss = None
@@ -248,6 +253,7 @@ def select_holdout(points: Points, largest: bool = False, pattern: Optional[str]
         held[points.size_groups()[-1]] = True
         rule = f"the largest model size (N = {np.exp(np.mean(np.log(points.n[held]))):.3g})"
     else:
+        assert pattern is not None, "select_holdout: the largest size or a pattern"
         held = np.array([fnmatch.fnmatchcase(name, pattern) for name in points.names])
         rule = f"the points matching {pattern!r}"
         if not held.any():

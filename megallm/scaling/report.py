@@ -116,6 +116,7 @@ def render(study: Study, source: str, predictions: Sequence[Prediction] = (), he
 
 def law_warnings(study: Study) -> list[str]:
     """What makes approach 3's law untrustworthy beyond its points: an irreducible loss the points barely pin."""
+    assert study.law is not None  # the report's approach 3 section: it fitted
     points, law = study.points, study.law.law
     if law.E >= 0.05 * float(points.loss.min()):
         return []
@@ -131,10 +132,12 @@ def describe_support(study: Study) -> list[str]:
     s = study.support
     if s is None:
         return [f"which approach the points support: no verdict ({study.no_verdict})"]
-    means = ", ".join(f"{approach_name(a)} {100 * (np.exp(s.mean_error(a)) - 1):.0f}%" for a in s.approaches)
-    others = [s.mean_error(a) for a in s.approaches if a != s.best]
-    margin = " (narrowly)" if others and min(others) < NARROW * s.mean_error(s.best) else ""
-    lines = [f"which approach the points support: {approach_name(s.best)} best{margin}. Forecasting N_opt at each "
+    errors, best = s.errors, s.best
+    assert best is not None  # support.check gives a Support only with a best approach
+    means = ", ".join(f"{approach_name(a)} {100 * (np.exp(error) - 1):.0f}%" for a, error in errors.items())
+    others = [error for a, error in errors.items() if a != best]
+    margin = " (narrowly)" if others and min(others) < NARROW * errors[best] else ""
+    lines = [f"which approach the points support: {approach_name(best)} best{margin}. Forecasting N_opt at each "
              f"of the {len(s.forecasts)} largest compute levels from the points below it, the approaches miss the "
              f"level's parabola minimum by (geometric mean over the levels): {means}"]
     for f in s.forecasts:
@@ -158,6 +161,7 @@ def describe_prediction(study: Study, p: Prediction) -> list[str]:
               for row in [header, *rows]]
     if p.preset is not None:
         preset = p.preset
+        assert p.preset_tokens is not None  # predict gives a preset with its tokens
         vocab = f"vocabulary {preset.vocab_size}" + ("" if preset.vocab_source == "preset"
                                                       else f", {preset.vocab_source}, as its vocab_size is null")
         loss = ("" if p.preset_loss is None else

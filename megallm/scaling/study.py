@@ -11,7 +11,7 @@ DataError giving the three reasons.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from megallm.scaling.support import Support, check
 
 MIN_POINTS = 6  # approach 3 fits 5 parameters
 APPROACHES = ("approach1", "approach2", "approach3")
+FitT = TypeVar("FitT", EnvelopeFit, IsoFlopFit, LawFit)
 SAMPLE_FIELDS = {"approach1": "envelope", "approach2": "isoflop", "approach3": "laws"}  # Samples' names
 TITLES = {"approach1": "approach 1 (loss frontier)", "approach2": "approach 2 (IsoFLOP)",
           "approach3": "approach 3 (parametric L(N, D))"}
@@ -145,22 +146,27 @@ def analyse(points: Points, options: Options = Options()) -> Study:
     left_out = tuple(sorted(set(points.names) - set(dropped.names)))
     points = dropped
     check_points(points)
-    fits, not_fitted = {}, {}
-    for name, fit in (("approach1", lambda: envelope(points)),
-                      ("approach2", lambda: isoflop(points, options.isoflop)),
-                      ("approach3", lambda: fit_law(points.n, points.d, points.loss, keep_best=options.keep_best))):
+    not_fitted: dict[str, str] = {}
+
+    def attempt(name: str, fit: Callable[[], FitT]) -> Optional[FitT]:
         try:
-            fits[name] = fit()
+            return fit()
         except NotFitted as why:
             not_fitted[name] = str(why)
+            return None
+
+    envelope_fit = attempt("approach1", lambda: envelope(points))
+    isoflop_fit = attempt("approach2", lambda: isoflop(points, options.isoflop))
+    law = attempt("approach3", lambda: fit_law(points.n, points.d, points.loss, keep_best=options.keep_best))
+    fits = tuple(name for name, fit in (("approach1", envelope_fit), ("approach2", isoflop_fit), ("approach3", law))
+                 if fit is not None)
     if not fits:
         reasons = "; ".join(f"{TITLES[a]}: {why}" for a, why in not_fitted.items())
         raise DataError(f"none of the three approaches fits these {len(points)} points: {reasons}")
     samples = None
     if options.bootstrap:
-        mode = fits["approach2"].mode if "approach2" in fits else None
-        samples = resample(points, mode, "approach3" in fits, options.bootstrap, options.seed,
-                           envelope_fitted="approach1" in fits)
-    support, no_verdict = check(points, tuple(fits), options.keep_best)
-    return Study(points, left_out, options, fits.get("approach3"), fits.get("approach1"), fits.get("approach2"),
-                 not_fitted, samples, support, no_verdict)
+        mode = isoflop_fit.mode if isoflop_fit is not None else None
+        samples = resample(points, mode, law is not None, options.bootstrap, options.seed,
+                           envelope_fitted=envelope_fit is not None)
+    support, no_verdict = check(points, fits, options.keep_best)
+    return Study(points, left_out, options, law, envelope_fit, isoflop_fit, not_fitted, samples, support, no_verdict)

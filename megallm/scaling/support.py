@@ -52,11 +52,6 @@ class Forecast:
 class Support:
     forecasts: tuple[Forecast, ...]  # largest compute first
 
-    def mean_error(self, approach: str) -> Optional[float]:
-        """Mean |ln(forecast / minimum)| over the forecasts it made (None: it made none)."""
-        errors = [f.error(approach) for f in self.forecasts if approach in f.predicted]
-        return float(np.mean(errors)) if errors else None
-
     @property
     def approaches(self) -> list[str]:
         """The approaches that forecast every held-out level."""
@@ -64,16 +59,23 @@ class Support:
         return sorted(a for a in names if all(a in f.predicted for f in self.forecasts))
 
     @property
+    def errors(self) -> dict[str, float]:
+        """Mean |ln(forecast / minimum)| over the held-out levels, of each of `approaches`."""
+        return {a: float(np.mean([f.error(a) for f in self.forecasts])) for a in self.approaches}
+
+    @property
     def best(self) -> Optional[str]:
-        """The approach of least mean error among those that forecast every level."""
-        return min(self.approaches, key=self.mean_error, default=None)
+        """The approach of least mean error among those that forecast every level (None: none did)."""
+        errors = self.errors
+        return min(errors, key=errors.__getitem__, default=None)
 
     def to_dict(self) -> dict:
-        return {"best": self.best, "mean_abs_log_error": {a: self.mean_error(a) for a in self.approaches},
+        return {"best": self.best, "mean_abs_log_error": self.errors,
                 "forecasts": [f.to_dict() for f in self.forecasts]}
 
 
 def _forecast(points: Points, level: IsoFlopLevel, approaches: tuple[str, ...], keep_best: Optional[int]) -> Forecast:
+    assert level.members is not None  # a shared level (shared_levels)
     below = points.take(np.flatnonzero(points.c < points.c[level.members].min()))
     refit: dict[str, Callable[[], Callable]] = {
         "approach1": lambda: envelope(below).n_opt,

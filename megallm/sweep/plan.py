@@ -68,9 +68,11 @@ class SweepPlan:
 
     def compute(self) -> tuple[Optional[float], Optional[float]]:
         """(training FLOPs of the sweep as planned, of the same runs each trained from scratch)."""
-        if any(run.flops is None for run in self.runs):
+        separate = [run.flops for run in self.runs if run.flops is not None]
+        if len(separate) < len(self.runs):
             return None, None
-        return sum(run.trained_flops for run in self.runs), sum(run.flops for run in self.runs)
+        trained = [run.trained_flops for run in self.runs if run.trained_flops is not None]  # every run's
+        return sum(trained), sum(separate)
 
     def to_json(self) -> str:
         planned, separate = self.compute()
@@ -88,11 +90,13 @@ def expand(overrides: list[str]) -> tuple[list[str], list[list[tuple[str, str]]]
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         raise ConfigError(f"cannot parse the sweep's overrides: {str(error).splitlines()[0]}") from None
-    fixed, axes = [], []
+    fixed: list[str] = []
+    axes = []
     for override in parsed:
         if override.is_sweep_override():
             axes.append([(override.get_key_element(), value) for value in override.sweep_string_iterator()])
         else:
+            assert override.input_line is not None  # parse_overrides keeps each override's text
             fixed.append(override.input_line)
     return fixed, [list(combination) for combination in itertools.product(*axes)]
 
@@ -119,7 +123,9 @@ def plan_sweep(overrides: list[str], world_size: int = 1, branch: bool = True) -
         fixed.append(f"logging.wandb.group={sweep_dir.name}")  # W&B shows the sweep's runs together
     if any(key.lstrip("+~") == "run_dir" for swept in combinations for key, _ in swept):
         raise ConfigError("run_dir names the sweep's folder and cannot be swept; each run gets a folder in it")
-    runs, groups, configs = [], {}, {}
+    runs: list[PlannedRun] = []
+    groups: dict[tuple[tuple[str, str], ...], int] = {}
+    configs: dict[str, RunConfig] = {}
     for swept in combinations:
         name = run_name(swept)
         run_overrides = [*fixed, *(f"{key}={value}" for key, value in swept), f"run_dir={quoted(sweep_dir / name)}"]
