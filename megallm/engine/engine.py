@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Generic, Iterator, Optional, Sequence, cast
 
 import deepspeed
 import torch
@@ -47,7 +47,7 @@ from megatron.core import parallel_state as ps
 from megallm.config import RunConfig
 from megallm.engine import deepspeed_internals as internals
 from megallm.engine.deepspeed_config import deepspeed_config
-from megallm.engine.objective import ModelInputs, Objective
+from megallm.engine.objective import MicroBatchT, ModelInputs, Objective, StepObjective
 from megallm.engine.pipeline import build_pipeline, canonical_name
 from megallm.errors import CheckpointError
 from megallm.metrics.step_timer import StepTimer
@@ -84,19 +84,23 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
     return norm
 
 
-class ParallelEngine:
-    """The model under DeepSpeed for this rank's layout; steps on token windows.
+class ParallelEngine(Generic[MicroBatchT]):
+    """The model under DeepSpeed for this rank's layout; steps on the run's micro-batches.
 
-    `objective` (megallm.engine.objective) turns windows into the model's inputs and targets;
+    `objective` (a megallm.engine.objective.StepObjective) turns each micro-batch into the model's
+    inputs and targets; the engine never looks inside a micro-batch itself. The default, Objective,
+    reads token windows [mbs, seq_len + 1];
     its `segment_start_id` is the token that starts a document in the corpus (its bos, else
     its end-of-document token: megallm.data.shards.Manifest.segment_start_id), so each packed
     document attends only within itself and its positions restart (megallm.model.packing).
     Default: next-token prediction with attention over the whole window.
     """
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str, objective: Optional[Objective] = None):
+    def __init__(self, cfg: RunConfig, ctx: DistContext, precision: str,
+                 objective: Optional[StepObjective[MicroBatchT]] = None):
         self.ctx, self.dims, self.pipelined = ctx, ctx.dims, ctx.dims.pp > 1
-        self.objective = objective or Objective()
+        # Without an objective of its own, a run's micro-batches are token windows (MicroBatchT is torch.Tensor).
+        self.objective = objective if objective is not None else cast(StepObjective[MicroBatchT], Objective())
         self.num_labels = cfg.model.num_labels  # a sequence classifier's classes (0: a language model)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.defs: list[LayerDef] = layer_defs(
@@ -164,13 +168,14 @@ class ParallelEngine:
         """The LR the next optimizer step applies."""
         return self.scheduler.get_last_lr()[0]
 
-    # ---- steps: `micro_batches` are token windows [mbs, seq_len + 1] -------------------------
+    # ---- steps: `micro_batches` as the run's batches yield them (the objective reads them) ----------
     # `samples`: each micro-batch's rows' global sample indices (masked LM needs them; else optional).
-    def _inputs(self, micro_batches: list[torch.Tensor], samples: Optional[list[list[int]]]) -> list[ModelInputs]:
+    def _inputs(self, micro_batches: Sequence[MicroBatchT],
+                samples: Optional[Sequence[Sequence[int]]]) -> list[ModelInputs]:
         """The model's inputs of a step's micro-batches; with a loss mask, each gets the step's shared
         denominator (megallm.model.loss.Targets): one all-reduce over the data-parallel group, no host sync."""
-        samples = samples if samples is not None else [None] * len(micro_batches)
-        inputs = [self.objective.inputs(window, rows) for window, rows in zip(micro_batches, samples, strict=True)]
+        rows_of = samples if samples is not None else [None] * len(micro_batches)
+        inputs = [self.objective.inputs(batch, rows) for batch, rows in zip(micro_batches, rows_of, strict=True)]
         masks = [mask for batch in inputs if (mask := getattr(batch.targets, "loss_mask", None)) is not None]
         if masks:
             scored = torch.stack([mask.sum() for mask in masks]).sum().to(torch.float32)
@@ -188,8 +193,8 @@ class ParallelEngine:
     def _loss(self, batch: ModelInputs) -> torch.Tensor:
         return self.engine(batch.tokens, doc_ids=batch.doc_ids, **batch.targets.as_kwargs())
 
-    def train_step(self, micro_batches: list[torch.Tensor], timer: Optional[StepTimer] = None,
-                   samples: Optional[list[list[int]]] = None) -> torch.Tensor:
+    def train_step(self, micro_batches: Sequence[MicroBatchT], timer: Optional[StepTimer] = None,
+                   samples: Optional[Sequence[Sequence[int]]] = None) -> torch.Tensor:
         """One optimizer step; returns this data-parallel replica's mean loss (no communication, no
         host-device sync). `timer` gets phases forward_backward (gradient reduction included) and
         optimizer; under pipeline parallelism DeepSpeed's schedule interleaves them: all is forward_backward."""
@@ -210,7 +215,7 @@ class ParallelEngine:
         return total / len(micro_batches)
 
     @torch.no_grad()
-    def eval_loss(self, micro_batches: list[torch.Tensor], samples: Optional[list[list[int]]] = None) -> float:
+    def eval_loss(self, micro_batches: Sequence[MicroBatchT], samples: Optional[Sequence[Sequence[int]]] = None) -> float:
         """Mean loss over the micro-batches of every data-parallel replica (collective)."""
         inputs = self._inputs(micro_batches, samples)
         if self.pipelined:
@@ -223,7 +228,7 @@ class ParallelEngine:
         return self.mean_over_data_parallel(total)
 
     @torch.no_grad()
-    def predict(self, micro_batches: list) -> torch.Tensor:
+    def predict(self, micro_batches: Sequence[MicroBatchT]) -> torch.Tensor:
         """A sequence classifier's pooled class logits [rows, classes] (float32) of this data-parallel
         replica's micro-batches, on every rank of the replica (collective under pipeline parallelism:
         the last stage's are broadcast to the others)."""

@@ -8,12 +8,16 @@
 
 Document ids (megallm.model.packing) always come from the original tokens, so a random
 replacement that happens to be an end-of-document token does not cut a document.
+
+`StepObjective` is the contract the engine steps through: anything that turns the run's
+micro-batches (token windows here; a fine-tuning's labelled rows, megallm.finetune.objectives)
+into ModelInputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Protocol, Sequence, TypeVar, Union
 
 import torch
 
@@ -34,6 +38,18 @@ class ModelInputs:
     def first_stage(self) -> Activations:
         """What the embedding layer takes (the first pipeline stage's input)."""
         return with_doc_ids(self.tokens, self.doc_ids)
+
+
+MicroBatchT = TypeVar("MicroBatchT")  # what a run's batches yield and its objective reads
+MicroBatchT_contra = TypeVar("MicroBatchT_contra", contravariant=True)
+
+
+class StepObjective(Protocol[MicroBatchT_contra]):
+    """Turns one micro-batch into the model's inputs and targets; `samples`: its rows' global sample
+    indices (what masked-LM corruption is seeded by; other objectives may ignore them)."""
+
+    def inputs(self, micro_batch: MicroBatchT_contra, samples: Optional[Sequence[int]] = None) -> ModelInputs:
+        ...
 
 
 @dataclass(frozen=True)

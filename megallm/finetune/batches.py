@@ -134,3 +134,6 @@ class ExampleBatches:
 
     def epoch(self, consumed_samples: int) -> float:
         return consumed_samples / self.encoded.rows
+
+    def close(self) -> None:
+        """Nothing to stop: the rows are in memory (megallm.train.trainer.TrainingBatches)."""

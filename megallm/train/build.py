@@ -27,7 +27,7 @@ from megallm.data.masking import MaskingRule
 from megallm.data.order import SampleOrder
 from megallm.data.shards import Manifest
 from megallm.engine.engine import ParallelEngine
-from megallm.engine.objective import Objective
+from megallm.engine.objective import Objective, StepObjective
 from megallm.errors import MegallmError
 from megallm.metrics.throughput import device_peak_flops
 from megallm.model.flops import flops_per_token, parameter_count
@@ -50,7 +50,7 @@ from megallm.train.callbacks import (
 from megallm.train.callbacks.loggers import wandb_config
 from megallm.train.run_folder import RunFolder, write_failure
 from megallm.train.run_lock import RunLock
-from megallm.train.trainer import Trainer
+from megallm.train.trainer import Trainer, TrainingBatches
 
 
 def seed_everything(seed: int) -> None:
@@ -64,8 +64,8 @@ class RunData:
     """What a training job reads and how it is scored, besides its config: pretraining's corpus
     (`build_trainer`) or fine-tuning's labelled files (megallm.finetune)."""
 
-    objective: Any  # turns micro-batches into model inputs (megallm.engine.objective.Objective or alike)
-    open_batches: Callable[[int], Any]  # consumed samples -> the rank's training batches at that position
+    objective: StepObjective[Any]  # turns micro-batches into model inputs (megallm.engine.objective)
+    open_batches: Callable[[int], TrainingBatches[Any]]  # consumed samples -> the rank's batches from there
     evaluator: Callback  # held-out evaluation
     tokenizer_sha256: str
     tokenizer_files: Optional[dict]  # {name: text} saved with each checkpoint (rank 0), or None

@@ -4,25 +4,58 @@ Everything else is a callback (megallm.train.callbacks): metrics, throughput,
 evaluation, checkpoints, sample traces, loggers. The engine (megallm.engine) owns the
 model, optimizer and parallel mechanics; the batches (megallm.data.loader) own the data
 order. megallm.train.build puts a run together from its config.
+
+What plugs in meets the loop through typed contracts: `TrainingBatches` (here), the engine's
+`StepObjective` (megallm.engine.objective) and `Callback` (megallm.train.callbacks.base), all
+generic in the run's micro-batch type (token windows in pretraining, labelled rows in a
+fine-tuning), which the loop passes from the batches to the engine without looking inside.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Generic, Optional, Protocol, TypeVar
 
 import torch
 
 from megallm.checkpoint.saving import load_checkpoint
 from megallm.checkpoint.state import RunState
-from megallm.data.loader import TrainBatches
 from megallm.engine.engine import ParallelEngine
+from megallm.engine.objective import MicroBatchT
 from megallm.metrics.step_timer import StepTimer
 from megallm.train.callbacks.base import Callback, StepOutput
 
+MicroBatchT_co = TypeVar("MicroBatchT_co", covariant=True)
 
-class Trainer:
+
+class TrainingBatches(Protocol[MicroBatchT_co]):
+    """A rank's training micro-batches from a data position on (megallm.data.loader.TrainBatches;
+    a fine-tuning's megallm.finetune.batches.ExampleBatches)."""
+
+    @property
+    def last_samples(self) -> list[int]:
+        """The global sample indices of the rows of the micro-batch read last."""
+        ...
+
+    @property
+    def skipped_shards(self) -> set[int]:
+        """Shards left out as damaged (data.skip_bad_shards), for the metrics."""
+        ...
+
+    def next_micro_batch(self) -> MicroBatchT_co:
+        ...
+
+    def epoch(self, consumed_samples: int) -> float:
+        """Passes over the data after `consumed_samples` samples."""
+        ...
+
+    def close(self) -> None:
+        """Stop loader workers, if any."""
+        ...
+
+
+class Trainer(Generic[MicroBatchT]):
     """Runs `engine` from `state` to step `steps` (or `stop_at_step`), calling `callbacks`' hooks.
 
     `open_batches(consumed_samples)` opens the training batches at the data position;
@@ -30,14 +63,15 @@ class Trainer:
     Train metrics are collected every `log_every` steps, at the first and the last.
     """
 
-    def __init__(self, engine: ParallelEngine, state: RunState, open_batches: Callable[[int], TrainBatches], *,
+    def __init__(self, engine: ParallelEngine[MicroBatchT], state: RunState,
+                 open_batches: Callable[[int], TrainingBatches[MicroBatchT]], *,
                  steps: int, stop_at_step: int, log_every: int, seq_len: int, global_sequences: int, grad_accum: int,
                  callbacks: list[Callback]):
         self.engine, self.state, self.open_batches = engine, state, open_batches
         self.steps, self.last_step, self.log_every = steps, stop_at_step or steps, log_every
         self.seq_len, self.global_sequences, self.grad_accum = seq_len, global_sequences, grad_accum
         self.callbacks = sorted(callbacks, key=lambda c: -c.priority)  # stable: equal priorities keep their order
-        self.batches: Optional[TrainBatches] = None  # opened by fit, at the (resumed) data position
+        self.batches: Optional[TrainingBatches[MicroBatchT]] = None  # opened by fit, at the (resumed) data position
         self.stop_reason: Optional[str] = None
         self.timer = StepTimer(engine.ctx.device)  # where each step's time goes (reported by SpeedMonitor)
         self.exit_code = 0  # what the process exits with after fit (request_stop may set it)
@@ -145,10 +179,12 @@ class Trainer:
                 first = first or error
         return first
 
-    def _train_step(self) -> StepOutput:
+    def _train_step(self) -> StepOutput[MicroBatchT]:
         """One optimizer step over `grad_accum` micro-batches; the state moves on by one step."""
+        assert self.batches is not None, "fit opens the batches"
         lr = self.engine.learning_rate  # the LR this step applies
-        micro_batches, rows = [], []
+        micro_batches: list[MicroBatchT] = []
+        rows: list[list[int]] = []
         with self.timer.phase("data", device=False):
             for _ in range(self.grad_accum):
                 micro_batches.append(self.batches.next_micro_batch())
@@ -166,8 +202,6 @@ class Trainer:
                           skipped_batch=self.skip_batch)
 
 
-def _close(batches) -> None:
-    """Stop `batches`' loader workers where it has any (megallm.data.loader.TrainBatches)."""
-    close = getattr(batches, "close", None)
-    if close is not None:
-        close()
+def _close(batches: Optional[TrainingBatches]) -> None:
+    if batches is not None:
+        batches.close()

@@ -33,20 +33,24 @@ same on every rank): it is saved with each checkpoint and handed back to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic
 
 import torch
+
+from megallm.engine.objective import MicroBatchT
 
 if TYPE_CHECKING:  # the trainer imports the callbacks, not the other way round
     from megallm.train.trainer import Trainer
 
 @dataclass
-class StepOutput:
+class StepOutput(Generic[MicroBatchT]):
     """What one optimizer step produced on this rank."""
 
     loss: torch.Tensor  # this replica's mean loss over the step's micro-batches (not synchronised)
     lr: float  # the learning rate the step applied
-    micro_batches: list[torch.Tensor]  # the token windows [micro_batch_size, seq_len + 1] it trained on
+    # The micro-batches it trained on, as the run's batches yield them: in pretraining, token windows
+    # [micro_batch_size, seq_len + 1]; in a fine-tuning, megallm.finetune.batches' rows.
+    micro_batches: list[MicroBatchT]
     samples: list[int]  # their global sample indices (megallm.data.order)
     # Whether the optimizer updated the weights: False when the gradient norm was not finite
     # (megallm.engine) or the batch was skipped. The same on every rank; a host-side flag.
