@@ -8,6 +8,13 @@ metrics, BLEU and ROUGE). --perplexity scores a held-out corpus or files
 (megallm.evaluation.perplexity). Results: a table on stdout, one JSON file (--output), W&B (--wandb;
 megallm.evaluation.report); progress on stderr. Everything a user can fix is one line
 `evaluate: error: ...`, exit code 2, found before the model is read where it can be.
+
+MODEL is one checkpoint (a run folder: its newest). With --all-checkpoints, or given a sweep folder
+(launch/sweep.py's, with its sweep.json), every kept checkpoint of the run (of each of the sweep's
+runs, those not started skipped) is evaluated in turn, and the numbers go against the tokens each had
+trained on and its training FLOPs (megallm.evaluation.ladder): a table on stdout, and --output
+FILE.json with FILE.csv (one row per checkpoint and number) and FILE.png (the accuracy-vs-FLOPs plot,
+one line per run: a scaling ladder's downstream curve) beside it.
 """
 
 from __future__ import annotations
@@ -16,16 +23,17 @@ import argparse
 import datetime
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 from megallm.cli import run_command
-from megallm.errors import DataError, UsageError
-from megallm.extras import require
+from megallm.errors import DataError, MegallmError, UsageError
 from megallm.evaluation import demos as demo_methods
 from megallm.evaluation.fewshot import FewShot, evaluate_task
 from megallm.evaluation.report import format_table, log_wandb, versions, write_results
 from megallm.evaluation.tasks import Task, read_task
+from megallm.extras import require
 
 PROG = "evaluate"
 
@@ -40,12 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
                "  python tools/evaluate.py hf/tiny --task eval/translation.test.jsonl --k 2 --max-new-tokens 48\n"
                "  python tools/evaluate.py runs/tiny --perplexity data/corpus --split val --wandb\n"
                "  python tools/evaluate.py runs/tiny --perplexity data/corpus --stride 64   # sliding windows\n"
+               "  python tools/evaluate.py runs/sweep --task eval/fortunes.test.jsonl --output ladder/ladder.json\n"
+               "      # every checkpoint of every run of a sweep: ladder.json, ladder.csv, ladder.png (accuracy vs FLOPs)\n"
                "lm-evaluation-harness tasks: python -m megallm.evaluation.harness --model megallm "
                "--model_args path=MODEL --tasks NAME",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, metavar="MODEL",
                    help="a megallm checkpoint (step_NNNNNNNN folder, or a run / checkpoints folder: its newest "
-                        "checkpoint), any parallel layout, or a Hugging Face Llama folder")
+                        "checkpoint, every one with --all-checkpoints), any parallel layout, a Hugging Face Llama "
+                        "folder, or a sweep folder (launch/sweep.py's: every checkpoint of each of its runs)")
+    p.add_argument("--all-checkpoints", action="store_true",
+                   help="evaluate every kept checkpoint of the run folder, against tokens and training FLOPs: "
+                        "--output FILE.json then also writes FILE.csv and the plot FILE.png (implied by a sweep "
+                        "folder)")
     p.add_argument("--task", type=Path, action="append", default=[], metavar="FILE",
                    help="a task file (JSON lines, megallm.evaluation.tasks); repeat for several")
     p.add_argument("--k", type=int, default=4, help="demonstrations per query (default 4; 0: zero-shot)")
@@ -153,6 +168,22 @@ def run(args: argparse.Namespace) -> int:
     plans = check_arguments(args)
     if args.masked_accuracy:
         return run_masked(args)
+    ladder = ladder_runs(args)
+    if ladder is not None:
+        return run_ladder(args, plans, ladder)
+    results = {"model": str(args.model), "created": now(), "versions": versions(), "settings": settings(args),
+               **evaluate_model(args, plans, args.model)}
+    print(format_table(results), flush=True)
+    if args.output:
+        progress(f"wrote {write_results(args.output, results)}")
+    if args.wandb:
+        mode = log_wandb(results, args.output.parent if args.output else Path.cwd())
+        progress(f"logged to W&B ({mode})")
+    return 0
+
+
+def evaluate_model(args: argparse.Namespace, plans: list[tuple[Task, Optional[Task]]], path: Path) -> dict:
+    """The tasks' and perplexity's results of the model at `path`: {"tokenizer", "tasks", "perplexity"}."""
     # deferred: torch, megatron-core and DeepSpeed take seconds to import; argument mistakes need not wait
     import torch
 
@@ -164,17 +195,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.perplexity:  # the windows against the context the model was trained at, before its weights are read
         select_deepspeed_accelerator()
-        trained = trained_context(args.model)
-        check_windows(args.seq_len, args.stride, trained.tokens, trained.describe(str(args.model)))
+        trained = trained_context(path)
+        check_windows(args.seq_len, args.stride, trained.tokens, trained.describe(str(path)))
     with stdout_to_stderr():  # stdout holds the table only (DeepSpeed prints there reading a checkpoint)
-        model = EvalModel.load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+        model = EvalModel.load(path, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
                                batch_size=args.batch_size, start=args.start, log=progress)
     with model:
         if args.threads:
             torch.set_num_threads(args.threads)
-        results = {"model": str(args.model), "tokenizer": str(model.tokenizer_file),
-                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "versions": versions(), "settings": settings(args), "tasks": [], "perplexity": []}
+        results = {"tokenizer": str(model.tokenizer_file), "tasks": [], "perplexity": []}
         for task, pool in plans:
             results["tasks"].append(evaluate_task(model, task, pool, few_shot(args)))
         if args.perplexity:
@@ -182,13 +211,77 @@ def run(args: argparse.Namespace) -> int:
                              stride=args.stride, max_tokens=args.max_tokens, text_field=args.text_field,
                              progress=progress)
             results["perplexity"].append(ppl.as_dict())
-    print(format_table(results), flush=True)
-    if args.output:
-        progress(f"wrote {write_results(args.output, results)}")
-    if args.wandb:
-        mode = log_wandb(results, args.output.parent if args.output else Path.cwd())
-        progress(f"logged to W&B ({mode})")
+    return results
+
+
+# ---- every checkpoint of a run or a sweep (megallm.evaluation.ladder) ------------------------------
+def ladder_runs(args: argparse.Namespace) -> Optional[list[tuple[str, Path]]]:
+    """(name, run folder) of each run whose checkpoints are all evaluated: the sweep's runs for a sweep
+    folder, MODEL itself with --all-checkpoints; None for one checkpoint. Mistakes before any model is read."""
+    # deferred: the sweep's plan imports the checkpoint module (torch)
+    from megallm.sweep.plan import PLAN_FILE
+
+    plan_file = args.model / PLAN_FILE
+    if not args.all_checkpoints and not plan_file.is_file():
+        return None
+    if args.masked_accuracy or args.wandb:
+        raise UsageError(f"--{'masked-accuracy' if args.masked_accuracy else 'wandb'} takes one checkpoint, and "
+                         f"{'--all-checkpoints' if args.all_checkpoints else f'sweep folder {args.model}'} "
+                         "evaluates several; pass one checkpoint or run folder without --all-checkpoints")
+    if not args.output:
+        raise UsageError("evaluating every checkpoint writes its results, a CSV and the plot: pass --output FILE.json")
+    if not plan_file.is_file():
+        return [(args.model.resolve().name, args.model)]
+    try:
+        planned = json.loads(plan_file.read_text())["runs"]
+        runs = [(str(run["name"]), Path(run["run_dir"])) for run in planned]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{plan_file} is not a sweep plan that launch/sweep.py wrote ({error}); pass a run "
+                         "folder with --all-checkpoints instead") from None
+    # Each run's folder lies in the sweep's, named after the run, wherever the sweep folder was moved.
+    return [(name, args.model / name if (args.model / name).is_dir() else folder) for name, folder in runs]
+
+
+def run_ladder(args: argparse.Namespace, plans: list[tuple[Task, Optional[Task]]],
+               runs: list[tuple[str, Path]]) -> int:
+    """Every kept checkpoint of `runs`, evaluated, to the table, --output's JSON and CSV, and the plot."""
+    # deferred: the checkpoints' states are read with torch's checkpoint module
+    from megallm.evaluation.ladder import (
+        LadderPoint,
+        format_ladder,
+        ladder_rows,
+        plot_ladder,
+        run_checkpoints,
+        write_ladder,
+    )
+
+    points = []
+    for name, folder in runs:
+        try:
+            points += [LadderPoint.of(name, checkpoint) for checkpoint in run_checkpoints(folder)]
+        except MegallmError as error:
+            if len(runs) == 1:
+                raise
+            progress(f"{name}: skipped ({error})")  # a sweep's run that has not saved a checkpoint yet
+    if not points:
+        raise UsageError(f"no run of sweep folder {args.model} has a checkpoint yet")
+    progress(f"{len(points)} checkpoint(s) of {len({p.run for p in points})} run(s) to evaluate")
+    document = {"source": str(args.model), "created": now(), "versions": versions(), "settings": settings(args),
+                "points": []}
+    table = []
+    for point in points:
+        results = {"model": point.checkpoint, **evaluate_model(args, plans, Path(point.checkpoint))}
+        document["points"].append({**asdict(point), **results})
+        table += ladder_rows(point, results)
+    print(format_ladder(table), flush=True)
+    written = write_ladder(args.output, document, table)
+    written.append(plot_ladder(table, args.output.with_suffix(".png"), title=f"{args.model}"))
+    progress(f"wrote {', '.join(map(str, written))}")
     return 0
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def run_masked(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from megallm.config import (
 )
 from megallm.data.corpus import Corpus, open_corpus
 from megallm.errors import DataError, MegallmError
+from megallm.evaluation.downstream import downstream_callbacks, downstream_tasks
 from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun, orphaned_by_launcher
 
 PROG = "megallm"
@@ -75,6 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(config_yaml)
             return 0
         check_config(cfg, world_size)
+        downstream = downstream_tasks(cfg)  # the downstream section's own checks (an application's)
         corpus = None
         if not (cfg.train.dry_run and cfg.model.vocab_size is not None):
             corpus = open_corpus(cfg.data.path, cfg.data.tokenizer, (cfg.data.train_split, cfg.data.val_split))
@@ -84,7 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             config_yaml = config_to_yaml(cfg)  # the run folder's config.yaml holds the vocabulary trained with
         if cfg.train.dry_run:
             return _dry_run(cfg, world_size)
-        return _train(cfg, config_yaml, corpus)
+        return _train(cfg, config_yaml, corpus, downstream)
     except MegallmError as error:
         return report(PROG, error)
 
@@ -99,7 +101,7 @@ def _dry_run(cfg: RunConfig, world_size: int) -> int:
     return 0
 
 
-def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
+def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus, downstream: list) -> int:
     # deferred: torch, megatron-core and DeepSpeed take ~6 s to import; config mistakes need not wait
     import torch
 
@@ -111,13 +113,14 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus) -> int:
     from megallm.train.build import build_trainer, check_start
 
     check_start(cfg, corpus)  # the run's folders and the corpus's windows, before any process group
+    plugged_in = downstream_callbacks(cfg, corpus, downstream)  # downstream evaluation, when on
     p = cfg.parallel
     with distributed(p.tp, p.pp, p.zero_stage) as ctx:
         if ctx.is_main and cfg.model.vocab_size > corpus.manifest.vocab_size:
             print(f"note: model.vocab_size={cfg.model.vocab_size} exceeds the tokenizer's "
                   f"{corpus.manifest.vocab_size} tokens; the extra embedding rows are never used", flush=True)
         try:
-            trainer = build_trainer(cfg, config_yaml, corpus, ctx)
+            trainer = build_trainer(cfg, config_yaml, corpus, ctx, extra_callbacks=plugged_in)
             trainer.fit()
         except DataError as error:  # may be one rank's shard: every rank says which
             return report(PROG, error, every_rank=True)

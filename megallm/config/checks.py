@@ -65,6 +65,12 @@ RANGES: list[tuple[str, Callable[[float], bool], str]] = [
     ("finetune.val_fraction", lambda v: 0 < v < 1, "within (0, 1)"),
     ("mlm.replace_with_mask", lambda v: 0 <= v <= 1, "within [0, 1]"),
     ("mlm.replace_with_random", lambda v: 0 <= v <= 1, "within [0, 1]"),
+    ("downstream.every", lambda v: v >= 0, ">= 0 (0 turns downstream evaluation off)"),
+    ("downstream.k", *_non_negative),
+    ("downstream.limit", lambda v: v >= 1, ">= 1, or null for every example"),
+    ("downstream.seed", *_non_negative),
+    ("downstream.batch_size", *_positive),
+    ("downstream.max_new_tokens", *_positive),
 ]
 
 

@@ -303,6 +303,22 @@ class WandbConfig:
 
 
 @dataclass
+class DownstreamConfig:
+    """Few-shot tasks scored during training (megallm.evaluation.during_training, which
+    launch/pretrain.py plugs in): every `every` steps and at the last step, a "downstream" record
+    with each task's accuracy beside the validation loss. Each query's k demonstrations are drawn at
+    random (by `seed`) from the task's other examples, the same ones at every evaluation."""
+
+    tasks: list[str] = field(default_factory=list)  # task files (JSON lines: megallm.evaluation.tasks)
+    every: int = 0  # steps between evaluations; 0: off
+    k: int = 0  # demonstrations per query
+    limit: Optional[int] = None  # score the first `limit` examples of each task; null: all
+    seed: int = 0  # of the random demonstrations
+    batch_size: int = 8  # sequences per forward pass
+    max_new_tokens: int = 32  # generation tasks: tokens per answer
+
+
+@dataclass
 class LoggingConfig:
     every: int = 10  # steps between console / JSONL records
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -321,6 +337,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     nan_guard: NanGuardConfig = field(default_factory=NanGuardConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)  # launch/pretrain.py only
     # metrics, checkpoints and the resolved config go here (created if missing; "." for the current directory)
     run_dir: str = "runs/default"
 
