@@ -88,7 +88,7 @@ def set_step_counters(ds_engine, counters: dict) -> None:
         setattr(ds_engine, key, value)
 
 
-def guard_fp32_step(ds_engine, clip: Callable[[], float]) -> None:
+def guard_fp32_step(ds_engine, clip: Callable[[], torch.Tensor]) -> None:
     """Without ZeRO in fp32 DeepSpeed neither keeps the gradient norm nor skips a non-finite step:
     its own clipping becomes a no-op and the torch optimizer's `step` first calls `clip` (the
     norm, clipping when asked) and skips the update when the norm is not finite. The skip sets

@@ -52,7 +52,7 @@ from megallm.engine.pipeline import build_pipeline, canonical_name
 from megallm.errors import CheckpointError
 from megallm.metrics.step_timer import StepTimer
 from megallm.model.llama import LayerDef, LlamaModel, compile_blocks, layer_defs
-from megallm.model.loss import class_logits
+from megallm.model.loss import ClassTargets, Targets, class_logits
 from megallm.optim.adamw import build_optimizer, follow_schedule, keep_run_settings, param_groups
 from megallm.parallel.distributed import DistContext
 from megallm.parallel.topology import MegatronMpu, check_topology_agreement, deepspeed_topology
@@ -111,6 +111,7 @@ class ParallelEngine(Generic[MicroBatchT]):
         ds_config = deepspeed_config(cfg, self.dims.dp, precision)
         topology = deepspeed_topology(self.dims)
         check_topology_agreement(topology, ctx.rank)
+        module: torch.nn.Module
         if self.pipelined:
             module, mpu = build_pipeline(self.defs, topology, cfg.parallel.pipeline_partition, ctx.is_main), None
         else:
@@ -139,7 +140,7 @@ class ParallelEngine(Generic[MicroBatchT]):
         return deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu,
                                    data_parallel_group=ps.get_data_parallel_group())
 
-    def _clip(self) -> float:
+    def _clip(self) -> torch.Tensor:
         self._grad_norm = clip_gradients(list(self.engine.module.parameters()), self.engine.gradient_clipping())
         return self._grad_norm
 
@@ -182,7 +183,8 @@ class ParallelEngine(Generic[MicroBatchT]):
             dist.all_reduce(scored, group=ps.get_data_parallel_group())
             denominator = (scored / (self.dims.dp * len(micro_batches))).clamp(min=1e-6)
             for batch in inputs:
-                batch.targets.denominator = denominator
+                if isinstance(batch.targets, Targets):  # masks come with token targets only
+                    batch.targets.denominator = denominator
         return inputs
 
     def _pipeline_batches(self, inputs: list[ModelInputs]):
@@ -215,7 +217,8 @@ class ParallelEngine(Generic[MicroBatchT]):
         return total / len(micro_batches)
 
     @torch.no_grad()
-    def eval_loss(self, micro_batches: Sequence[MicroBatchT], samples: Optional[Sequence[Sequence[int]]] = None) -> float:
+    def eval_loss(self, micro_batches: Sequence[MicroBatchT],
+                  samples: Optional[Sequence[Sequence[int]]] = None) -> float:
         """Mean loss over the micro-batches of every data-parallel replica (collective)."""
         inputs = self._inputs(micro_batches, samples)
         if self.pipelined:
@@ -223,7 +226,8 @@ class ParallelEngine(Generic[MicroBatchT]):
             self.engine.train()
             return float(loss)
         self.engine.eval()
-        total = sum(self._loss(b).double() for b in inputs) / len(micro_batches)
+        start = torch.zeros((), dtype=torch.float64, device=self.ctx.device)  # 0 + x is x: Python's sum, exactly
+        total = sum((self._loss(b).double() for b in inputs), start) / len(micro_batches)
         self.engine.train()
         return self.mean_over_data_parallel(total)
 
@@ -239,7 +243,8 @@ class ParallelEngine(Generic[MicroBatchT]):
             if self.pipelined:
                 logits = self._last_stage_logits(batch)
             else:
-                logits = class_logits(self.engine(batch.tokens, doc_ids=batch.doc_ids), batch.targets.pool_weights)
+                hidden = self.engine(batch.tokens, doc_ids=batch.doc_ids)
+                logits = class_logits(hidden, _class_targets(batch).pool_weights)
             outputs.append(logits)
         self.engine.train()
         return torch.cat(outputs)
@@ -250,7 +255,7 @@ class ParallelEngine(Generic[MicroBatchT]):
         rows = len(batch.targets.labels)
         pooled = torch.zeros(rows, self.num_labels, device=self.ctx.device)
         if self.engine.is_last_stage():
-            pooled = class_logits(logits, batch.targets.pool_weights)
+            pooled = class_logits(logits, _class_targets(batch).pool_weights)
         dist.broadcast(pooled, src=ps.get_pipeline_model_parallel_last_rank(),
                        group=ps.get_pipeline_model_parallel_group())
         return pooled
@@ -349,3 +354,10 @@ class ParallelEngine(Generic[MicroBatchT]):
 
     def set_step_counters(self, counters: dict) -> None:
         internals.set_step_counters(self.engine, counters)
+
+
+def _class_targets(batch: ModelInputs) -> ClassTargets:
+    """A sequence classifier's targets (predict is for classifiers: megallm.finetune.objectives)."""
+    if not isinstance(batch.targets, ClassTargets):
+        raise TypeError("predict needs a sequence classifier's micro-batches (ClassTargets)")
+    return batch.targets

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Optional
 
 import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
@@ -91,7 +90,7 @@ def describe_stage(layers: list[LayerDef]) -> str:
     return ", ".join(parts) or "(empty)"
 
 
-def canonical_name(stage_name: str, defs: list[LayerDef]) -> Optional[str]:
+def canonical_name(stage_name: str, defs: list[LayerDef]) -> str:
     """A stage's parameter name -> the single-process name."""
     head, rest = stage_name.split(".", 1)
     if head == "tied_modules":

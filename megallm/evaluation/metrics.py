@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 BLEU_BOOTSTRAP_ITERS = 100  # lm-eval's draws for BLEU's standard error (min(bootstrap_iters, 100))
@@ -87,7 +87,7 @@ def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
     return {**means, "rouge": means["rougeL"], **stderrs, "rouge_stderr": stderrs["rougeL_stderr"]}
 
 
-def accuracy(predictions: Sequence, golds: Sequence) -> float:
+def accuracy(predictions: Collection, golds: Collection) -> float:
     """The fraction of predictions equal to their gold label (0-1)."""
     # deferred: scikit-learn takes seconds to import
     from sklearn.metrics import accuracy_score
@@ -96,7 +96,7 @@ def accuracy(predictions: Sequence, golds: Sequence) -> float:
     return float(accuracy_score(list(golds), list(predictions)))
 
 
-def macro_f1(predictions: Sequence, golds: Sequence, labels: Optional[Sequence] = None) -> float:
+def macro_f1(predictions: Collection, golds: Collection, labels: Optional[Collection] = None) -> float:
     """F1 averaged over labels, each label weighing the same (0-1); `labels`: those to average over
     (default: every label among golds and predictions). A label never predicted nor gold scores 0."""
     # deferred: scikit-learn takes seconds to import
@@ -107,7 +107,7 @@ def macro_f1(predictions: Sequence, golds: Sequence, labels: Optional[Sequence] 
                           average="macro", zero_division=0))
 
 
-def _check_pairs(outputs: Sequence, references: Sequence) -> None:
+def _check_pairs(outputs: Collection, references: Collection) -> None:
     if len(outputs) != len(references):
         raise ValueError(f"{len(outputs)} outputs but {len(references)} references")
     if not len(outputs):

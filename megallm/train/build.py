@@ -132,7 +132,7 @@ def _assemble(cfg: RunConfig, config_yaml: str, ctx: DistContext, data: RunData,
     engine = ParallelEngine(cfg, ctx, precision, objective=data.objective)
     callbacks = _callbacks(cfg, config_yaml, ctx, folder, precision, data)
     callbacks += _on_main_rank(ctx, folder, lambda: _loggers(cfg, ctx, folder, precision)) or []
-    callbacks += (extra_callbacks or []) + locks
+    callbacks += [*(extra_callbacks or []), *locks]
     trainer = Trainer(engine, state, data.open_batches,
                       steps=cfg.train.steps, stop_at_step=cfg.train.stop_at_step, log_every=cfg.logging.every,
                       seq_len=cfg.train.seq_len, global_sequences=global_sequences, grad_accum=grad_accum,

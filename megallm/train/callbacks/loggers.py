@@ -12,7 +12,7 @@ import secrets
 import string
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 from omegaconf import OmegaConf
 
@@ -76,7 +76,8 @@ def wandb_config(cfg: RunConfig, ctx: DistContext, precision: str) -> dict:
     layout and the precision trained in."""
     params = parameter_count(cfg.model)
     dims = ctx.dims
-    return {**_dotted(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)),
+    resolved = cast(dict, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True))
+    return {**_dotted(resolved),
             "params.total": params.total, "params.non_embedding": params.non_embedding,
             "flops_per_token": flops_per_token(cfg.model, cfg.train.seq_len), "layout.world_size": ctx.world_size,
             "layout.dp": dims.dp, "layout.tp": dims.tp, "layout.pp": dims.pp, "layout.zero_stage": dims.zero_stage,
@@ -111,7 +112,9 @@ class WandbLogger(Callback):
         import wandb  # deferred: ~1 s to import, and only runs with W&B enabled need it
 
         # mode given explicitly, as resolved from config and environment: it overrides W&B's own settings
-        self._run = wandb.init(id=wandb_run_id(run_dir), resume="allow", mode=cfg.mode, project=cfg.project,
+        self._run = wandb.init(id=wandb_run_id(run_dir), resume="allow",
+                               mode=cfg.mode,  # type: ignore[arg-type]  # a str, checked to be one of W&B's modes
+                               project=cfg.project,
                                entity=cfg.entity, name=cfg.name or run_dir.name, group=cfg.group,
                                tags=cfg.tags or None, notes=cfg.notes, dir=str(run_dir), config=config,
                                allow_val_change=True)  # an extended run changes train.steps, a resumed one stop_at_step

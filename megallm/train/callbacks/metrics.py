@@ -28,7 +28,7 @@ class TrainMetrics(Callback):
 
     def __init__(self, flops_per_token: int):
         self.flops_per_token = flops_per_token
-        self._loss_sum: Optional[torch.Tensor] = None
+        self._loss_sum = torch.zeros((), dtype=torch.float64)  # on the device from on_fit_start
         self._steps, self._lr = 0, 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -41,13 +41,14 @@ class TrainMetrics(Callback):
             self._steps += 1
 
     def collect_metrics(self, trainer: Trainer, record: dict) -> None:
-        engine, state = trainer.engine, trainer.state
+        engine, state, batches = trainer.engine, trainer.state, trainer.batches
+        assert batches is not None, "metrics are collected inside fit, which opens the batches"
         record.update(
             loss=engine.mean_over_data_parallel(self._loss_sum / self._steps) if self._steps else None, lr=self._lr,
             grad_norm=engine.grad_norm, tokens_seen=state.tokens_seen,
             flops_seen=flops_seen(state.tokens_seen, self.flops_per_token),
-            epoch=trainer.batches.epoch(state.consumed_samples),
-            skipped_shards=engine.max_over_ranks(len(trainer.batches.skipped_shards)),
+            epoch=batches.epoch(state.consumed_samples),
+            skipped_shards=engine.max_over_ranks(len(batches.skipped_shards)),
         )
         self._loss_sum.zero_()
         self._steps = 0
@@ -60,19 +61,24 @@ class SpeedMonitor(Callback):
 
     def __init__(self, flops_per_token: int, peak_flops_per_device: Optional[float]):
         self.flops_per_token, self.peak_flops_per_device = flops_per_token, peak_flops_per_device
-        self._throughput: Optional[Throughput] = None
+        self._throughput: Optional[Throughput] = None  # from on_fit_start, when the world is known
         self._steps = 0
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._throughput = Throughput(self.flops_per_token, self.peak_flops_per_device, trainer.ctx.world_size)
 
+    @property
+    def throughput(self) -> Throughput:
+        assert self._throughput is not None, "on_fit_start makes it"
+        return self._throughput
+
     def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
-        self._throughput.add(1, trainer.tokens_per_step)
+        self.throughput.add(1, trainer.tokens_per_step)
         self._steps += 1
 
     def collect_metrics(self, trainer: Trainer, record: dict) -> None:
         phases = trainer.timer.report(self._steps)  # first: it waits for the device, so the clock below is true
         self._steps = 0
-        record.update(self._throughput.report(trainer.steps - trainer.state.step))
+        record.update(self.throughput.report(trainer.steps - trainer.state.step))
         record.update({name: round(ms, 3) for name, ms in phases.items()})
         record["peak_mem_gib"] = trainer.engine.max_over_ranks(peak_memory_bytes(trainer.ctx.device)) / 2**30

@@ -55,6 +55,7 @@ class PreemptionHandler(Callback):
         self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
 
     def post_train_batch(self, trainer: Trainer, output: StepOutput) -> None:
+        assert self._pending is not None, "pre_step started this step's all-reduce"
         work, flag = self._pending
         work.wait()
         self._pending = None
