@@ -188,6 +188,10 @@ def check_compatible(saved: RunState, current: RunState, path: Path) -> None:
         )
     if saved.weights_only:
         return  # weights in canonical names: any layout, a fresh optimizer and data position
+    assert current.layout is not None, "a training run's state has its layout"
+    if saved.layout is None:
+        raise CheckpointError(f"checkpoint {path} records no parallel layout but holds optimizer state; "
+                              f"{USE_ANOTHER}")
     if saved.layout != current.layout and not saved.layout.only_replicas_differ(current.layout):
         raise CheckpointError(
             f"checkpoint {path} was written with layout {saved.layout} but this run uses "

@@ -131,7 +131,7 @@ def compose_config(overrides: list[str], config_name: str = "config",
         unknown = _keys_outside_schema(cfg)
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0]))
-        run_config = OmegaConf.to_object(cfg)
+        run_config = _run_config(OmegaConf.to_object(cfg))
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     apply_objective(run_config)
@@ -144,7 +144,13 @@ def config_from_yaml(config_yaml: str, overrides: Optional[dict] = None) -> tupl
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(config_yaml))
     for key, value in (overrides or {}).items():
         OmegaConf.update(merged, key, value)
-    return OmegaConf.to_object(merged), OmegaConf.to_yaml(merged)
+    return _run_config(OmegaConf.to_object(merged)), OmegaConf.to_yaml(merged)
+
+
+def _run_config(obj: object) -> RunConfig:
+    """OmegaConf.to_object of a config on RunConfig's schema: a RunConfig (typed so for the checker)."""
+    assert isinstance(obj, RunConfig), type(obj)
+    return obj
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

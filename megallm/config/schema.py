@@ -294,7 +294,7 @@ class WandbConfig:
         def pick(value: Optional[str], variable: str, default: Optional[str] = None) -> Optional[str]:
             return value if value is not None else environ.get(variable) or default
 
-        mode = pick(self.mode, "WANDB_MODE", "offline")
+        mode = pick(self.mode, "WANDB_MODE", "offline") or "offline"
         tags = list(self.tags) or [t.strip() for t in environ.get("WANDB_TAGS", "").split(",") if t.strip()]
         return WandbConfig(enabled=self.enabled, mode={"dryrun": "offline", "run": "online"}.get(mode, mode),
                            project=pick(self.project, "WANDB_PROJECT", "megallm"),

@@ -111,7 +111,8 @@ class RopeScaling:
                 value = getattr(self, key)
                 if value is None or value <= 0:
                     problems.append(f"model.rope_scaling.{key} must be positive for rope_type llama3, got {value}")
-            if not problems and self.high_freq_factor <= self.low_freq_factor:
+            high, low = self.high_freq_factor, self.low_freq_factor
+            if not problems and high is not None and low is not None and high <= low:
                 problems.append(f"model.rope_scaling.high_freq_factor={self.high_freq_factor} must exceed "
                                 f"low_freq_factor={self.low_freq_factor}")
         return problems
@@ -188,7 +189,7 @@ class ModelConfig:
             )
         elif self.head_dim % 2:
             problems.append(f"head dim {self.head_dim} must be even for rotary embeddings")
-        if self.num_heads % self.num_kv_heads:
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
             problems.append(
                 f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}"
             )
