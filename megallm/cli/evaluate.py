@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         return run_masked(args)
     ladder = ladder_runs(args)
     if ladder is not None:
-        return run_ladder(args, plans, ladder)
+        return run_ladder(args, plans, *ladder)
     results = {"model": str(args.model), "created": now(), "versions": versions(), "settings": settings(args),
                **evaluate_model(args, plans, args.model)}
     print(format_table(results), flush=True)
@@ -215,9 +215,10 @@ def evaluate_model(args: argparse.Namespace, plans: list[tuple[Task, Optional[Ta
 
 
 # ---- every checkpoint of a run or a sweep (megallm.evaluation.ladder) ------------------------------
-def ladder_runs(args: argparse.Namespace) -> Optional[list[tuple[str, Path]]]:
-    """(name, run folder) of each run whose checkpoints are all evaluated: the sweep's runs for a sweep
-    folder, MODEL itself with --all-checkpoints; None for one checkpoint. Mistakes before any model is read."""
+def ladder_runs(args: argparse.Namespace) -> Optional[tuple[list[tuple[str, Path]], bool]]:
+    """((name, run folder) of each run whose checkpoints are all evaluated, whether they are a sweep's):
+    the sweep's runs for a sweep folder, MODEL itself with --all-checkpoints; None for one checkpoint.
+    Mistakes before any model is read."""
     # deferred: the sweep's plan imports the checkpoint module (torch)
     from megallm.sweep.plan import PLAN_FILE
 
@@ -231,7 +232,7 @@ def ladder_runs(args: argparse.Namespace) -> Optional[list[tuple[str, Path]]]:
     if not args.output:
         raise UsageError("evaluating every checkpoint writes its results, a CSV and the plot: pass --output FILE.json")
     if not plan_file.is_file():
-        return [(args.model.resolve().name, args.model)]
+        return [(args.model.resolve().name, args.model)], False
     try:
         planned = json.loads(plan_file.read_text())["runs"]
         runs = [(str(run["name"]), Path(run["run_dir"])) for run in planned]
@@ -239,13 +240,18 @@ def ladder_runs(args: argparse.Namespace) -> Optional[list[tuple[str, Path]]]:
         raise UsageError(f"{plan_file} is not a sweep plan that launch/sweep.py wrote ({error}); pass a run "
                          "folder with --all-checkpoints instead") from None
     # Each run's folder lies in the sweep's, named after the run, wherever the sweep folder was moved.
-    return [(name, args.model / name if (args.model / name).is_dir() else folder) for name, folder in runs]
+    return [(name, args.model / name if (args.model / name).is_dir() else folder) for name, folder in runs], True
 
 
-def run_ladder(args: argparse.Namespace, plans: list[tuple[Task, Optional[Task]]],
-               runs: list[tuple[str, Path]]) -> int:
-    """Every kept checkpoint of `runs`, evaluated, to the table, --output's JSON and CSV, and the plot."""
-    # deferred: the checkpoints' states are read with torch's checkpoint module
+def run_ladder(args: argparse.Namespace, plans: list[tuple[Task, Optional[Task]]], runs: list[tuple[str, Path]],
+               sweep: bool) -> int:
+    """Every kept checkpoint of `runs`, evaluated, to the table, --output's JSON and CSV, and the plot; a
+    sweep's run without a checkpoint (not started yet) is skipped, saying so."""
+    # deferred: torch, megatron-core and DeepSpeed take seconds to import; argument mistakes need not wait
+    from megallm.parallel.distributed import select_deepspeed_accelerator
+
+    select_deepspeed_accelerator()  # DeepSpeed reads it when first imported, and guesses aloud without it
+    # deferred: the checkpoint reader imports DeepSpeed, after the accelerator is chosen
     from megallm.evaluation.ladder import (
         LadderPoint,
         format_ladder,
@@ -255,16 +261,19 @@ def run_ladder(args: argparse.Namespace, plans: list[tuple[Task, Optional[Task]]
         write_ladder,
     )
 
-    points = []
+    points, skipped = [], []
     for name, folder in runs:
         try:
             points += [LadderPoint.of(name, checkpoint) for checkpoint in run_checkpoints(folder)]
         except MegallmError as error:
-            if len(runs) == 1:
+            if not sweep:
                 raise
-            progress(f"{name}: skipped ({error})")  # a sweep's run that has not saved a checkpoint yet
+            skipped.append(f"{name}: skipped ({error})")
     if not points:
-        raise UsageError(f"no run of sweep folder {args.model} has a checkpoint yet")
+        first = f" ({skipped[0]})" if skipped else ""
+        raise UsageError(f"no run of sweep folder {args.model} has a checkpoint yet{first}")
+    for line in skipped:
+        progress(line)
     progress(f"{len(points)} checkpoint(s) of {len({p.run for p in points})} run(s) to evaluate")
     document = {"source": str(args.model), "created": now(), "versions": versions(), "settings": settings(args),
                 "points": []}
