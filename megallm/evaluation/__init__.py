@@ -14,6 +14,12 @@ The model side:
 - perplexity.py  perplexity and bits per byte on a held-out corpus split or files
 - harness.py     megallm models inside EleutherAI's lm-evaluation-harness (model type `megallm`)
 - report.py      results as JSON, a console table and W&B
+- ladder.py      every checkpoint of runs against tokens and training FLOPs: CSV and the plot
+
+During training (plugged in by launch/pretrain.py through build_trainer's extra_callbacks; the
+core imports none of it):
+- downstream.py        the `downstream` config section checked (no torch) and its callback built
+- during_training.py   DownstreamEvaluator: few-shot tasks every N steps on the engine's own model
 
 Entry point: tools/evaluate.py (megallm.cli.evaluate). The evaluation data is made by a tool outside
 the library, tools/make_eval_data.py (its harvesting in tools/eval_sources.py); what the
