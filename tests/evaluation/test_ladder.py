@@ -16,12 +16,14 @@ from tests.helpers import REPO, SMALL_MODEL, assert_one_line_error, records, run
 
 CHOICE = REPO / "tests" / "fixtures" / "lm_eval" / "choice_task.jsonl"
 FORTUNES = REPO / "tests" / "fixtures" / "eval" / "fortune_category.jsonl"
-TASKS = ["--task", CHOICE, "--task", FORTUNES, "--k", "2", "--limit", "20"]
+GENERATION = REPO / "tests" / "fixtures" / "lm_eval" / "generation_task.jsonl"  # python_generation: 6 examples
+TASKS = ["--task", CHOICE, "--task", FORTUNES, "--task", GENERATION, "--k", "2", "--limit", "20",
+         "--max-new-tokens", "8"]
 SWEEP = [*SMALL_MODEL, "model.num_layers=1,2", "train.seq_len=64", "train.micro_batch_size=2",
          "train.global_batch_tokens=256", "train.steps=8", "optim.lr=1e-2", "optim.warmup_steps=2",
          "logging.every=4", "train.eval_every=0", "checkpoint.every=4", "checkpoint.keep_last=0",
-         "data.num_workers=0", f"downstream.tasks=[{CHOICE},{FORTUNES}]", "downstream.every=4", "downstream.k=2",
-         "downstream.limit=20"]
+         "data.num_workers=0", f"downstream.tasks=[{CHOICE},{FORTUNES},{GENERATION}]", "downstream.every=4",
+         "downstream.k=2", "downstream.limit=20", "downstream.max_new_tokens=8"]
 RUNS = ("model.num_layers=1", "model.num_layers=2")
 
 
@@ -46,7 +48,9 @@ def test_a_sweep_folder_is_evaluated_at_every_checkpoint(small_corpus, tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     header, *table = result.stdout.splitlines()
     assert header.split() == ["run", "step", "tokens", "flops", "task", "metric", "value", "stderr"]
-    assert len(table) == 2 * 2 * 2 * 2  # runs x checkpoints x tasks x (accuracy, accuracy_norm)
+    # runs x checkpoints x (two multiple-choice tasks' accuracy and accuracy_norm, the generation task's
+    # BLEU, ROUGE-1, ROUGE-2, ROUGE-L and exact match)
+    assert len(table) == 2 * 2 * (2 * 2 + 5)
 
     document = json.loads(out.read_text())
     points = {(p["run"], p["step"]): p for p in document["points"]}
@@ -58,19 +62,20 @@ def test_a_sweep_folder_is_evaluated_at_every_checkpoint(small_corpus, tmp_path,
         # The checkpoint scores what the run scored with its live model at that step (one rank: same rows).
         live = records(sweep / run, "downstream")[step]
         for task in point["tasks"]:
-            assert task["metrics"]["accuracy"] == live[f"{task['task']}/accuracy"], (run, step, task["task"])
+            metric = "accuracy" if task["kind"] == "multiple_choice" else "bleu"
+            assert task["metrics"][metric] == live[f"{task['task']}/{metric}"], (run, step, task["task"])
     assert points[(RUNS[0], 8)]["params"] < points[(RUNS[1], 8)]["params"]
 
     with open(out.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(table) and {r["metric"] for r in rows} == {"accuracy", "accuracy_norm"}
+    assert len(rows) == len(table) and {r["metric"] for r in rows} >= {"accuracy", "accuracy_norm", "bleu"}
     assert {r["chance"] for r in rows if r["task"] == "python_choice"} == {"0.25"}
     assert float(rows[0]["flops"]) == points[(rows[0]["run"], int(rows[0]["step"]))]["flops"]
 
     import matplotlib.image
 
     plot = matplotlib.image.imread(out.with_suffix(".png"))
-    assert plot.shape[:2] == (504, 1248)  # two panels (one per task) at 120 dpi
+    assert plot.shape[:2] == (504, 1872)  # three panels (one per task) at 120 dpi
 
     # A run folder: its newest checkpoint, or with --all-checkpoints every one.
     single = tmp_path / "run.json"
