@@ -8,6 +8,8 @@ where its checkpoints are.
     <run_dir>/.megallm.lock        held by the job training in the folder (checkpoint.dir has its own)
     <run_dir>/samples/             data.trace_samples: dp_rank_RRRRR.jsonl
 
+A sweep's folder (launch/sweep.py) holds its plan, sweep.json, and one run folder per run.
+
 The run writes through `RunPaths.of_settings(run_dir, checkpoint.dir)` (megallm.train.run_folder);
 every tool that is handed a run folder finds its checkpoints through `RunPaths.of_folder`, which
 reads checkpoint.dir from the folder's config.yaml, so a run that kept its checkpoints elsewhere
@@ -28,6 +30,7 @@ CHECKPOINTS_DIR = "checkpoints"
 WANDB_RUN_ID_FILE = "wandb_run_id"
 LOCK_FILE = ".megallm.lock"
 SAMPLES_DIR = "samples"
+SWEEP_PLAN_FILE = "sweep.json"  # in a sweep's folder: every run, its overrides, branch point and compute
 
 
 @dataclass(frozen=True)

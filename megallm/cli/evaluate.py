@@ -25,7 +25,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from megallm.cli import run_command
 from megallm.errors import DataError, MegallmError, UsageError
@@ -34,6 +34,7 @@ from megallm.evaluation.fewshot import FewShot, evaluate_task
 from megallm.evaluation.report import format_table, log_wandb, versions, write_results
 from megallm.evaluation.tasks import Task, read_task
 from megallm.extras import require
+from megallm.run_layout import SWEEP_PLAN_FILE
 
 PROG = "evaluate"
 
@@ -203,7 +204,7 @@ def evaluate_model(args: argparse.Namespace, plans: list[tuple[Task, Optional[Ta
     with model:
         if args.threads:
             torch.set_num_threads(args.threads)
-        results = {"tokenizer": str(model.tokenizer_file), "tasks": [], "perplexity": []}
+        results: dict[str, Any] = {"tokenizer": str(model.tokenizer_file), "tasks": [], "perplexity": []}
         for task, pool in plans:
             results["tasks"].append(evaluate_task(model, task, pool, few_shot(args)))
         if args.perplexity:
@@ -219,10 +220,7 @@ def ladder_runs(args: argparse.Namespace) -> Optional[tuple[list[tuple[str, Path
     """((name, run folder) of each run whose checkpoints are all evaluated, whether they are a sweep's):
     the sweep's runs for a sweep folder, MODEL itself with --all-checkpoints; None for one checkpoint.
     Mistakes before any model is read."""
-    # deferred: the sweep's plan imports the checkpoint module (torch)
-    from megallm.sweep.plan import PLAN_FILE
-
-    plan_file = args.model / PLAN_FILE
+    plan_file = args.model / SWEEP_PLAN_FILE
     if not args.all_checkpoints and not plan_file.is_file():
         return None
     if args.masked_accuracy or args.wandb:
@@ -275,8 +273,8 @@ def run_ladder(args: argparse.Namespace, plans: list[tuple[Task, Optional[Task]]
     for line in skipped:
         progress(line)
     progress(f"{len(points)} checkpoint(s) of {len({p.run for p in points})} run(s) to evaluate")
-    document = {"source": str(args.model), "created": now(), "versions": versions(), "settings": settings(args),
-                "points": []}
+    document: dict[str, Any] = {"source": str(args.model), "created": now(), "versions": versions(),
+                                "settings": settings(args), "points": []}
     table = []
     for point in points:
         results = {"model": point.checkpoint, **evaluate_model(args, plans, Path(point.checkpoint))}

@@ -17,7 +17,7 @@ from typing import Optional
 
 from megallm.cli import report, report_failure
 from megallm.config import check_config, compose_config, config_to_yaml
-from megallm.errors import DataError, MegallmError
+from megallm.errors import ConfigError, DataError, MegallmError
 from megallm.extras import require
 from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun
 
@@ -69,6 +69,10 @@ def _finetune(overrides: list[str], print_cfg: bool) -> int:
     if print_cfg:
         print(config_yaml)
         return 0
+    if cfg.downstream.every:
+        raise ConfigError(f"downstream.every={cfg.downstream.every}: downstream evaluation plugs into pretraining "
+                          "(launch/pretrain.py); a fine-tuning scores its validation rows every train.eval_every "
+                          "steps: drop the downstream.* settings")
     main_rank = int(os.environ.get("RANK", 0)) == 0
     say = (lambda line: print(line, flush=True)) if main_rank else (lambda line: None)
     tokenizer_file = pretrained_tokenizer(cfg.finetune.init, cfg.data.tokenizer)

@@ -86,6 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             config_yaml = config_to_yaml(cfg)  # the run folder's config.yaml holds the vocabulary trained with
         if cfg.train.dry_run:
             return _dry_run(cfg, world_size)
+        assert corpus is not None, "a run that trains opened its corpus above"
         return _train(cfg, config_yaml, corpus, downstream)
     except MegallmError as error:
         return report(PROG, error)
@@ -116,7 +117,7 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus, downstream: list) -
     plugged_in = downstream_callbacks(cfg, corpus, downstream)  # downstream evaluation, when on
     p = cfg.parallel
     with distributed(p.tp, p.pp, p.zero_stage) as ctx:
-        if ctx.is_main and cfg.model.vocab_size > corpus.manifest.vocab_size:
+        if ctx.is_main and cfg.model.vocab_size is not None and cfg.model.vocab_size > corpus.manifest.vocab_size:
             print(f"note: model.vocab_size={cfg.model.vocab_size} exceeds the tokenizer's "
                   f"{corpus.manifest.vocab_size} tokens; the extra embedding rows are never used", flush=True)
         try:

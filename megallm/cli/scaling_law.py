@@ -164,12 +164,16 @@ def _log_wandb(study, numbers: dict, plots: list[Path], held, predictions, outpu
         import wandb  # optional: only --wandb needs it
     except ImportError as exc:
         raise UsageError("--wandb needs the wandb package: pip install wandb") from exc
-    mode = os.environ.get("WANDB_MODE") or "offline"
+    from megallm.config import wandb_mode  # deferred: Hydra's imports, for --wandb only
+
+    mode = wandb_mode(os.environ.get("WANDB_MODE") or "offline")
+    if mode is None:
+        raise UsageError(f"WANDB_MODE must be offline, online or disabled, got {os.environ['WANDB_MODE']!r}")
     with tempfile.TemporaryDirectory() as scratch:
         if not plots:
             plots = _plots(study, Path(scratch), held, predictions)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "megallm", job_type="scaling_law",
-                         mode={"dryrun": "offline", "run": "online"}.get(mode, mode),  # type: ignore[arg-type]  # W&B checks it
+                         mode=mode,
                          dir=str(output) if output else None,
                          config={"source": numbers["source"], **numbers["options"]})
         run.summary.update(_flatten({k: numbers[k] for k in ("approach1", "approach2", "approach3", "intervals")

@@ -34,14 +34,16 @@ from megallm.config.schema import (
     TrainConfig,
     TrainingObjective,
     WandbConfig,
+    WandbMode,
     resolved_precision,
     step_ranges,
+    wandb_mode,
 )
 from megallm.errors import ConfigError
 
 __all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "DecayShape", "FinetuneConfig", "FinetunePooling",
            "FinetuneTask", "LRSchedule", "LoggingConfig", "MLMConfig", "NanGuardConfig", "NanPolicy", "OnDamaged",
            "OptimConfig", "ParallelConfig", "PipelinePartition", "Precision", "RunConfig", "TrainConfig",
-           "TrainingObjective", "WandbConfig", "apply_objective", "available", "batch_layout", "check_config",
+           "TrainingObjective", "WandbConfig", "WandbMode", "apply_objective", "available", "batch_layout", "check_config",
            "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size",
-           "resolved_precision", "step_ranges"]
+           "resolved_precision", "step_ranges", "wandb_mode"]

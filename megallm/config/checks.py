@@ -12,12 +12,11 @@ import math
 import os
 from typing import Callable, Mapping
 
-from megallm.config.schema import LRSchedule, RunConfig, TrainConfig, TrainingObjective, step_ranges
+from megallm.config.schema import WANDB_MODES, LRSchedule, RunConfig, TrainConfig, TrainingObjective, step_ranges
 from megallm.errors import ConfigError
 from megallm.model.config import AttentionKernel, LossKernel
 from megallm.parallel.dims import ParallelDims
 
-WANDB_MODES = ("offline", "online", "disabled")
 INT64_LIMIT = 2**63  # every integer of a config must be below it: torch sizes, numpy indices, seeds are int64
 
 # Ranges of single values: (key, test, what the value must be). A bad value is reported as

@@ -11,7 +11,7 @@ inconsistent before any process group starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional, cast, get_args
 
 from omegaconf import MISSING
 
@@ -266,6 +266,18 @@ class NanGuardConfig:
     skip_steps: list[str] = field(default_factory=list)
 
 
+WandbMode = Literal["offline", "online", "disabled"]
+WANDB_MODES: tuple[str, ...] = get_args(WandbMode)
+LEGACY_WANDB_MODES = {"dryrun": "offline", "run": "online"}  # W&B's older names, still read from WANDB_MODE
+
+
+def wandb_mode(value: str) -> Optional[WandbMode]:
+    """`value` as one of W&B's modes (the legacy dryrun and run read as offline and online), None if it
+    is not one (megallm.config.checks refuses those before a run starts)."""
+    value = LEGACY_WANDB_MODES.get(value, value)
+    return cast(WandbMode, value) if value in WANDB_MODES else None
+
+
 @dataclass
 class WandbConfig:
     """W&B logging on rank 0 (megallm.train.callbacks.loggers.WandbLogger).
@@ -296,7 +308,7 @@ class WandbConfig:
 
         mode = pick(self.mode, "WANDB_MODE", "offline") or "offline"
         tags = list(self.tags) or [t.strip() for t in environ.get("WANDB_TAGS", "").split(",") if t.strip()]
-        return WandbConfig(enabled=self.enabled, mode={"dryrun": "offline", "run": "online"}.get(mode, mode),
+        return WandbConfig(enabled=self.enabled, mode=LEGACY_WANDB_MODES.get(mode, mode),
                            project=pick(self.project, "WANDB_PROJECT", "megallm"),
                            entity=pick(self.entity, "WANDB_ENTITY"), name=pick(self.name, "WANDB_NAME"),
                            group=pick(self.group, "WANDB_RUN_GROUP"), tags=tags, notes=pick(self.notes, "WANDB_NOTES"))

@@ -30,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from megallm.train.callbacks.metrics import flops_seen
 
 if TYPE_CHECKING:  # only annotations: the callback reaches them through the trainer
     from megallm.engine.engine import ParallelEngine
+    from megallm.model.llama import LlamaModel
     from megallm.train.trainer import Trainer
 
 KIND = "downstream"  # the records' kind (W&B: downstream/<task>/<metric>)
@@ -66,7 +67,7 @@ class WholeVocabulary(torch.nn.Module):
     """A tensor-parallel model whose logits come whole: each TP rank's slice of the vocabulary
     [s, b, vocab / tp] gathered into [s, b, vocab] on every rank of the group (collective)."""
 
-    def __init__(self, model: torch.nn.Module, group):
+    def __init__(self, model: LlamaModel, group):
         super().__init__()
         self.inner, self.group = model, group
 
@@ -103,9 +104,10 @@ class LiveModel(EvalModel):
 
         if engine.pipelined:  # check_downstream refuses it: a programming error here
             raise ValueError("LiveModel needs the whole model on each rank (parallel.pp=1)")
-        model = engine.engine.module  # megallm.model.llama.LlamaModel, this rank's TP slice
+        model: LlamaModel = engine.engine.module  # this rank's TP slice
         if engine.dims.tp > 1:
-            model = WholeVocabulary(model, ps.get_tensor_model_parallel_group())
+            # EvalModel reads a LlamaModel's cfg, embedding and forward, all of which this one serves.
+            model = cast("LlamaModel", WholeVocabulary(model, ps.get_tensor_model_parallel_group()))
         return cls(model, vocabulary.tokenizer, vocabulary.file, vocabulary.special, source="training",
                    max_length=max_length, batch_size=batch_size, log=log, dp_group=ps.get_data_parallel_group(),
                    dp=engine.dims.dp, dp_rank=engine.ctx.coords.dp)

@@ -88,7 +88,7 @@ def score_multiple_choice(model, examples: list, prompts: list[str], advance: Ca
                             "prediction_norm": max(range(len(lls)), key=per_char.__getitem__)})
         advance(len(batch))
     golds = [e.gold for e in examples]
-    metrics = {}
+    metrics: dict[str, Optional[float]] = {}
     for name, key in (("accuracy", "prediction"), ("accuracy_norm", "prediction_norm")):
         metrics[name] = accuracy([s[key] for s in samples], golds)
         metrics[f"{name}_stderr"] = mean_stderr([float(s[key] == s["gold"]) for s in samples])

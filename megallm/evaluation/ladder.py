@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megallm.checkpoint.state import STATE_FILE, complete_checkpoints, read_state
+from megallm.errors import ConversionError
 from megallm.evaluation.report import HEADLINE, rows, write_results
 from megallm.files import atomic_write_text
 from megallm.model.config import ModelConfig
 from megallm.model.flops import flops_per_token, parameter_count
+from megallm.run_layout import RunPaths
 
 COLUMNS = ("run", "params", "step", "tokens", "flops", "task", "kind", "k", "demos", "n", "metric", "value",
            "stderr", "chance", "checkpoint")
@@ -59,12 +61,13 @@ def run_checkpoints(path: Path) -> list[Path]:
     """Every complete checkpoint of a run folder, oldest first (those in its checkpoint.dir when its
     config.yaml sets one; a checkpoints folder: those in it); `path` itself if it is a checkpoint.
     ConversionError (one line) where there is none."""
-    # deferred: the checkpoint reader imports DeepSpeed
-    from megallm.checkpoint.convert import resolve_checkpoint
-
     if (path / STATE_FILE).is_file():
         return [path]
-    return complete_checkpoints(resolve_checkpoint(path).parent)  # where the newest lies, all of them
+    for folder in (path, RunPaths.of_folder(path).checkpoints):  # a checkpoints folder, or a run folder's
+        if found := complete_checkpoints(folder):
+            return found
+    raise ConversionError(f"{path} holds no step_NNNNNNNN checkpoints (nor does its checkpoint folder); pass a run "
+                          "folder, a checkpoints folder or a checkpoint")
 
 
 def ladder_rows(point: LadderPoint, results: dict) -> list[dict]:

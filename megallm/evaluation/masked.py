@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -49,7 +49,11 @@ from megallm.engine.objective import ModelInputs, Objective
 from megallm.errors import CheckpointError, UsageError
 from megallm.evaluation.model import resolve_device, resolve_dtype
 from megallm.files import TOKENIZER_FILE
+from megallm.model.loss import Targets
 from megallm.run_layout import RUN_CONFIG_FILE
+
+if TYPE_CHECKING:  # annotations only: the model is built where megatron-core is imported (deferred)
+    from megallm.model.llama import LlamaModel
 
 
 # ---- the checkpoint -------------------------------------------------------------------------------
@@ -134,8 +138,10 @@ class Tally:
 
     def add(self, logits: torch.Tensor, batch: ModelInputs, mask_id: int, unigram: Unigram) -> None:
         """logits [s, b, vocab (padded)] of `batch`."""
-        selected = batch.targets.loss_mask  # [b, s]
-        labels = batch.targets.labels[selected]
+        targets = batch.targets
+        assert isinstance(targets, Targets) and targets.loss_mask is not None, "a masked-LM batch"
+        selected = targets.loss_mask  # [b, s]
+        labels = targets.labels[selected]
         scored = logits.transpose(0, 1)[selected].float()  # [n, vocab]
         hits = scored.argmax(-1) == labels
         seen = batch.tokens[selected]
@@ -169,16 +175,17 @@ def evaluation_objective(cfg: RunConfig, manifest: Manifest, seed: Optional[int]
     return objective if seed is None else dataclasses.replace(objective, seed=seed)
 
 
-def score_windows(model: torch.nn.Module, windows: EvalBatches, batches: int, objective: Objective,
+def score_windows(model: LlamaModel, windows: EvalBatches, batches: int, objective: Objective,
                   unigram: Unigram, log: Callable[[str], None]) -> Tally:
     tally, began = Tally(), time.perf_counter()
+    assert objective.masking is not None, "a masked-LM objective"
     for index in range(batches):
         batch = objective.inputs(windows.micro_batch(index), windows.samples(index))
         with torch.no_grad():
             tally.add(model(batch.tokens, doc_ids=batch.doc_ids), batch, objective.masking.mask_id, unigram)
-            if objective.nsp and model.nsp_head is not None:
-                tally.add_nsp(model.nsp_head.logits(model.hidden_states(batch.tokens, batch.doc_ids)),
-                              batch.targets.nsp_labels)
+            nsp_labels = getattr(batch.targets, "nsp_labels", None)
+            if objective.nsp and model.nsp_head is not None and nsp_labels is not None:
+                tally.add_nsp(model.nsp_head.logits(model.hidden_states(batch.tokens, batch.doc_ids)), nsp_labels)
         if (index + 1) % 20 == 0 or index + 1 == batches:
             log(f"{index + 1}/{batches} micro-batches, {tally.selected:,} positions scored, "
                 f"{time.perf_counter() - began:.1f} s")
@@ -208,7 +215,7 @@ def report(tally: Tally, unigram: Unigram, tok_text: str) -> dict:
 
 def token_text(corpus: Corpus, token_id: int) -> str:
     """The token's string in the corpus's tokenizer."""
-    return Tokenizer.from_str(corpus.tokenizer_files()[TOKENIZER_FILE]).id_to_token(token_id)
+    return Tokenizer.from_str(corpus.tokenizer_files()[TOKENIZER_FILE]).id_to_token(token_id) or f"<id {token_id}>"
 
 
 # ---- the whole evaluation ---------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def masked_accuracy(checkpoint_or_run: str | Path, corpus_path: str | Path, spli
             "micro_batch_size": mbs, "batches": batches, "windows": batches * mbs,
             "split_windows": windows.order.epoch_samples, "seed": objective.seed,
             "mlm": dataclasses.asdict(cfg.mlm), "document_masking": cfg.data.document_masking,
-            "mask_id": objective.masking.mask_id, **report(tally, unigram, token_text(corpus, unigram.top_id))}
+            "mask_id": objective.masking.mask_id if objective.masking else None, **report(tally, unigram, token_text(corpus, unigram.top_id))}
 
 
 def _score_checkpoint(checkpoint: Path, windows: EvalBatches, batches: int, objective: Objective, unigram: Unigram,

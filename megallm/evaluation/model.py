@@ -49,7 +49,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from megallm.data.tokenizer import SpecialTokens, load_tokenizer, special_tokens
 from megallm.errors import DataError, UsageError
 from megallm.files import TOKENIZER_FILE
 from megallm.inference.context import TrainedContext, trained_context
+
+if TYPE_CHECKING:  # annotations only: the model code imports megatron-core, which `load` defers
+    from megallm.model.llama import LlamaModel
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 STARTS = ("document", "tokenizer", "none")
@@ -129,7 +132,7 @@ def rolling_requests(tokens: list[int], prefix: int, max_length: int) -> list[Re
 class EvalModel:
     """A loaded model, its tokenizer and how inputs begin; see the module docstring."""
 
-    model: torch.nn.Module  # megallm.model.llama.LlamaModel, eval mode
+    model: LlamaModel  # eval mode (during training: megallm.evaluation.during_training.WholeVocabulary over one)
     tokenizer: Tokenizer
     tokenizer_file: Path
     special: SpecialTokens
@@ -161,7 +164,7 @@ class EvalModel:
             raise UsageError(f"start {start!r} is not one of {', '.join(STARTS)}")
         if batch_size < 1:
             raise UsageError(f"batch size must be >= 1, got {batch_size}")
-        path, dtype, device = Path(path), resolve_dtype(dtype), resolve_device(device)
+        path, dtype, on = Path(path), resolve_dtype(dtype), resolve_device(device)
         if not path.exists():
             raise UsageError(f"model {path} does not exist")
         trained = trained_context(path)
@@ -191,12 +194,12 @@ class EvalModel:
         world = contextlib.ExitStack()
         world.enter_context(distributed(deepspeed=False))
         try:
-            model = model_from_weights(weights, cfg, device, dtype)
+            model = model_from_weights(weights, cfg, on, dtype)
         except BaseException:
             world.close()
             raise
         params = sum(p.numel() for p in model.parameters())
-        log(f"{path}: {params / 1e6:.1f}M parameters on {device}, {str(dtype).removeprefix('torch.')}, "
+        log(f"{path}: {params / 1e6:.1f}M parameters on {on}, {str(dtype).removeprefix('torch.')}, "
             f"ready in {time.perf_counter() - began:.1f} s")
         return cls(model, tok, tokenizer_file, special, str(path), start, max_length, batch_size, trained, log, world)
 
@@ -217,6 +220,7 @@ class EvalModel:
 
     @property
     def vocab_size(self) -> int:
+        assert self.model.cfg.vocab_size is not None, "a built model knows its vocabulary"
         return self.model.cfg.vocab_size
 
     @property

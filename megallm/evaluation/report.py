@@ -29,7 +29,7 @@ import platform
 from pathlib import Path
 from typing import Any, Optional
 
-from megallm.config import WandbConfig
+from megallm.config import WandbConfig, wandb_mode
 from megallm.errors import UsageError
 from megallm.files import atomic_write_text
 
@@ -104,14 +104,15 @@ def log_wandb(results: dict, folder: Path, environ: Optional[dict] = None) -> st
     except ImportError as exc:
         raise UsageError("--wandb needs the wandb package: pip install wandb") from exc
     cfg = WandbConfig(enabled=True).resolved(os.environ if environ is None else environ)
-    if cfg.mode not in ("offline", "online", "disabled"):
+    mode = wandb_mode(cfg.mode or "")
+    if mode is None:
         raise UsageError(f"WANDB_MODE must be offline, online or disabled, got {cfg.mode!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table_rows = rows(results)
     numbers = {f"{r['task']}/{r['metric']}": r["value"] for r in table_rows}
     numbers.update({f"{r['task']}/{r['metric']}_stderr": r["stderr"] for r in table_rows if r["stderr"] is not None})
-    run = wandb.init(mode=cfg.mode, project=cfg.project, entity=cfg.entity, name=cfg.name, group=cfg.group,
+    run = wandb.init(mode=mode, project=cfg.project, entity=cfg.entity, name=cfg.name, group=cfg.group,
                      tags=cfg.tags or None, notes=cfg.notes, dir=str(folder), job_type="evaluate",
                      config={"model": results["model"], **results.get("settings", {})})
     table = wandb.Table(columns=list(COLUMNS), data=[[str(r[c]) if c in ("k", "demos") else r[c] for c in COLUMNS]
@@ -119,4 +120,4 @@ def log_wandb(results: dict, folder: Path, environ: Optional[dict] = None) -> st
     run.log({**numbers, "results": table})
     run.summary.update(numbers)
     run.finish()
-    return cfg.mode
+    return mode

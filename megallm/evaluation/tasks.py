@@ -169,7 +169,7 @@ def write_task(path: Path, examples: Sequence[Example], name: Optional[str] = No
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     if name or metrics:
-        header = {"name": name} if name else {}
+        header: dict[str, Any] = {"name": name} if name else {}
         header.update({"metrics": list(metrics)} if metrics else {})
         lines.append(json.dumps({"task": header}, ensure_ascii=False))
     lines += [json.dumps(_as_json(e), ensure_ascii=False) for e in examples]
@@ -179,7 +179,7 @@ def write_task(path: Path, examples: Sequence[Example], name: Optional[str] = No
 
 def _as_json(example: Example) -> dict:
     obj: dict[str, Any] = {"input": example.input}
-    if example.kind == MULTIPLE_CHOICE:
+    if example.choices is not None:  # multiple choice
         obj.update(choices=list(example.choices), gold=example.gold)
     else:
         obj["target"] = example.target

@@ -21,14 +21,18 @@ def _number(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _field(value) -> str:
+    return format(value, ".4g") if isinstance(value, float) else str(value)
+
+
 def format_console(record: dict) -> str:
     kind, step = record["kind"], record["step"]
     if kind == "eval":
         line = f"eval  step {step} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
         scores = [f"{key} {record[key]:.4f}" for key in EVAL_SCORES if record.get(key) is not None]
         return " | ".join([line, *scores])
-    if kind != "train":  # e.g. "nonfinite": its fields as they are
-        return f"{kind} step {step} | " + " | ".join(f"{k} {v}" for k, v in record.items()
+    if kind != "train":  # e.g. "nonfinite", "downstream": its fields, floats to 4 significant digits
+        return f"{kind} step {step} | " + " | ".join(f"{k} {_field(v)}" for k, v in record.items()
                                                       if k not in ("kind", "step", "time"))
     parts = [f"step {step}/{record['total_steps']}", f"loss {_number(record['loss'], '.4f')}", f"lr {record['lr']:.2e}",
              f"grad_norm {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s"]

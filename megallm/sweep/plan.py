@@ -30,10 +30,11 @@ from megallm.data.shards import Manifest
 from megallm.errors import ConfigError, DataError
 from megallm.model.flops import flops_per_token
 from megallm.optim.schedule import decay_start
+from megallm.run_layout import SWEEP_PLAN_FILE
 from megallm.train.run_folder import RunFolder
 
 DEFAULT_SWEEP_DIR = "runs/sweep"
-PLAN_FILE = "sweep.json"  # in the sweep's folder: every run, its overrides, branch point and compute
+PLAN_FILE = SWEEP_PLAN_FILE
 
 
 @dataclass

@@ -115,6 +115,16 @@ def test_missing_init_is_one_line(tmp_path, capsys):
     assert_one_line_error(result, "does not exist", prefix="finetune: error: ")
 
 
+def test_downstream_evaluation_is_refused_in_one_line(pretrained, tmp_path, capsys):
+    """downstream.* plugs into pretraining only: a fine-tuning given it says so rather than ignore it."""
+    result = run_main(finetune_main, [f"finetune.init={pretrained}", *CLASSIFY, f"run_dir={tmp_path}/run",
+                                      "downstream.every=5", f"downstream.tasks=[{EVAL / 'fortune_category.jsonl'}]"],
+                      capsys)
+    assert_one_line_error(result, "downstream.every=5: downstream evaluation plugs into pretraining",
+                          prefix="finetune: error: ")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_classifier_is_not_exported_as_a_language_model(runs, tmp_path):
     result = run_tool("convert_ckpt", "export", runs["root"] / "classify", tmp_path / "hf")
     assert_one_line_error(result, "is a sequence classifier", "only language models are exported",

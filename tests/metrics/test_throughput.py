@@ -93,3 +93,7 @@ def test_records_without_numbers_read_and_stay_strict_json():
     assert json.loads(line)["grad_norm"] is None and "NaN" not in line
     event = {"kind": "nonfinite", "step": 3, "grad_norm": None, "samples": [8, 12], "policy": "skip"}
     assert format_console(event) == "nonfinite step 3 | grad_norm None | samples [8, 12] | policy skip"
+    downstream = {"kind": "downstream", "step": 100, "fortune_category/accuracy": 0.08695652173913043,
+                  "seconds": 3.25, "tokens_seen": 409600}
+    assert format_console(downstream) == ("downstream step 100 | fortune_category/accuracy 0.08696 | seconds 3.25 | "
+                                          "tokens_seen 409600")

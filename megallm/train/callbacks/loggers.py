@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional, cast
 
 from omegaconf import OmegaConf
 
-from megallm.config import RunConfig, WandbConfig
+from megallm.config import RunConfig, WandbConfig, wandb_mode
 from megallm.files import atomic_write_text
 from megallm.metrics.format import format_console
 from megallm.model.flops import flops_per_token, parameter_count
@@ -113,7 +113,7 @@ class WandbLogger(Callback):
 
         # mode given explicitly, as resolved from config and environment: it overrides W&B's own settings
         self._run = wandb.init(id=wandb_run_id(run_dir), resume="allow",
-                               mode=cfg.mode,  # type: ignore[arg-type]  # a str, checked to be one of W&B's modes
+                               mode=wandb_mode(cfg.mode or ""),  # checked before start (config.checks)
                                project=cfg.project,
                                entity=cfg.entity, name=cfg.name or run_dir.name, group=cfg.group,
                                tags=cfg.tags or None, notes=cfg.notes, dir=str(run_dir), config=config,
