@@ -51,7 +51,7 @@ def read_remote(location: str, name: str) -> bytes:
     """The corpus file `name` from a URL location, through WebDataset's opener."""
     from webdataset.gopen import gopen  # deferred: webdataset imports torch (~5 s); local corpora need neither
 
-    url = Corpus(location, None).url(name)  # type: ignore[arg-type]
+    url = Corpus(location, None).url(name)  # type: ignore[arg-type]  # no manifest yet: only its url() is used
     try:
         with gopen(url, "rb") as src:
             return src.read()
