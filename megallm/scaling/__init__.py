@@ -12,5 +12,13 @@
 - report.py     the printed table and fit.json
 - plots.py      PNG figures (matplotlib, Agg)
 
+The data-mixing law (Ye et al. 2024), tools/mixing_law.py (megallm.cli.mixing_law):
+- mixtures.py      a CSV (or rows) of trained mixtures -> proportions and per-domain losses, one per mixture
+- mixing.py        L_i(r) = c_i + k_i exp(t_i . r) per domain (t of the last domain 0), its fit, the
+                   identifiability checks, the nearest-mixture baseline, the optimal mixture
+- mixing_study.py  all of it on one table: bootstrap intervals, predictions, holdout, the optimum
+- mixing_report.py the printed table and fit.json
+- mixing_plots.py  PNG figures
+
 tools/scaling_law.py (megallm.cli.scaling_law) is the command line.
 """

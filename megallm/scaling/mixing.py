@@ -122,12 +122,14 @@ def identifiability_problem(proportions: np.ndarray, sources: tuple[str, ...]) -
     return None
 
 
-def _residuals(x: np.ndarray, r: np.ndarray, log_loss: np.ndarray) -> np.ndarray:
+def residuals(x: np.ndarray, r: np.ndarray, log_loss: np.ndarray) -> np.ndarray:
+    """ln L_pred - ln L_obs at the parameters x = (ln c, ln k, t_1 .. t_{m-1}) and mixtures r (n, m)."""
     scaled = np.exp(x[1] + r[:, :-1] @ x[2:])
     return np.log(np.exp(x[0]) + scaled) - log_loss
 
 
-def _jacobian(x: np.ndarray, r: np.ndarray, log_loss: np.ndarray) -> np.ndarray:
+def jacobian(x: np.ndarray, r: np.ndarray, log_loss: np.ndarray) -> np.ndarray:
+    """d residuals / d x: (n, m + 1)."""
     c, scaled = np.exp(x[0]), np.exp(x[1] + r[:, :-1] @ x[2:])
     pred = c + scaled
     share = scaled / pred
@@ -173,7 +175,7 @@ def fit_domain(r: np.ndarray, loss: np.ndarray, keep_best: int = KEEP_BEST_START
     best_x, best, converged = None, np.inf, 0
     with threadpool_limits(limits=1, user_api="blas"):  # tiny solver steps: a BLAS thread pool only slows them
         for index in chosen:
-            result = least_squares(_residuals, candidates[index], jac=_jacobian, bounds=(low, high), method="trf",
+            result = least_squares(residuals, candidates[index], jac=jacobian, bounds=(low, high), method="trf",
                                    args=(r, log_loss), ftol=SOLVER_TOLERANCE, xtol=SOLVER_TOLERANCE,
                                    gtol=SOLVER_TOLERANCE, max_nfev=2000)
             ok = result.status > 0 and np.isfinite(result.cost)
