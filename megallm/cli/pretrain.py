@@ -22,7 +22,7 @@ from megallm.config import (
     compose_config,
     config_to_yaml,
 )
-from megallm.data.corpus import Corpus, open_corpus
+from megallm.data.mixture import Mixture, open_mixture
 from megallm.errors import DataError, MegallmError
 from megallm.evaluation.downstream import downstream_callbacks, downstream_tasks
 from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun, orphaned_by_launcher
@@ -77,17 +77,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         check_config(cfg, world_size)
         downstream = downstream_tasks(cfg)  # the downstream section's own checks (an application's)
-        corpus = None
+        mixture = None
         if not (cfg.train.dry_run and cfg.model.vocab_size is not None):
-            corpus = open_corpus(cfg.data.path, cfg.data.tokenizer, (cfg.data.train_split, cfg.data.val_split))
+            mixture = open_mixture(cfg.data.path, cfg.data.source_settings(), cfg.data.tokenizer,
+                                   (cfg.data.train_split, cfg.data.val_split))
+            corpus = mixture.primary
             resolve_vocab(cfg, corpus.manifest.vocab_size)
             if cfg.train.objective == "mlm":
                 corpus.manifest.require_mask_token(cfg.data.path)
             config_yaml = config_to_yaml(cfg)  # the run folder's config.yaml holds the vocabulary trained with
         if cfg.train.dry_run:
             return _dry_run(cfg, world_size)
-        assert corpus is not None, "a run that trains opened its corpus above"
-        return _train(cfg, config_yaml, corpus, downstream)
+        assert mixture is not None, "a run that trains opened its corpus above"
+        return _train(cfg, config_yaml, mixture, downstream)
     except MegallmError as error:
         return report(PROG, error)
 
@@ -102,7 +104,7 @@ def _dry_run(cfg: RunConfig, world_size: int) -> int:
     return 0
 
 
-def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus, downstream: list) -> int:
+def _train(cfg: RunConfig, config_yaml: str, mixture: Mixture, downstream: list) -> int:
     # deferred: torch, megatron-core and DeepSpeed take ~6 s to import; config mistakes need not wait
     import torch
 
@@ -113,7 +115,8 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus, downstream: list) -
     # deferred: imports DeepSpeed, which reads the accelerator chosen just above
     from megallm.train.build import build_trainer, check_start
 
-    check_start(cfg, corpus)  # the run's folders and the corpus's windows, before any process group
+    check_start(cfg, mixture)  # the run's folders and the corpus's windows, before any process group
+    corpus = mixture.primary
     plugged_in = downstream_callbacks(cfg, corpus, downstream)  # downstream evaluation, when on
     p = cfg.parallel
     with distributed(p.tp, p.pp, p.zero_stage) as ctx:
@@ -121,7 +124,7 @@ def _train(cfg: RunConfig, config_yaml: str, corpus: Corpus, downstream: list) -
             print(f"note: model.vocab_size={cfg.model.vocab_size} exceeds the tokenizer's "
                   f"{corpus.manifest.vocab_size} tokens; the extra embedding rows are never used", flush=True)
         try:
-            trainer = build_trainer(cfg, config_yaml, corpus, ctx, extra_callbacks=plugged_in)
+            trainer = build_trainer(cfg, config_yaml, mixture, ctx, extra_callbacks=plugged_in)
             trainer.fit()
         except DataError as error:  # may be one rank's shard: every rank says which
             return report(PROG, error, every_rank=True)

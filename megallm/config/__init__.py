@@ -31,6 +31,7 @@ from megallm.config.schema import (
     PipelinePartition,
     Precision,
     RunConfig,
+    SourceConfig,
     TrainConfig,
     TrainingObjective,
     WandbConfig,
@@ -43,7 +44,7 @@ from megallm.errors import ConfigError
 
 __all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "DecayShape", "FinetuneConfig", "FinetunePooling",
            "FinetuneTask", "LRSchedule", "LoggingConfig", "MLMConfig", "NanGuardConfig", "NanPolicy", "OnDamaged",
-           "OptimConfig", "ParallelConfig", "PipelinePartition", "Precision", "RunConfig", "TrainConfig",
+           "OptimConfig", "ParallelConfig", "PipelinePartition", "Precision", "RunConfig", "SourceConfig", "TrainConfig",
            "TrainingObjective", "WandbConfig", "WandbMode", "apply_objective", "available", "batch_layout", "check_config",
            "check_device_support", "compose_config", "config_from_yaml", "config_to_yaml", "planned_world_size",
            "resolved_precision", "step_ranges", "wandb_mode"]

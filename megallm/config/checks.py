@@ -166,9 +166,27 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
                         "write e.g. nan_guard.skip_steps=[100-120,250]")
     problems += objective_problems(cfg)
     problems += wandb_mode_problems(cfg, os.environ)
+    problems += source_problems(cfg)
     if problems:
         raise ConfigError(problems[0])
     batch_layout(t, p.dims(world).dp)
+
+
+def source_problems(cfg: RunConfig) -> list[str]:
+    """data.sources: each with a path, a finite weight >= 0 (not all 0) and a max_epochs > 0 where set."""
+    sources = cfg.data.source_settings()  # raises for a malformed source (one line)
+    problems = []
+    for name, source in sources.items():
+        if not source.path.strip():
+            problems.append(f"data.sources.{name}.path is missing; set +data.sources.{name}.path=FOLDER (a corpus "
+                            "tools/prepare_data.py wrote)")
+        if not (math.isfinite(source.weight) and source.weight >= 0):
+            problems.append(f"data.sources.{name}.weight must be a finite number >= 0, got {source.weight}")
+        if source.max_epochs is not None and not source.max_epochs > 0:
+            problems.append(f"data.sources.{name}.max_epochs must be > 0 (or null: no cap), got {source.max_epochs}")
+    if sources and not problems and not any(s.weight > 0 for s in sources.values()):
+        problems.append("data.sources: every weight is 0; give at least one source a positive weight")
+    return problems
 
 
 def apply_objective(cfg: RunConfig) -> None:

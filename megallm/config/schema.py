@@ -10,11 +10,12 @@ inconsistent before any process group starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional, cast, get_args
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Mapping, Optional, cast, get_args
 
 from omegaconf import MISSING
 
+from megallm.errors import ConfigError
 from megallm.model.config import Choice, KernelConfig, ModelConfig, Recompute
 from megallm.parallel.dims import ParallelDims
 
@@ -194,8 +195,23 @@ class TrainConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One corpus of a data mixture (data.sources.NAME): a folder tools/prepare_data.py wrote, its weight
+    (any scale: the weights are normalised) and how often it may be read over the run (null: no cap)."""
+
+    path: str = ""
+    weight: float = 1.0
+    max_epochs: Optional[float] = None
+
+
+@dataclass
 class DataConfig:
     path: str = "data/stdlib"  # folder written by tools/prepare_data.py (manifest.json + shards)
+    # A mixture instead of data.path: named corpora that share one tokenizer, each with SourceConfig's
+    # settings, e.g. +data.sources.code.path=data/code +data.sources.code.weight=0.3
+    # +data.sources.prose.path=data/prose; each sample's source is a pure function of (weights,
+    # train.seed, sample index) (megallm.data.mixture). Read through `source_settings`.
+    sources: dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # tokenizer.json to check against the manifest; default: the corpus's own
     train_split: str = "train"
     val_split: str = "val"
@@ -214,6 +230,29 @@ class DataConfig:
     skip_bad_shards: bool = False
     # Write <run_dir>/samples/dp_rank_R.jsonl: each step's global sample indices and token-id hashes.
     trace_samples: bool = False
+
+    def source_settings(self) -> dict[str, SourceConfig]:
+        """data.sources as SourceConfigs, in the order given; ConfigError (one line) for a source that is
+        not a mapping, an unknown setting or a value of the wrong type."""
+        known = {f.name: f for f in fields(SourceConfig)}
+        settings = {}
+        for name, given in self.sources.items():
+            if not isinstance(given, Mapping):
+                raise ConfigError(f"data.sources.{name} must hold settings ({', '.join(known)}), got {given!r}")
+            unknown = [key for key in given if key not in known]
+            if unknown:
+                raise ConfigError(f"data.sources.{name}.{unknown[0]} is not a setting of a source; the settings are "
+                                  f"{', '.join(known)}")
+            values: dict[str, Any] = {}
+            for key, value in given.items():
+                wanted = float if key in ("weight", "max_epochs") else str
+                if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                              if wanted is float else isinstance(value, str)):
+                    raise ConfigError(f"data.sources.{name}.{key} must be a {'number' if wanted is float else 'path'}, "
+                                      f"got {value!r}")
+                values[key] = wanted(value) if value is not None else None
+            settings[str(name)] = SourceConfig(**values)
+        return settings
 
 
 class OnDamaged(Choice):

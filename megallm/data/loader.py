@@ -3,8 +3,9 @@
 Shards are read whole with WebDataset's tar reader, from a local folder or any URL
 scheme WebDataset opens (`https://`, `pipe:`, `gs://`, ...), and packed into windows of
 `seq_len + 1` tokens (inputs = first `seq_len`, labels = last `seq_len`). Which window
-is global sample `g` is decided by `megallm.data.order.SampleOrder`, independently of
-the layout.
+is global sample `g` is decided independently of the layout: for a mixture of corpora,
+which source (megallm.data.blend) and which of that source's samples; within a source, which
+window (megallm.data.order.SampleOrder). One corpus is a mixture of itself alone.
 
 Splitting: data-parallel rank `r` of `dp` takes samples `g = n * dp + r` (`n` = 0, 1,
 ...), so within an optimizer step micro-batch `j` of rank `r` holds samples
@@ -23,14 +24,16 @@ from __future__ import annotations
 
 import signal
 from collections import OrderedDict
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils import signal_handling as loader_signals
 
+from megallm.data.blend import Blend
 from megallm.data.corpus import Corpus
+from megallm.data.mixture import Mixture
 from megallm.data.order import Address, SampleOrder
 from megallm.data.shards import ShardInfo, read_documents
 from megallm.errors import DataError
@@ -116,34 +119,45 @@ class RankSamples(IterableDataset):
 
     The rank's samples are `first_sample + n * dp`; worker `w` of `W` takes the chunks
     `c = w, w + W, ...` of `chunk` consecutive ones (n in [c * chunk, (c + 1) * chunk)),
-    which is the order DataLoader returns them in. Yields `("ok", sample indices,
-    windows [chunk, seq_len + 1], skipped shard indices)`; a `DataError` is yielded as
-    `("error", message)` and raised by the reader, so it reaches the user as one line.
+    which is the order DataLoader returns them in. Yields `("ok", sample indices, windows [chunk,
+    seq_len + 1], skipped shard indices)` (indices into the sources' shard lists laid end to end);
+    a `DataError` is yielded as `("error", message)` and raised by the reader, so it reaches the
+    user as one line.
     """
 
-    def __init__(self, corpus: Corpus, split: str, order: SampleOrder, seq_len: int, first_sample: int, dp: int,
-                 chunk: int, skip_bad: bool):
-        self.corpus, self.split, self.order, self.seq_len = corpus, split, order, seq_len
+    def __init__(self, corpora: Sequence[Corpus], split: str, orders: Sequence[SampleOrder], blend: Blend,
+                 seq_len: int, first_sample: int, dp: int, chunk: int, skip_bad: bool):
+        self.corpora, self.split, self.orders, self.blend, self.seq_len = corpora, split, orders, blend, seq_len
         self.first_sample, self.dp, self.chunk, self.skip_bad = first_sample, dp, chunk, skip_bad
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        streams, stride = self.order.streams, workers * self.dp
-        # Streams this worker touches (each holds a shard or two in memory).
-        touched = self.chunk * streams // np.gcd(streams, stride * self.chunk)
-        windows = ShardWindows(self.corpus, self.split, self.seq_len, capacity=2 * touched + 2, skip_bad=self.skip_bad)
+        stride = workers * self.dp
+        windows = []
+        for corpus, order in zip(self.corpora, self.orders):
+            # Streams this worker touches (each holds a shard or two in memory).
+            touched = self.chunk * order.streams // np.gcd(order.streams, stride * self.chunk)
+            windows.append(ShardWindows(corpus, self.split, self.seq_len, capacity=2 * touched + 2,
+                                        skip_bad=self.skip_bad))
+        offsets = np.cumsum([0] + [len(w.shards) for w in windows])
         chunk_index = worker
         while True:
             first = self.first_sample + chunk_index * self.chunk * self.dp
             samples = [first + i * self.dp for i in range(self.chunk)]
             try:
-                rows = np.stack([windows.window(self.order, self.order.address(g)) for g in samples])
+                rows = np.stack([self._window(windows, g) for g in samples])
             except DataError as exc:
                 yield ("error", str(exc))
                 return
-            yield ("ok", samples, rows, frozenset(windows.bad))
+            bad = frozenset(int(offsets[source]) + shard for source, w in enumerate(windows) for shard in w.bad)
+            yield ("ok", samples, rows, bad)
             chunk_index += workers
+
+    def _window(self, windows: list[ShardWindows], sample: int) -> np.ndarray:
+        source, own = self.blend.locate(sample)
+        order = self.orders[source]
+        return windows[source].window(order, order.address(own))
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -159,19 +173,21 @@ WORKER_EXIT_TIMEOUT_S = 5.0
 
 
 class TrainBatches:
-    """Micro-batches [mbs, seq_len + 1] (int64) for one data-parallel rank, from a global sample count."""
+    """Micro-batches [mbs, seq_len + 1] (int64) for one data-parallel rank, from a global sample count,
+    of one corpus or a mixture (megallm.data.mixture; `seed` also draws the blend's interleaving)."""
 
-    def __init__(self, corpus: Corpus, split: str, *, seq_len: int, micro_batch_size: int, streams: int, seed: int,
-                 dp_rank: int, dp: int, consumed_samples: int, num_workers: int, prefetch: int,
+    def __init__(self, corpus: Corpus | Mixture, split: str, *, seq_len: int, micro_batch_size: int, streams: int,
+                 seed: int, dp_rank: int, dp: int, consumed_samples: int, num_workers: int, prefetch: int,
                  skip_bad_shards: bool, device: torch.device):
-        shards = corpus.manifest.splits[split]
-        self.order = SampleOrder([s.tokens for s in shards], seq_len, streams, seed,
-                                 where=f"split {split!r} of {corpus.location}")
+        self.mixture = Mixture.of(corpus)
+        self.orders = self.mixture.orders(split, seq_len, streams, seed)
+        self.order = self.orders[0]  # the primary source's (the only one without a mixture)
+        self.blend = self.mixture.blend(seed)
         if consumed_samples % dp:
             raise DataError(f"consumed samples {consumed_samples} is not a multiple of the {dp} data-parallel ranks")
         chunk = chunk_size(streams, dp, max(1, num_workers))
-        dataset = RankSamples(corpus, split, self.order, seq_len, consumed_samples + dp_rank, dp, chunk,
-                              skip_bad_shards)
+        dataset = RankSamples([s.corpus for s in self.mixture.sources], split, self.orders, self.blend, seq_len,
+                              consumed_samples + dp_rank, dp, chunk, skip_bad_shards)
         # collate_fn=identity: workers send numpy arrays as they are (no tensor per item in shared memory).
         loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                             prefetch_factor=max(2, prefetch // chunk) if num_workers else None,
@@ -198,7 +214,15 @@ class TrainBatches:
         return token_batch([tokens for _, tokens in rows], self.device)
 
     def epoch(self, consumed_samples: int) -> float:
-        return consumed_samples / self.order.epoch_samples
+        """Passes over the data: for a mixture, over the source read most often relative to its size."""
+        counts = self.blend.counts(consumed_samples)
+        return max(count / order.epoch_samples for count, order in zip(counts, self.orders))
+
+    def source_samples(self, consumed_samples: int) -> dict[str, int]:
+        """Samples each source gave to the first `consumed_samples` (empty for one corpus)."""
+        if not self.mixture.mixed:
+            return {}
+        return dict(zip(self.mixture.names, self.blend.counts(consumed_samples)))
 
     def close(self) -> None:
         """Stop the loader workers now; the batches cannot be read after. They ignore stop signals

@@ -135,5 +135,8 @@ class ExampleBatches:
     def epoch(self, consumed_samples: int) -> float:
         return consumed_samples / self.encoded.rows
 
+    def source_samples(self, consumed_samples: int) -> dict[str, int]:
+        return {}  # one set of rows, no mixture
+
     def close(self) -> None:
         """Nothing to stop: the rows are in memory (megallm.train.trainer.TrainingBatches)."""

@@ -30,6 +30,7 @@ def format_console(record: dict) -> str:
     if kind == "eval":
         line = f"eval  step {step} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
         scores = [f"{key} {record[key]:.4f}" for key in EVAL_SCORES if record.get(key) is not None]
+        scores += [f"{key} {value:.4f}" for key, value in record.items() if key.endswith("/loss")]  # per source
         return " | ".join([line, *scores])
     if kind != "train":  # e.g. "nonfinite", "downstream": its fields, floats to 4 significant digits
         return f"{kind} step {step} | " + " | ".join(f"{k} {_field(v)}" for k, v in record.items()

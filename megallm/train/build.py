@@ -24,7 +24,7 @@ from megallm.config import ConfigError, RunConfig, batch_layout, config_from_yam
 from megallm.data.corpus import Corpus
 from megallm.data.loader import EvalBatches, TrainBatches
 from megallm.data.masking import MaskingRule
-from megallm.data.order import SampleOrder
+from megallm.data.mixture import Mixture
 from megallm.data.shards import Manifest
 from megallm.engine.engine import ParallelEngine
 from megallm.engine.objective import Objective, StepObjective
@@ -73,27 +73,36 @@ class RunData:
     initialize: Optional[Callable[[ParallelEngine], None]] = None
 
 
-def check_start(cfg: RunConfig, corpus: Corpus) -> None:
+def check_start(cfg: RunConfig, data: Corpus | Mixture) -> None:
     """Before any process group starts, what the config alone does not say: the run's folders can be
-    created and written, and each split of the corpus holds enough windows of train.seq_len tokens
-    for its data order. Raises a MegallmError in one line."""
+    created and written, each split of each source holds enough windows of train.seq_len tokens
+    for its data order, and no source is read more often than its max_epochs. Raises a
+    MegallmError in one line."""
     RunFolder.checked(cfg)
-    for split, streams in ((cfg.data.train_split, cfg.data.streams), (cfg.data.val_split, 1)):
-        SampleOrder([s.tokens for s in corpus.manifest.splits[split]], cfg.train.seq_len, streams, seed=0,
-                    where=f"split {split!r} of {corpus.location}")
+    mixture, seq_len = Mixture.of(data), cfg.train.seq_len
+    mixture.orders(cfg.data.train_split, seq_len, cfg.data.streams, seed=0)
+    mixture.orders(cfg.data.val_split, seq_len, streams=1, seed=0)
+    global_sequences, _ = batch_layout(cfg.train, 1)
+    mixture.check_epochs(cfg.data.train_split, seq_len, cfg.data.streams, cfg.train.seed,
+                         total_samples=cfg.train.steps * global_sequences)
 
 
-def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus, ctx: DistContext,
+def build_trainer(cfg: RunConfig, config_yaml: str, corpus: Corpus | Mixture, ctx: DistContext,
                   extra_callbacks: Optional[list[Callback]] = None) -> Trainer:
-    """The pretraining Trainer of this rank, resumed if train.resume finds a checkpoint. `extra_callbacks`
-    run beside the standard ones (tests and tools plug in here)."""
-    val_batches = EvalBatches(corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
-                              micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp, dp=ctx.dims.dp,
-                              device=ctx.device)
+    """The pretraining Trainer of this rank on `corpus` (data.path's, or data.sources' mixture), resumed if
+    train.resume finds a checkpoint. `extra_callbacks` run beside the standard ones (tests and tools
+    plug in here)."""
+    mixture = Mixture.of(corpus)
+    corpus = mixture.primary
+    val_batches = {source.name: EvalBatches(source.corpus, cfg.data.val_split, seq_len=cfg.train.seq_len,
+                                            micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.coords.dp,
+                                            dp=ctx.dims.dp, device=ctx.device) for source in mixture.sources}
+    weights = {source.name: source.weight for source in mixture.sources}
     model_flops = flops_per_token(cfg.model, cfg.train.seq_len)
     data = RunData(objective=run_objective(cfg, corpus.manifest),
-                   open_batches=lambda consumed: _open_train_batches(cfg, corpus, ctx, consumed),
-                   evaluator=Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches, model_flops),
+                   open_batches=lambda consumed: _open_train_batches(cfg, mixture, ctx, consumed),
+                   evaluator=Evaluator(val_batches, cfg.train.eval_every, cfg.train.eval_batches, model_flops,
+                                       weights=weights),
                    tokenizer_sha256=corpus.manifest.tokenizer_sha256,
                    tokenizer_files=corpus.tokenizer_files() if ctx.is_main else None)
     return assemble_trainer(cfg, config_yaml, ctx, data, extra_callbacks)
@@ -255,7 +264,7 @@ def _on_main_rank(ctx: DistContext, folder: RunFolder, make: Callable[[], Any]) 
     return result
 
 
-def _open_train_batches(cfg: RunConfig, corpus: Corpus, ctx: DistContext, consumed_samples: int) -> TrainBatches:
+def _open_train_batches(cfg: RunConfig, corpus: Mixture, ctx: DistContext, consumed_samples: int) -> TrainBatches:
     d, train, dp = cfg.data, cfg.train, ctx.dims.dp
     if ctx.is_main and d.streams % (dp * max(1, d.num_workers)):
         print(f"note: data.streams={d.streams} is not a multiple of DP x data.num_workers = "

@@ -50,6 +50,10 @@ class TrainingBatches(Protocol[MicroBatchT_co]):
         """Passes over the data after `consumed_samples` samples."""
         ...
 
+    def source_samples(self, consumed_samples: int) -> dict[str, int]:
+        """For a mixture of sources, the samples each gave to the first `consumed_samples`; else empty."""
+        ...
+
     def close(self) -> None:
         """Stop loader workers, if any."""
         ...

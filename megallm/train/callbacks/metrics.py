@@ -50,6 +50,9 @@ class TrainMetrics(Callback):
             epoch=batches.epoch(state.consumed_samples),
             skipped_shards=engine.max_over_ranks(len(batches.skipped_shards)),
         )
+        # A mixture's tokens per source so far (a pure function of the sample count: no communication).
+        record.update({f"{name}/tokens": samples * trainer.seq_len
+                       for name, samples in batches.source_samples(state.consumed_samples).items()})
         self._loss_sum.zero_()
         self._steps = 0
 

@@ -1,0 +1,102 @@
+"""A run's training data as a mixture of named corpora (`data.sources`), or the one corpus of `data.path`.
+
+Each source is a folder written by tools/prepare_data.py with a weight and an optional cap on
+repetition (`max_epochs`). All must share one tokenizer. Which source global sample g comes from is
+megallm.data.blend's pure function of (weights, train.seed, g); within its source it is that
+source's own sample (megallm.data.order), so a mixture resumes, requeues and changes layout
+exactly as one corpus does. The first source is the primary: its manifest gives the vocabulary,
+the document tokens and the tokenizer saved with checkpoints (the same for every source).
+
+`data.path` alone is a mixture of one source (weight 1): its samples are the corpus's own, in
+the same order as before mixtures existed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from megallm.data.blend import Blend
+from megallm.data.corpus import Corpus, open_corpus
+from megallm.data.order import SampleOrder
+from megallm.errors import ConfigError, DataError
+
+SINGLE_SOURCE = "data"  # the name of data.path's corpus when no data.sources are given
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    corpus: Corpus
+    weight: float = 1.0
+    max_epochs: Optional[float] = None  # None: no cap
+
+
+@dataclass(frozen=True)
+class Mixture:
+    sources: tuple[Source, ...]
+
+    @classmethod
+    def of(cls, corpus: Corpus | Mixture) -> Mixture:
+        """A mixture as is; a corpus as the mixture of itself alone."""
+        return corpus if isinstance(corpus, Mixture) else cls((Source(SINGLE_SOURCE, corpus),))
+
+    @property
+    def primary(self) -> Corpus:
+        return self.sources[0].corpus
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    @property
+    def mixed(self) -> bool:
+        """More than one source: per-source metrics are logged."""
+        return len(self.sources) > 1
+
+    def blend(self, seed: int) -> Blend:
+        return Blend([s.weight for s in self.sources], seed, where="data.sources")
+
+    def orders(self, split: str, seq_len: int, streams: int, seed: int) -> list[SampleOrder]:
+        """Each source's sample order of `split` (DataError in one line when one is too small)."""
+        return [SampleOrder([s.tokens for s in source.corpus.manifest.splits[split]], seq_len, streams, seed,
+                            where=f"split {split!r} of {self._describe(source)}") for source in self.sources]
+
+    def check_epochs(self, split: str, seq_len: int, streams: int, seed: int, total_samples: int) -> None:
+        """Refuse (ConfigError, one line with the numbers) a run that would read a source more often than
+        its max_epochs allows."""
+        counts = self.blend(seed).counts(total_samples)
+        for source, order, count in zip(self.sources, self.orders(split, seq_len, streams, seed), counts):
+            epochs = count / order.epoch_samples
+            if source.max_epochs is not None and epochs > source.max_epochs:
+                raise ConfigError(
+                    f"data.sources.{source.name}: the run reads {count:,} windows of it, {epochs:.2f} epochs of its "
+                    f"{order.epoch_samples:,}, more than its max_epochs={source.max_epochs:g}; lower its weight or "
+                    "train.steps, add text to it, or raise max_epochs")
+
+    def _describe(self, source: Source) -> str:
+        return source.corpus.location if not self.mixed else f"data.sources.{source.name} ({source.corpus.location})"
+
+
+def open_mixture(path: str, sources: dict, tokenizer: Optional[str], splits: Sequence[str]) -> Mixture:
+    """The run's data: `sources` ({name: settings with path, weight, max_epochs}: data.sources) when
+    given, else the one corpus at `path` (data.path). Every source is opened and checked
+    (megallm.data.corpus.open_corpus); sources prepared with different tokenizers are refused."""
+    if not sources:
+        return Mixture.of(open_corpus(path, tokenizer, tuple(splits)))
+    opened = []
+    for name, settings in sources.items():
+        if not settings.path:
+            raise ConfigError(f"data.sources.{name}.path is empty; name the folder tools/prepare_data.py wrote")
+        opened.append(Source(name, open_corpus(settings.path, tokenizer, tuple(splits)), settings.weight,
+                             settings.max_epochs))
+    first = opened[0]
+    for other in opened[1:]:
+        mine, theirs = first.corpus.manifest.tokenizer_sha256, other.corpus.manifest.tokenizer_sha256
+        if mine != theirs:
+            raise DataError(f"data.sources.{first.name} and data.sources.{other.name} were prepared with different "
+                            f"tokenizers ({mine[:12]} and {theirs[:12]}); prepare every source with one tokenizer "
+                            f"(tools/prepare_data.py --tokenizer {first.corpus.url(first.corpus.manifest.tokenizer_file)})")
+    mixture = Mixture(tuple(opened))
+    mixture.blend(0)  # the weights, checked now (one line)
+    return mixture

@@ -1,0 +1,133 @@
+"""Data mixtures (data.sources, megallm.data.mixture): three corpora prepared with one tokenizer read as
+one run's data, and what is refused before start-up.
+
+Sources: the standard library's email, json and http packages, each prepared by tools/prepare_data.py's
+code, the first training the 512-token BPE the others are given. Which source and which of its windows a
+global sample is reading is exact integer arithmetic (megallm.data.blend, megallm.data.order), so the
+sample checks compare token rows exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megallm.cli.pretrain import main as pretrain_main
+from megallm.config import SourceConfig
+from megallm.data.loader import TrainBatches
+from megallm.data.mixture import open_mixture
+from megallm.data.prepare import prepare
+from tests.helpers import SMALL_MODEL, assert_one_line_error, records, run_main, stdlib_subset, train
+
+SEQ_LEN, MBS = 64, 2
+WEIGHTS = {"email": 0.5, "json": 0.2, "http": 0.3}
+
+
+def package_files(package: str) -> list[Path]:
+    return [p for p in stdlib_subset() if f"/{package}/" in str(p)]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("mixture")
+    quiet = dict(val_fraction=0.1, shard_tokens=20_000, tokenizer_train_bytes=1 << 20, log=lambda *_: None)
+    prepare(package_files("email"), root / "email", vocab_size=512, tokenizer_path=None, **quiet)
+    tokenizer = root / "email" / "tokenizer.json"
+    for name in ("json", "http"):
+        prepare(package_files(name), root / name, vocab_size=512, tokenizer_path=tokenizer, **quiet)
+    prepare(package_files("logging"), root / "other_tokenizer", vocab_size=600, tokenizer_path=None, **quiet)
+    return {name: root / name for name in (*WEIGHTS, "other_tokenizer")}
+
+
+def source_args(sources: dict[str, Path], weights: dict[str, float] = WEIGHTS) -> list[str]:
+    return [arg for name, weight in weights.items()
+            for arg in (f"+data.sources.{name}.path={sources[name]}", f"+data.sources.{name}.weight={weight}")]
+
+
+def mixture_batches(sources, dp_rank=0, dp=1, consumed=0, workers=0) -> TrainBatches:
+    mixture = open_mixture("", {n: SourceConfig(str(sources[n]), w) for n, w in WEIGHTS.items()}, None, ("train",))
+    return TrainBatches(mixture, "train", seq_len=SEQ_LEN, micro_batch_size=MBS, streams=4, seed=7, dp_rank=dp_rank,
+                        dp=dp, consumed_samples=consumed, num_workers=workers, prefetch=8, skip_bad_shards=False,
+                        device=torch.device("cpu"))
+
+
+def read(batches: TrainBatches, micro_batches: int) -> dict[int, bytes]:
+    """{global sample: its token row's bytes} of the next micro-batches."""
+    rows = {}
+    for _ in range(micro_batches):
+        batch = batches.next_micro_batch()
+        rows.update({g: row.numpy().tobytes() for g, row in zip(batches.last_samples, batch)})
+    batches.close()
+    return rows
+
+
+def test_samples_follow_the_weights_and_every_layout_reads_the_same(sources):
+    """One rank reading 120 samples, two data-parallel ranks with loader workers, and a rank resumed
+    at sample 40: the same rows for the same global samples; each source gives its blend count of them,
+    each row one of that source's windows."""
+    one = read(mixture_batches(sources), 60)
+    two = {**read(mixture_batches(sources, 0, 2, workers=2), 30), **read(mixture_batches(sources, 1, 2, workers=2), 30)}
+    resumed = read(mixture_batches(sources, consumed=40), 40)
+    assert one == two and all(resumed[g] == one[g] for g in range(40, 120))
+    batches = mixture_batches(sources)
+    assert batches.source_samples(120) == dict(zip(WEIGHTS, batches.blend.counts(120))) == {"email": 60, "json": 24,
+                                                                                          "http": 36}
+    windows = {name: {row.tobytes() for order in [None] for row in _all_windows(sources[name])} for name in WEIGHTS}
+    found = Counter(next(name for name in WEIGHTS if one[g] in windows[name]) for g in range(120))
+    assert found == Counter({"email": 60, "json": 24, "http": 36})
+    batches.close()
+
+
+def _all_windows(corpus: Path) -> list[np.ndarray]:
+    from megallm.data.loader import read_shard_windows
+    from megallm.data.shards import Manifest
+
+    manifest = Manifest.load(corpus)
+    return [row.astype(np.int64) for s in manifest.splits["train"]
+            for row in read_shard_windows(str(corpus / s.path), s, manifest.vocab_size, SEQ_LEN)]
+
+
+@pytest.mark.parametrize("extra, phrases", [
+    (lambda s: [f"+data.sources.odd.path={s['other_tokenizer']}"],
+     ["data.sources.email and data.sources.odd were prepared with different tokenizers", "--tokenizer"]),
+    (lambda s: ["+data.sources.json.max_epochs=0.001"],
+     ["data.sources.json: the run reads", "epochs of its", "more than its max_epochs=0.001"]),
+    (lambda s: ["data.sources.http.weight=-1"], ["data.sources.http.weight must be a finite number >= 0, got -1.0"]),
+    (lambda s: ["+data.sources.http.wieght=1"], ["data.sources.http.wieght is not a setting of a source"]),
+    (lambda s: ["+data.sources.extra.weight=1"], ["data.sources.extra.path is missing"]),
+])
+def test_what_a_mixture_cannot_be_is_one_line_before_start_up(sources, tmp_path, capsys, extra, phrases):
+    result = run_main(pretrain_main, [*SMALL_MODEL, *source_args(sources), *extra(sources), f"run_dir={tmp_path}/run",
+                                      "train.seq_len=64", "train.micro_batch_size=2",
+                                      "train.global_batch_tokens=256", "train.steps=20"], capsys)
+    assert_one_line_error(result, *phrases)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_mixture_trains_logs_its_sources_and_resumes_bitwise(sources, tmp_path):
+    """A 6-step run on 2 ranks logs each source's tokens (their sum is tokens_seen) and validation loss
+    (val_loss their weighted mean); stopped after step 3 and resumed, it logs the uninterrupted run's
+    losses bitwise (same machine and layout: the same kernels in the same order on the same samples)."""
+    args = [*SMALL_MODEL, *source_args(sources), "train.seq_len=64", "train.micro_batch_size=2",
+            "train.global_batch_tokens=256", "train.steps=6", "train.eval_every=3", "train.eval_batches=2",
+            "checkpoint.every=3", "logging.every=1", "optim.warmup_steps=1", "train.precision=fp32"]
+    whole = train([*args, f"run_dir={tmp_path / 'whole'}"], nproc=2)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    steps = records(tmp_path / "whole", "train")
+    for record in steps.values():
+        assert sum(record[f"{name}/tokens"] for name in WEIGHTS) == record["tokens_seen"]
+    assert {name: steps[6][f"{name}/tokens"] // 64 for name in WEIGHTS} == {"email": 12, "json": 5, "http": 7}
+    evals = records(tmp_path / "whole", "eval")[6]
+    assert evals["val_loss"] == pytest.approx(sum(w * evals[f"{n}/loss"] for n, w in WEIGHTS.items()), rel=1e-12)
+    assert "email/loss" in whole.stdout
+    first = train([*args, f"run_dir={tmp_path / 'resumed'}", "train.stop_at_step=3"], nproc=2)
+    second = train([*args, f"run_dir={tmp_path / 'resumed'}"], nproc=2)
+    assert first.returncode == second.returncode == 0, second.stderr[-3000:]
+    resumed = records(tmp_path / "resumed", "train")
+    assert [resumed[s]["loss"] for s in range(1, 7)] == [steps[s]["loss"] for s in range(1, 7)]
+    assert records(tmp_path / "resumed", "eval")[6] | {"time": 0} == evals | {"time": 0}
