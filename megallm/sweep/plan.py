@@ -10,6 +10,10 @@ Runs under optim.schedule=wsd that differ only in train.steps share their stable
 longest is trained (the trunk, saving a checkpoint where each shorter run's decay starts) and
 each shorter one is a cool-down branched from that checkpoint, which gives the same weights as
 training it alone (megallm.optim.schedule) at a fraction of the cost.
+
+Mixture weights sweep like any key: `+data.sources.code.weight=1,3,9` is 3 runs. Weights are normalised,
+so two runs whose swept weights differ only in scale (`a.weight=1,2 b.weight=1,2`: 1:1 and 2:2) would
+train the same mixture twice: the plan refuses them in one line naming both.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ def plan_sweep(overrides: list[str], world_size: int = 1, branch: bool = True) -
                                tokens=cfg.train.steps * cfg.train.global_batch_tokens,
                                flops=_flops(cfg), group=groups.setdefault(group_key, len(groups))))
         configs[name] = cfg
+    _refuse_same_mixtures(runs, combinations, configs)
     if branch:
         for group in {run.group for run in runs}:
             _plan_branches([run for run in runs if run.group == group], configs)
@@ -154,12 +159,38 @@ def _composed(overrides: list[str], name: str, world_size: int) -> RunConfig:
     return cfg
 
 
+def _refuse_same_mixtures(runs: list[PlannedRun], combinations: list[list[tuple[str, str]]],
+                          configs: dict[str, RunConfig]) -> None:
+    """A ConfigError naming two runs that differ only in the scale of their swept source weights."""
+    seen: dict[tuple, str] = {}
+    for run, swept in zip(runs, combinations):
+        sources = configs[run.name].data.source_settings()
+        if not any(_swept_weight(key) for key, _ in swept) or not sources:
+            continue
+        total = sum(s.weight for s in sources.values())
+        mixture = tuple((name, round(s.weight / total, 12)) for name, s in sources.items())
+        key = (tuple((k, v) for k, v in swept if not _swept_weight(k)), mixture)
+        if key in seen:
+            shares = ", ".join(f"{name} {share:.4g}" for name, share in mixture)
+            raise ConfigError(f"runs {seen[key]} and {run.name} train the same mixture ({shares}): weights are "
+                              "normalised; sweep fewer weights (fix one source's weight and sweep the others)")
+        seen[key] = run.name
+
+
+def _swept_weight(key: str) -> bool:
+    parts = key.lstrip("+~").split(".")
+    return len(parts) == 4 and parts[:2] == ["data", "sources"] and parts[3] == "weight"
+
+
 def _flops(cfg: RunConfig) -> Optional[float]:
-    """Training FLOPs of the run's schedule; the vocabulary comes from the corpus when the model leaves it open."""
+    """Training FLOPs of the run's schedule; the vocabulary comes from the corpus (a mixture's first source,
+    whose tokenizer every source shares) when the model leaves it open."""
     model = cfg.model
     if model.vocab_size is None:
+        sources = cfg.data.source_settings()
+        corpus = next(iter(sources.values())).path if sources else cfg.data.path
         try:
-            vocab = Manifest.load(cfg.data.path).vocab_size
+            vocab = Manifest.load(corpus).vocab_size
         except (DataError, OSError):  # no corpus there (yet): the plan shows no FLOPs
             return None
         model = type(model)(**{**model.to_dict(), "vocab_size": vocab})
