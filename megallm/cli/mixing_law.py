@@ -1,6 +1,8 @@
-"""`tools/mixing_law.py`: a data-mixing law (Ye et al. 2024) from a table of trained mixtures.
+"""`tools/mixing_law.py`: a data-mixing law (Ye et al. 2024) from a table of trained mixtures, or from a
+folder of megallm runs over data.sources (a sweep over their weights).
 
     python tools/mixing_law.py sweep.csv --holdout mix09 mix10 --target web=1,code=1,math=1 --output fits/mix
+    python tools/mixing_law.py runs/mix --holdout 'data.sources.code.weight=3' --output fits/mix
 
 The logic lives in megallm.scaling (mixtures, mixing, mixing_study); this parses the command line,
 prints the table and writes fit.json and the plots.
@@ -31,8 +33,11 @@ weighting of the nearest trained mixtures), and the mixture minimising a weighte
 
 INPUT is a CSV with one row per trained mixture: optionally `name`; the mixture as r_<domain> columns
 (proportions summing to 1 within 0.02, then normalised) or weight_<domain> columns (any non-negative
-weights, normalised per row); and loss_<domain> columns, the validation loss per evaluated domain. Two rows
-of the same mixture are refused (--duplicates mean averages them). Mixtures that cannot pin the law (fewer
+weights, normalised per row); and loss_<domain> columns, the validation loss per evaluated domain.
+Or INPUT is a folder of megallm runs (a sweep's folder), searched recursively: each finished run is a
+mixture, its data.sources weights from its config.yaml (normalised), its loss per source from the final
+eval record's <source>/loss; a run's name is its folder under INPUT; unfinished runs are left out with a
+note. Two rows (runs) of the same mixture are refused (--duplicates mean averages them). Mixtures that cannot pin the law (fewer
 than m + 2 distinct for m training domains, or no variation along some direction) are refused in one line.
 """
 
@@ -49,7 +54,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python tools/mixing_law.py", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, metavar="INPUT", help="CSV file, one row per trained mixture")
+    parser.add_argument("input", type=Path, metavar="INPUT",
+                        help="CSV file, one row per trained mixture, or a folder of runs over data.sources")
     parser.add_argument("--duplicates", choices=("refuse", "mean"), default="refuse",
                         help="rows of the same mixture: refuse them (default), or average their losses")
     fit = parser.add_argument_group("fitting")
@@ -60,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seed of the starts and of the bootstrap resampling")
     use = parser.add_argument_group("use")
     use.add_argument("--holdout", nargs="+", default=[], metavar="NAME",
-                     help="leave these mixtures (name column, else FILE:LINE) out of a second fit and report its "
+                     help="leave these mixtures (name column, else FILE:LINE; a run's folder under INPUT) out of a "
+                          "second fit and report its "
                           "error on them against the nearest-mixture baseline")
     use.add_argument("--predict", action="append", default=[], metavar="DOMAIN=SHARE,...",
                      help="an untried mixture (repeatable); domains left out get 0")
@@ -101,11 +108,15 @@ def run(args: argparse.Namespace) -> int:
 
     from megallm.files import atomic_write_text
     from megallm.scaling import mixing_report, mixing_study
+    from megallm.scaling.mixture_runs import read_mixture_runs
     from megallm.scaling.mixtures import read_mixture_csv
 
     if args.bootstrap < 0 or args.starts < 1 or not 0 < args.confidence < 1:
         raise UsageError("--bootstrap must be >= 0, --starts >= 1 and --confidence within (0, 1)")
-    mixtures = read_mixture_csv(args.input, args.duplicates, note=print)
+    if not args.input.exists():
+        raise UsageError(f"{args.input} does not exist; give a CSV file or a folder of runs")
+    read = read_mixture_runs if args.input.is_dir() else read_mixture_csv
+    mixtures = read(args.input, args.duplicates, note=print)
     sources, domains = mixtures.sources, mixtures.domains
     wanted = [mixing_study.proportions_of(assignments([text], "--predict"), sources, f"--predict {text!r}")
               for text in args.predict]

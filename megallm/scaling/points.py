@@ -33,6 +33,7 @@ import numpy as np
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
+from megallm.config import RunConfig
 from megallm.config.compose import config_from_yaml
 from megallm.data.shards import MANIFEST as MANIFEST_FILE
 from megallm.errors import ConfigError, DataError, UsageError
@@ -262,15 +263,10 @@ class Run:
 def read_runs(root: Path, note: Callable[[str], None] = print, duplicates: str = "refuse") -> Points:
     """Points of the finished runs under `root` (searched recursively); each unfinished run is left
     out with one `note`. Runs of the same (N, D), as two seeds: see `resolve_same_runs`."""
-    if not root.is_dir():
-        raise UsageError(f"{root} is neither a CSV file nor a folder of runs")
-    folders = sorted({p.parent for p in root.rglob(RUN_CONFIG_FILE) if is_run_folder(p.parent)})
-    if not folders:
-        raise DataError(f"no run folders under {root}: none holds both {RUN_CONFIG_FILE} and {METRICS_FILE}")
     runs = []
+    folders = run_folders(root)
     for folder in folders:
-        name = folder.relative_to(root).as_posix() if folder != root else root.name
-        run = read_run(folder, name, note)
+        run = read_run(folder, run_name(root, folder), note)
         if run is not None:
             runs.append(run)
     if not runs:
@@ -283,29 +279,43 @@ def read_runs(root: Path, note: Callable[[str], None] = print, duplicates: str =
     return resolve_same_runs(points, duplicates, lambda i: str(root / runs[i].name), lambda i, j: [], note)
 
 
-def read_run(folder: Path, name: str, note: Callable[[str], None] = print) -> Optional[Run]:
-    """The run in `folder`, or None (with a note) when it is not finished."""
+def run_folders(root: Path) -> list[Path]:
+    """The run folders under `root` (it included), sorted; a one-line error where there are none."""
+    if not root.is_dir():
+        raise UsageError(f"{root} is neither a CSV file nor a folder of runs")
+    folders = sorted({p.parent for p in root.rglob(RUN_CONFIG_FILE) if is_run_folder(p.parent)})
+    if not folders:
+        raise DataError(f"no run folders under {root}: none holds both {RUN_CONFIG_FILE} and {METRICS_FILE}")
+    return folders
+
+
+def run_name(root: Path, folder: Path) -> str:
+    """A run's name: its folder relative to `root` (the root's own name when it is the run)."""
+    return folder.relative_to(root).as_posix() if folder != root else root.name
+
+
+def run_config(folder: Path) -> RunConfig:
+    """The run's resolved config (its config.yaml); a one-line ConfigError where it is not one."""
     config_path = folder / RUN_CONFIG_FILE
     try:
         cfg, _ = config_from_yaml(config_path.read_text())
     except (OSError, OmegaConfBaseException, YAMLError, ValueError) as exc:
         first = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError(f"{config_path} is not a megallm run config: {first}") from exc
+    return cfg
+
+
+def read_run(folder: Path, name: str, note: Callable[[str], None] = print) -> Optional[Run]:
+    """The run in `folder`, or None (with a note) when it is not finished."""
+    config_path = folder / RUN_CONFIG_FILE
+    cfg = run_config(folder)
     model, steps = cfg.model, cfg.train.steps
     if model.vocab_size is None:
         model.vocab_size = _corpus_vocab(config_path, Path(cfg.data.path))
-    records, cut_line = read_metrics(folder / METRICS_FILE)
-    final = next((r for r in records if r.get("kind") == "eval" and r.get("step") == steps), None)
+    records = read_metrics(folder / METRICS_FILE)[0]
+    final = final_eval(folder, name, steps, note)
     if final is None:
-        last = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
-        cut = f"; {METRICS_FILE}:{cut_line} is cut off mid-line" if cut_line else ""
-        if last >= steps and cut_line is None:
-            note(f"note: {name} has no eval record at its last step {steps} (train.eval_every=0?); left out")
-        else:
-            note(f"note: {name} is not finished (last step {last} of {steps}{cut}); left out")
         return None
-    if cut_line is not None:
-        note(f"note: {name}: {METRICS_FILE}:{cut_line} is cut off mid-line (after the final eval); ignored")
     loss = final.get("val_loss")
     if not isinstance(loss, (int, float)) or not np.isfinite(loss):
         raise DataError(f"{folder / METRICS_FILE}: the final eval record (step {steps}) has val_loss {loss!r}, "
@@ -318,6 +328,24 @@ def read_run(folder: Path, name: str, note: Callable[[str], None] = print) -> Op
         tokens = steps * cfg.train.global_batch_tokens
     flops = flops_per_token(model, cfg.train.seq_len) * float(tokens)
     return Run(name, parameter_count(model).total, float(tokens), flops, float(loss), model.vocab_size)
+
+
+def final_eval(folder: Path, name: str, steps: int, note: Callable[[str], None] = print) -> Optional[dict]:
+    """The eval record at step `steps` of the run in `folder` (it is finished), or None with a note saying
+    why it is left out (not finished, or no eval at its last step). A last line cut off after it is noted."""
+    records, cut_line = read_metrics(folder / METRICS_FILE)
+    final = next((r for r in records if r.get("kind") == "eval" and r.get("step") == steps), None)
+    if final is None:
+        last = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
+        cut = f"; {METRICS_FILE}:{cut_line} is cut off mid-line" if cut_line else ""
+        if last >= steps and cut_line is None:
+            note(f"note: {name} has no eval record at its last step {steps} (train.eval_every=0?); left out")
+        else:
+            note(f"note: {name} is not finished (last step {last} of {steps}{cut}); left out")
+        return None
+    if cut_line is not None:
+        note(f"note: {name}: {METRICS_FILE}:{cut_line} is cut off mid-line (after the final eval); ignored")
+    return final
 
 
 def _corpus_vocab(config_path: Path, corpus: Path) -> int:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from matplotlib.image import imread
 
 from megallm.cli.mixing_law import main
+from megallm.config import compose_config, config_to_yaml
 from megallm.scaling.mixing import (
     DomainLaw,
     feasible_point,
@@ -26,7 +28,8 @@ from megallm.scaling.mixing import (
     optimal_mixture,
 )
 from megallm.scaling.mixing_study import Options, analyse, holdout
-from megallm.scaling.mixtures import Mixtures
+from megallm.scaling.mixture_runs import read_mixture_runs
+from megallm.scaling.mixtures import Mixtures, read_mixture_csv
 from tests.helpers import REPO, run_main, run_tool
 
 EPS = np.finfo(float).eps
@@ -225,3 +228,95 @@ def test_the_command_line_end_to_end(tmp_path, sweep):
         assert imread(out / name).shape[0] > 100
     assert result.stdout.splitlines()[-1] == f"wrote {out / 'fit.json'} and 4 plots in {out}"
     assert (REPO / "tools" / "mixing_law.py").read_text().count("\n") < 10
+
+
+# ---- run folders: a sweep over data.sources weights ----------------------------------------------------
+STEPS = 100
+
+
+@pytest.fixture(scope="module")
+def run_config_yaml() -> dict:
+    """A tiny run's resolved config over data.sources web, code and math, as launch/pretrain.py writes it."""
+    cfg, _ = compose_config(["+model=tiny", "model.vocab_size=4096", "train.seq_len=128", f"train.steps={STEPS}",
+                             "train.global_batch_tokens=1024", *(f"+data.sources.{s}.path=data/mixtures/{s}"
+                                                                 for s in SOURCES)])
+    return yaml.safe_load(config_to_yaml(cfg))
+
+
+def write_run(folder: Path, config: dict, weights: dict, losses: dict, last_step: int = STEPS) -> Path:
+    """A run folder as a finished (or, with last_step < STEPS, interrupted) tiny mixture run leaves it: its
+    config.yaml with these weights, and metrics.jsonl's records in the keys and order a real run writes."""
+    folder.mkdir(parents=True)
+    config = json.loads(json.dumps(config))
+    config["run_dir"] = str(folder)
+    config["data"]["sources"] = {name: {"path": f"data/mixtures/{name}", **({"weight": w} if w is not None else {})}
+                                 for name, w in weights.items()}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    tokens = {name: 0 for name in weights}
+    records = []
+    for step in range(10, last_step + 1, 10):
+        for name in tokens:
+            tokens[name] += 10 * 1024 // len(tokens)
+        records.append({"time": 1796631875.0 + step, "kind": "train", "step": step, "total_steps": STEPS,
+                        "loss": 6.2, "lr": 1e-3, "grad_norm": 1.0, "tokens_seen": step * 1024,
+                        "flops_seen": 1.3e9 * step, "epoch": 0.01 * step, "skipped_shards": 0.0,
+                        **{f"{name}/tokens": n for name, n in tokens.items()}, "tokens_per_s": 3700.0,
+                        "step_time_s": 0.07, "tflops_per_device": 0.005, "mfu": None, "eta_s": 0.0})
+    if last_step == STEPS:
+        val = sum(losses.values()) / len(losses)
+        records.append({"time": 1796631999.0, "kind": "eval", "step": STEPS, "val_loss": val, "val_ppl": np.exp(val),
+                        **{f"{name}/loss": loss for name, loss in losses.items()}, "tokens_seen": STEPS * 1024,
+                        "flops_seen": 1.3e11})
+        records.append({"time": 1796631999.5, "kind": "mixture", "step": STEPS,
+                        **{f"{name}/share": 1 / len(tokens) for name in tokens}, **{f"{n}/tokens": t for n, t in tokens.items()}})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+@pytest.fixture
+def run_sweep(tmp_path, run_config_yaml) -> Path:
+    """TRAINED and HELD as runs (weights: proportions x 5; math's left at its default 1 where it is 0.2), and
+    one interrupted run."""
+    both = np.vstack([TRAINED, HELD])
+    root = tmp_path / "sweep"
+    for i, (r, losses) in enumerate(zip(both, noisy_losses(both, seed=3))):
+        weights = {s: (None if s == "math" and abs(share - 0.2) < 1e-12 else float(5 * share))
+                   for s, share in zip(SOURCES, r)}
+        write_run(root / f"mix{i + 1:02d}", run_config_yaml, weights, dict(zip(SOURCES, losses)))
+    write_run(root / "late" / "mix13", run_config_yaml, {"web": 1.0, "code": 2.0, "math": 3.0}, {}, last_step=60)
+    return root
+
+
+def test_a_folder_of_runs_gives_the_mixtures_of_its_finished_runs(run_sweep, sweep, capsys):
+    notes: list[str] = []
+    runs = read_mixture_runs(run_sweep, note=notes.append)
+    table = read_mixture_csv(sweep, note=notes.append)
+    assert notes == ["note: late/mix13 is not finished (last step 60 of 100); left out"]
+    assert runs.names == table.names and runs.sources == runs.domains == SOURCES
+    assert np.abs(runs.proportions - np.vstack([TRAINED, HELD])).max() < 4 * EPS
+    assert np.array_equal(runs.losses, noisy_losses(np.vstack([TRAINED, HELD]), seed=3))
+    fitted = run_main(main, [run_sweep, "--holdout", "mix11", "mix12", "--bootstrap", "0", "--starts", "4"], capsys)
+    assert fitted.returncode == 0, fitted.stderr
+    assert "12 mixtures of 3 training domains (web, code, math)" in fitted.stdout
+    assert "late/mix13 is not finished" in fitted.stdout
+
+
+def test_run_folders_that_cannot_be_one_mixing_law_are_refused_in_one_line(tmp_path, capsys, run_config_yaml):
+    plain = dict(run_config_yaml, data={**run_config_yaml["data"], "sources": {}})
+    one = write_run(tmp_path / "plain" / "run", plain, {"web": 1.0, "code": 1.0}, {"web": 3.0, "code": 2.0})
+    (one / "config.yaml").write_text(yaml.safe_dump(dict(plain, run_dir=str(one)), sort_keys=False))
+    assert f"{one / 'config.yaml'} has no data.sources (it trained on data.path alone)" in \
+        refusal(capsys, [tmp_path / "plain"])
+    write_run(tmp_path / "differ" / "a", run_config_yaml, {"web": 1.0, "code": 2.0}, {"web": 3.0, "code": 2.0})
+    write_run(tmp_path / "differ" / "b", run_config_yaml, {"web": 1.0, "math": 2.0}, {"web": 3.0, "math": 2.0})
+    assert "runs a and b under" in refusal(capsys, [tmp_path / "differ"])
+    assert "train different sources (web, code and web, math)" in refusal(capsys, [tmp_path / "differ"])
+    write_run(tmp_path / "running" / "a", run_config_yaml, {"web": 1.0, "code": 2.0}, {}, last_step=30)
+    assert "none of the 1 run(s) under" in refusal(capsys, [tmp_path / "running"])
+    assert refusal(capsys, [tmp_path / "empty_dir_missing"]).endswith("does not exist; give a CSV file or a folder "
+                                                                       "of runs")
+    (tmp_path / "nothing").mkdir()
+    assert "no run folders under" in refusal(capsys, [tmp_path / "nothing"])
+    lost = write_run(tmp_path / "lost" / "a", run_config_yaml, {"web": 1.0, "code": 2.0}, {"web": 3.0})
+    assert f"{lost / 'metrics.jsonl'}: the final eval record (step 100) has no number for 'code/loss'" in \
+        refusal(capsys, [tmp_path / "lost"])
