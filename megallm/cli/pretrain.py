@@ -22,7 +22,7 @@ from megallm.config import (
     compose_config,
     config_to_yaml,
 )
-from megallm.data.mixture import Mixture, open_mixture
+from megallm.data.mixture import Mixture, open_run_data
 from megallm.errors import DataError, MegallmError
 from megallm.evaluation.downstream import downstream_callbacks, downstream_tasks
 from megallm.parallel.lifetime import die_with_parent, launched_by_torchrun, orphaned_by_launcher
@@ -79,8 +79,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         downstream = downstream_tasks(cfg)  # the downstream section's own checks (an application's)
         mixture = None
         if not (cfg.train.dry_run and cfg.model.vocab_size is not None):
-            mixture = open_mixture(cfg.data.path, cfg.data.source_settings(), cfg.data.tokenizer,
-                                   (cfg.data.train_split, cfg.data.val_split))
+            mixture = open_run_data(cfg)
             corpus = mixture.primary
             resolve_vocab(cfg, corpus.manifest.vocab_size)
             if cfg.train.objective == "mlm":

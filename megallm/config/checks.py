@@ -186,7 +186,34 @@ def source_problems(cfg: RunConfig) -> list[str]:
             problems.append(f"data.sources.{name}.max_epochs must be > 0 (or null: no cap), got {source.max_epochs}")
     if sources and not problems and not any(s.weight > 0 for s in sources.values()):
         problems.append("data.sources: every weight is 0; give at least one source a positive weight")
-    return problems
+    return problems + stage_problems(cfg, list(sources))
+
+
+def stage_problems(cfg: RunConfig, sources: list[str]) -> list[str]:
+    """data.stages and data.anneal: over the run's sources, at increasing steps inside the run, weights
+    >= 0 and not all 0; an anneal only with a WSD schedule."""
+    stages = cfg.data.stage_settings()
+    if stages and not sources:
+        return ["data.stages and data.anneal change a mixture's weights: declare the sources first "
+                "(+data.sources.NAME.path=FOLDER for each)"]
+    steps, previous = cfg.train.steps, 0
+    for i, (at, weights) in enumerate(stages):
+        where = "data.anneal" if at == "decay" else f"data.stages[{i}]"
+        unknown = [name for name in weights if name not in sources]
+        if unknown:
+            return [f"{where} names {unknown[0]!r}, which is not a source (the sources are {', '.join(sources)})"]
+        if any(not (math.isfinite(w) and w >= 0) for w in weights.values()) or not any(weights.values()):
+            return [f"{where}: weights must be finite and >= 0, not all 0, got {weights}"]
+        if at == "decay":
+            if cfg.optim.schedule != LRSchedule.wsd:
+                return ["data.anneal starts at the WSD decay: set optim.schedule=wsd, or give the step with "
+                        "data.stages"]
+            at = cfg.optim.decay_start(steps)
+        if not isinstance(at, int) or not previous < at < steps:
+            return [f"{where} starts after step {at}, which must lie after the previous stage's ({previous}) and "
+                    f"before train.steps={steps}"]
+        previous = at
+    return []
 
 
 def apply_objective(cfg: RunConfig) -> None:

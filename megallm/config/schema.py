@@ -82,6 +82,12 @@ class OptimConfig:
     def wsd_decay_steps(self, total_steps: int) -> int:
         """Steps of a WSD run's final decay: decay_steps, else decay_fraction of the run's `total_steps`."""
         return self.decay_steps if self.decay_steps > 0 else max(1, round(self.decay_fraction * total_steps))
+
+    def decay_start(self, total_steps: int) -> int:
+        """The first step (0-based) whose LR is below the peak's plateau: for WSD the end of the stable phase."""
+        if self.schedule == LRSchedule.wsd:
+            return max(self.warmup_steps, total_steps - self.wsd_decay_steps(total_steps))
+        return self.warmup_steps
     weight_decay: float = 0.1  # not applied to norms (1-D weights)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -212,6 +218,12 @@ class DataConfig:
     # +data.sources.prose.path=data/prose; each sample's source is a pure function of (weights,
     # train.seed, sample index) (megallm.data.mixture). Read through `source_settings`.
     sources: dict[str, Any] = field(default_factory=dict)
+    # Data stages: the mixture changes after given steps, e.g. "+data.stages=[{at_step: 800, weights:
+    # {code: 0.5, prose: 0.5}}]" (a stage names the weights of its sources; the others get 0 in it).
+    stages: list[Any] = field(default_factory=list)
+    # An annealing stage from the start of the WSD decay (optim.schedule=wsd): {name: weight}, e.g.
+    # +data.anneal.code=0.7 +data.anneal.prose=0.3; a sweep axis for "which anneal mix".
+    anneal: dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # tokenizer.json to check against the manifest; default: the corpus's own
     train_split: str = "train"
     val_split: str = "val"
@@ -230,6 +242,22 @@ class DataConfig:
     skip_bad_shards: bool = False
     # Write <run_dir>/samples/dp_rank_R.jsonl: each step's global sample indices and token-id hashes.
     trace_samples: bool = False
+
+    def stage_settings(self) -> list[tuple[int | str, dict[str, float]]]:
+        """data.stages, then data.anneal, as (the step after which it applies, or "decay"; {source: weight});
+        ConfigError (one line) for a malformed stage. Steps and names are checked by megallm.config.checks."""
+        stages: list[tuple[int | str, dict[str, float]]] = []
+        for i, stage in enumerate(self.stages):
+            where = f"data.stages[{i}]"
+            if not isinstance(stage, Mapping) or set(stage) != {"at_step", "weights"}:
+                raise ConfigError(f"{where} must be {{at_step: STEP, weights: {{SOURCE: WEIGHT, ...}}}}, got {stage!r}")
+            at = stage["at_step"]
+            if isinstance(at, bool) or not isinstance(at, int):
+                raise ConfigError(f"{where}.at_step must be a step number, got {at!r}")
+            stages.append((at, _weights(stage["weights"], f"{where}.weights")))
+        if self.anneal:
+            stages.append(("decay", _weights(self.anneal, "data.anneal")))
+        return stages
 
     def source_settings(self) -> dict[str, SourceConfig]:
         """data.sources as SourceConfigs, in the order given; ConfigError (one line) for a source that is
@@ -253,6 +281,15 @@ class DataConfig:
                 values[key] = wanted(value) if value is not None else None
             settings[str(name)] = SourceConfig(**values)
         return settings
+
+
+def _weights(given: Any, where: str) -> dict[str, float]:
+    if not isinstance(given, Mapping) or not given:
+        raise ConfigError(f"{where} must map source names to weights, got {given!r}")
+    for name, weight in given.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ConfigError(f"{where}.{name} must be a number, got {weight!r}")
+    return {str(name): float(weight) for name, weight in given.items()}
 
 
 class OnDamaged(Choice):

@@ -16,12 +16,15 @@ any window of samples each source's count is its share up to one sample per leve
 and no history is needed to find sample g (a checkpoint stores the sample count only). The phase
 (0 <= phase < b) is drawn from (seed, node), so seeds interleave differently.
 
+`StagedBlend` chains blends for data stages (the mixture changing at given steps).
+
 Integers throughout (Python's, unbounded): a weight is taken as the nearest fraction with a
 denominator up to 10^9 (0.3 is 3/10 exactly), and no sample index is too large.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import dataclass
@@ -109,3 +112,48 @@ def _shares(weights: Sequence[float], where: str) -> list[Fraction]:
     if total <= 0:
         raise ConfigError(f"{where}: every weight is 0; give at least one source a positive weight")
     return [f / total for f in fractions]
+
+
+class StagedBlend:
+    """Blends that follow one another (data stages): stage s covers global samples [start_s, start_s+1),
+    the first starting at 0. Sample g of stage s is sample g - start_s of the stage's Blend, and a
+    source's own sample index goes on from what the earlier stages took of it, so every source is
+    still read in its own order, once, whatever the stages. A pure function of g, as Blend is: a
+    resume inside any stage reads what the uninterrupted run read."""
+
+    def __init__(self, stages: Sequence[tuple[int, Blend]]):
+        starts = [start for start, _ in stages]
+        if not stages or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"stage starts must begin at 0 and increase, got {starts}")
+        widths = {len(blend.shares) for _, blend in stages}
+        if len(widths) != 1:
+            raise ValueError("every stage must blend the same sources")
+        self.starts, self.blends = starts, [blend for _, blend in stages]
+        self.taken = [[0] * len(self.blends[0].shares)]  # each stage: samples of each source taken before it
+        for (start, blend), end in zip(stages, starts[1:]):
+            self.taken.append([a + b for a, b in zip(self.taken[-1], blend.counts(end - start))])
+
+    @property
+    def shares(self) -> tuple[Fraction, ...]:
+        return self.blends[0].shares
+
+    @property
+    def depth(self) -> int:
+        return max(blend.depth for blend in self.blends)
+
+    def _stage(self, sample: int) -> int:
+        return bisect.bisect_right(self.starts, sample) - 1
+
+    def locate(self, sample: int) -> tuple[int, int]:
+        if sample < 0:
+            raise ValueError(f"sample index {sample} < 0")
+        stage = self._stage(sample)
+        source, own = self.blends[stage].locate(sample - self.starts[stage])
+        return source, self.taken[stage][source] + own
+
+    def counts(self, samples: int) -> list[int]:
+        if samples <= 0:
+            return [0] * len(self.shares)
+        stage = self._stage(samples - 1)
+        within = self.blends[stage].counts(samples - self.starts[stage])
+        return [a + b for a, b in zip(self.taken[stage], within)]

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils import signal_handling as loader_signals
 
-from megallm.data.blend import Blend
+from megallm.data.blend import Blend, StagedBlend
 from megallm.data.corpus import Corpus
 from megallm.data.mixture import Mixture
 from megallm.data.order import Address, SampleOrder
@@ -125,8 +125,8 @@ class RankSamples(IterableDataset):
     user as one line.
     """
 
-    def __init__(self, corpora: Sequence[Corpus], split: str, orders: Sequence[SampleOrder], blend: Blend,
-                 seq_len: int, first_sample: int, dp: int, chunk: int, skip_bad: bool):
+    def __init__(self, corpora: Sequence[Corpus], split: str, orders: Sequence[SampleOrder],
+                 blend: Blend | StagedBlend, seq_len: int, first_sample: int, dp: int, chunk: int, skip_bad: bool):
         self.corpora, self.split, self.orders, self.blend, self.seq_len = corpora, split, orders, blend, seq_len
         self.first_sample, self.dp, self.chunk, self.skip_bad = first_sample, dp, chunk, skip_bad
 

@@ -7,6 +7,11 @@ source's own sample (megallm.data.order), so a mixture resumes, requeues and cha
 exactly as one corpus does. The first source is the primary: its manifest gives the vocabulary,
 the document tokens and the tokenizer saved with checkpoints (the same for every source).
 
+Stages (`data.stages`, `data.anneal`) change the weights after given steps: from then on the
+blend is the stage's (megallm.data.blend.StagedBlend), each source still read in its own order.
+Their steps become sample counts here (step x sequences per step), so a stage, too, is a pure
+function of the sample index and a resume inside it is exact.
+
 `data.path` alone is a mixture of one source (weight 1): its samples are the corpus's own, in
 the same order as before mixtures existed.
 """
@@ -16,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from megallm.data.blend import Blend
+from megallm.config import RunConfig, batch_layout
+from megallm.data.blend import Blend, StagedBlend
 from megallm.data.corpus import Corpus, open_corpus
 from megallm.data.order import SampleOrder
 from megallm.errors import ConfigError, DataError
@@ -35,6 +41,8 @@ class Source:
 @dataclass(frozen=True)
 class Mixture:
     sources: tuple[Source, ...]
+    # Later stages: (their first global sample, {source name: weight}); the sources' weights before.
+    stages: tuple[tuple[int, dict[str, float]], ...] = ()
 
     @classmethod
     def of(cls, corpus: Corpus | Mixture) -> Mixture:
@@ -54,8 +62,12 @@ class Mixture:
         """More than one source: per-source metrics are logged."""
         return len(self.sources) > 1
 
-    def blend(self, seed: int) -> Blend:
-        return Blend([s.weight for s in self.sources], seed, where="data.sources")
+    def blend(self, seed: int) -> Blend | StagedBlend:
+        first = Blend([s.weight for s in self.sources], seed, where="data.sources")
+        if not self.stages:
+            return first
+        return StagedBlend([(0, first), *((start, Blend([weights.get(s.name, 0.0) for s in self.sources], seed,
+                                                        where="data.stages")) for start, weights in self.stages)])
 
     def orders(self, split: str, seq_len: int, streams: int, seed: int) -> list[SampleOrder]:
         """Each source's sample order of `split` (DataError in one line when one is too small)."""
@@ -78,6 +90,19 @@ class Mixture:
         return source.corpus.location if not self.mixed else f"data.sources.{source.name} ({source.corpus.location})"
 
 
+def open_run_data(cfg: RunConfig) -> Mixture:
+    """The training data of a run's config: data.sources (or data.path) with data.stages and data.anneal,
+    their steps as sample counts (megallm.config.checks has checked them)."""
+    mixture = open_mixture(cfg.data.path, cfg.data.source_settings(), cfg.data.tokenizer,
+                           (cfg.data.train_split, cfg.data.val_split))
+    per_step, _ = batch_layout(cfg.train, 1)
+    stages = []
+    for at, weights in cfg.data.stage_settings():
+        step = cfg.optim.decay_start(cfg.train.steps) if at == "decay" else int(at)
+        stages.append((step * per_step, weights))
+    return Mixture(mixture.sources, tuple(stages))
+
+
 def open_mixture(path: str, sources: dict, tokenizer: Optional[str], splits: Sequence[str]) -> Mixture:
     """The run's data: `sources` ({name: settings with path, weight, max_epochs}: data.sources) when
     given, else the one corpus at `path` (data.path). Every source is opened and checked
@@ -93,10 +118,11 @@ def open_mixture(path: str, sources: dict, tokenizer: Optional[str], splits: Seq
     first = opened[0]
     for other in opened[1:]:
         mine, theirs = first.corpus.manifest.tokenizer_sha256, other.corpus.manifest.tokenizer_sha256
+        tokenizer_file = first.corpus.url(first.corpus.manifest.tokenizer_file)
         if mine != theirs:
             raise DataError(f"data.sources.{first.name} and data.sources.{other.name} were prepared with different "
                             f"tokenizers ({mine[:12]} and {theirs[:12]}); prepare every source with one tokenizer "
-                            f"(tools/prepare_data.py --tokenizer {first.corpus.url(first.corpus.manifest.tokenizer_file)})")
+                            f"(tools/prepare_data.py --tokenizer {tokenizer_file})")
     mixture = Mixture(tuple(opened))
     mixture.blend(0)  # the weights, checked now (one line)
     return mixture

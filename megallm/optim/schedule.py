@@ -28,9 +28,7 @@ DECAY_SHAPES = {
 
 def decay_start(cfg: OptimConfig, total_steps: int) -> int:
     """The first step (0-based) whose LR is below the peak's plateau: for WSD the end of the stable phase."""
-    if cfg.schedule == "wsd":
-        return max(cfg.warmup_steps, total_steps - cfg.wsd_decay_steps(total_steps))
-    return cfg.warmup_steps
+    return cfg.decay_start(total_steps)
 
 
 def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import pytest
 
-from megallm.data.blend import Blend
+from megallm.data.blend import Blend, StagedBlend
 from megallm.errors import ConfigError
 
 MIXTURES = [[0.3, 0.7], [0.5, 0.3, 0.2], [1, 1, 1], [0.05, 0.15, 0.6, 0.2], [2.0, 0.0, 1.0], [0.4, 0.25, 0.2, 0.1, 0.05]]
@@ -95,3 +95,20 @@ def test_bad_weights_are_one_line(weights, phrase):
     with pytest.raises(ConfigError, match=phrase.replace("(", r"\(")) as error:
         Blend(weights)
     assert "\n" not in str(error.value) and str(error.value).startswith("data.sources")
+
+
+def test_stages_go_on_reading_each_source_in_its_own_order():
+    """Three stages (even, then mostly source 0, then source 2 alone): each source's samples stay 0, 1, 2, ...
+    across the stage boundaries, each stage's window of samples follows its own shares, and the counts at
+    any point equal the samples located so far."""
+    staged = StagedBlend([(0, Blend([1, 1, 1])), (300, Blend([0.8, 0.2, 0.0], seed=1)), (700, Blend([0, 0, 1]))])
+    located = [staged.locate(g) for g in range(1_000)]
+    for source in range(3):
+        assert [own for s, own in located if s == source] == list(range(sum(s == source for s, _ in located)))
+    stage_two = [s for s, _ in located[300:700]]
+    assert (stage_two.count(0), stage_two.count(1), stage_two.count(2)) == (320, 80, 0)
+    assert all(s == 2 for s, _ in located[700:])
+    for n in (0, 1, 299, 300, 301, 699, 700, 1_000):
+        assert staged.counts(n) == [sum(s == source for s, _ in located[:n]) for source in range(3)]
+    with pytest.raises(ValueError, match="begin at 0 and increase"):
+        StagedBlend([(5, Blend([1]))])

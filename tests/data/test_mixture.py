@@ -99,6 +99,11 @@ def _all_windows(corpus: Path) -> list[np.ndarray]:
     (lambda s: ["data.sources.http.weight=-1"], ["data.sources.http.weight must be a finite number >= 0, got -1.0"]),
     (lambda s: ["+data.sources.http.wieght=1"], ["data.sources.http.wieght is not a setting of a source"]),
     (lambda s: ["+data.sources.extra.weight=1"], ["data.sources.extra.path is missing"]),
+    (lambda s: ["+data.stages=[{at_step:5,weights:{jsn:1}}]"], ["data.stages[0] names 'jsn', which is not a source"]),
+    (lambda s: ["+data.stages=[{at_step:20,weights:{json:1}}]"],
+     ["data.stages[0] starts after step 20, which must lie after the previous stage's (0) and before train.steps=20"]),
+    (lambda s: ["+data.anneal.json=1"], ["data.anneal starts at the WSD decay: set optim.schedule=wsd"]),
+    (lambda s: ["+data.stages=[{at_step:5}]"], ["data.stages[0] must be {at_step: STEP, weights:"]),
 ])
 def test_what_a_mixture_cannot_be_is_one_line_before_start_up(sources, tmp_path, capsys, extra, phrases):
     result = run_main(pretrain_main, [*SMALL_MODEL, *source_args(sources), *extra(sources), f"run_dir={tmp_path}/run",
@@ -106,6 +111,33 @@ def test_what_a_mixture_cannot_be_is_one_line_before_start_up(sources, tmp_path,
                                       "train.global_batch_tokens=256", "train.steps=20"], capsys)
     assert_one_line_error(result, *phrases)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_stages_change_the_mix_and_a_resume_inside_or_across_one_is_exact(sources, tmp_path):
+    """json alone after step 3, http alone in the WSD decay (its last step): resumed after step 2 (before the
+    stage) and after step 4 (inside it), each run logs the uninterrupted run's losses bitwise (same machine,
+    layout and kernels; the samples are the same pure function of the sample count)."""
+    args = [*SMALL_MODEL, *source_args(sources), "train.seq_len=64", "train.micro_batch_size=2",
+            "train.global_batch_tokens=256", "train.steps=6", "train.eval_every=0", "checkpoint.every=1",
+            "logging.every=1", "optim.warmup_steps=1", "train.precision=fp32", "optim.schedule=wsd",
+            "+data.stages=[{at_step:3,weights:{json:1}}]", "+data.anneal.http=1"]
+    whole = train([*args, f"run_dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    steps = records(tmp_path / "whole", "train")
+    tokens = {name: [steps[s][f"{name}/tokens"] for s in range(1, 7)] for name in WEIGHTS}
+    per_step = 256
+    assert [b - a for a, b in zip(tokens["json"][2:], tokens["json"][3:])] == [per_step, per_step, 0]
+    assert tokens["http"][5] - tokens["http"][4] == per_step and tokens["email"][5] == tokens["email"][2]
+    (mixture,) = records(tmp_path / "whole", "mixture").values()
+    assert mixture["json/tokens"] == tokens["json"][5] and sum(mixture[f"{n}/share"] for n in WEIGHTS) == \
+        pytest.approx(1, abs=3e-6)  # shares rounded to 6 decimals
+    for stop in (2, 4):
+        run = tmp_path / f"stopped_{stop}"
+        assert train([*args, f"run_dir={run}", f"train.stop_at_step={stop}"]).returncode == 0
+        assert train([*args, f"run_dir={run}"]).returncode == 0
+        resumed = records(run, "train")
+        assert [resumed[s]["loss"] for s in range(1, 7)] == [steps[s]["loss"] for s in range(1, 7)], stop
 
 
 @pytest.mark.slow

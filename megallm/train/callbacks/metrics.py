@@ -56,6 +56,16 @@ class TrainMetrics(Callback):
         self._loss_sum.zero_()
         self._steps = 0
 
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """A mixture's realised proportions over the whole run so far: a "mixture" record."""
+        assert trainer.batches is not None, "on_fit_end runs inside fit"
+        counts = trainer.batches.source_samples(trainer.state.consumed_samples)
+        total = sum(counts.values())
+        if total:
+            trainer.log({"kind": "mixture", "step": trainer.state.step,
+                         **{f"{name}/share": round(n / total, 6) for name, n in counts.items()},
+                         **{f"{name}/tokens": n * trainer.seq_len for name, n in counts.items()}})
+
 
 class SpeedMonitor(Callback):
     """Tokens/s, step time, TFLOP/s per device, MFU (None where the device's peak is unknown)
