@@ -59,6 +59,14 @@ def short_documents(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mixture_sources(tmp_path_factory) -> dict[str, Path]:
+    """Three corpora of one tokenizer and one of another (tests/mixture_inputs.py)."""
+    from tests.mixture_inputs import prepare_sources
+
+    return prepare_sources(tmp_path_factory.mktemp("mixture"))
+
+
 @pytest.fixture
 def mount_tmpfs(tmp_path):
     """mount_tmpfs(bytes, read_only=False): a fresh filesystem of that size (a full or read-only disk,

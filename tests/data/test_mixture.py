@@ -20,32 +20,10 @@ from megallm.cli.pretrain import main as pretrain_main
 from megallm.config import SourceConfig
 from megallm.data.loader import TrainBatches
 from megallm.data.mixture import open_mixture
-from megallm.data.prepare import prepare
-from tests.helpers import SMALL_MODEL, assert_one_line_error, records, run_main, stdlib_subset, train
+from tests.helpers import SMALL_MODEL, assert_one_line_error, records, run_main, train
+from tests.mixture_inputs import WEIGHTS, source_args
 
 SEQ_LEN, MBS = 64, 2
-WEIGHTS = {"email": 0.5, "json": 0.2, "http": 0.3}
-
-
-def package_files(package: str) -> list[Path]:
-    return [p for p in stdlib_subset() if f"/{package}/" in str(p)]
-
-
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("mixture")
-    quiet = dict(val_fraction=0.1, shard_tokens=20_000, tokenizer_train_bytes=1 << 20, log=lambda *_: None)
-    prepare(package_files("email"), root / "email", vocab_size=512, tokenizer_path=None, **quiet)
-    tokenizer = root / "email" / "tokenizer.json"
-    for name in ("json", "http"):
-        prepare(package_files(name), root / name, vocab_size=512, tokenizer_path=tokenizer, **quiet)
-    prepare(package_files("logging"), root / "other_tokenizer", vocab_size=600, tokenizer_path=None, **quiet)
-    return {name: root / name for name in (*WEIGHTS, "other_tokenizer")}
-
-
-def source_args(sources: dict[str, Path], weights: dict[str, float] = WEIGHTS) -> list[str]:
-    return [arg for name, weight in weights.items()
-            for arg in (f"+data.sources.{name}.path={sources[name]}", f"+data.sources.{name}.weight={weight}")]
 
 
 def mixture_batches(sources, dp_rank=0, dp=1, consumed=0, workers=0) -> TrainBatches:
@@ -65,10 +43,11 @@ def read(batches: TrainBatches, micro_batches: int) -> dict[int, bytes]:
     return rows
 
 
-def test_samples_follow_the_weights_and_every_layout_reads_the_same(sources):
+def test_samples_follow_the_weights_and_every_layout_reads_the_same(mixture_sources):
     """One rank reading 120 samples, two data-parallel ranks with loader workers, and a rank resumed
     at sample 40: the same rows for the same global samples; each source gives its blend count of them,
     each row one of that source's windows."""
+    sources = mixture_sources
     one = read(mixture_batches(sources), 60)
     two = {**read(mixture_batches(sources, 0, 2, workers=2), 30), **read(mixture_batches(sources, 1, 2, workers=2), 30)}
     resumed = read(mixture_batches(sources, consumed=40), 40)
@@ -76,7 +55,7 @@ def test_samples_follow_the_weights_and_every_layout_reads_the_same(sources):
     batches = mixture_batches(sources)
     assert batches.source_samples(120) == dict(zip(WEIGHTS, batches.blend.counts(120))) == {"email": 60, "json": 24,
                                                                                           "http": 36}
-    windows = {name: {row.tobytes() for order in [None] for row in _all_windows(sources[name])} for name in WEIGHTS}
+    windows = {name: {row.tobytes() for row in _all_windows(sources[name])} for name in WEIGHTS}
     found = Counter(next(name for name in WEIGHTS if one[g] in windows[name]) for g in range(120))
     assert found == Counter({"email": 60, "json": 24, "http": 36})
     batches.close()
@@ -105,8 +84,9 @@ def _all_windows(corpus: Path) -> list[np.ndarray]:
     (lambda s: ["+data.anneal.json=1"], ["data.anneal starts at the WSD decay: set optim.schedule=wsd"]),
     (lambda s: ["+data.stages=[{at_step:5}]"], ["data.stages[0] must be {at_step: STEP, weights:"]),
 ])
-def test_what_a_mixture_cannot_be_is_one_line_before_start_up(sources, tmp_path, capsys, extra, phrases):
-    result = run_main(pretrain_main, [*SMALL_MODEL, *source_args(sources), *extra(sources), f"run_dir={tmp_path}/run",
+def test_what_a_mixture_cannot_be_is_one_line_before_start_up(mixture_sources, tmp_path, capsys, extra, phrases):
+    result = run_main(pretrain_main, [*SMALL_MODEL, *source_args(mixture_sources), *extra(mixture_sources),
+                                      f"run_dir={tmp_path}/run",
                                       "train.seq_len=64", "train.micro_batch_size=2",
                                       "train.global_batch_tokens=256", "train.steps=20"], capsys)
     assert_one_line_error(result, *phrases)
@@ -114,11 +94,11 @@ def test_what_a_mixture_cannot_be_is_one_line_before_start_up(sources, tmp_path,
 
 
 @pytest.mark.slow
-def test_stages_change_the_mix_and_a_resume_inside_or_across_one_is_exact(sources, tmp_path):
+def test_stages_change_the_mix_and_a_resume_inside_or_across_one_is_exact(mixture_sources, tmp_path):
     """json alone after step 3, http alone in the WSD decay (its last step): resumed after step 2 (before the
     stage) and after step 4 (inside it), each run logs the uninterrupted run's losses bitwise (same machine,
     layout and kernels; the samples are the same pure function of the sample count)."""
-    args = [*SMALL_MODEL, *source_args(sources), "train.seq_len=64", "train.micro_batch_size=2",
+    args = [*SMALL_MODEL, *source_args(mixture_sources), "train.seq_len=64", "train.micro_batch_size=2",
             "train.global_batch_tokens=256", "train.steps=6", "train.eval_every=0", "checkpoint.every=1",
             "logging.every=1", "optim.warmup_steps=1", "train.precision=fp32", "optim.schedule=wsd",
             "+data.stages=[{at_step:3,weights:{json:1}}]", "+data.anneal.http=1"]
@@ -141,11 +121,11 @@ def test_stages_change_the_mix_and_a_resume_inside_or_across_one_is_exact(source
 
 
 @pytest.mark.slow
-def test_a_mixture_trains_logs_its_sources_and_resumes_bitwise(sources, tmp_path):
+def test_a_mixture_trains_logs_its_sources_and_resumes_bitwise(mixture_sources, tmp_path):
     """A 6-step run on 2 ranks logs each source's tokens (their sum is tokens_seen) and validation loss
     (val_loss their weighted mean); stopped after step 3 and resumed, it logs the uninterrupted run's
     losses bitwise (same machine and layout: the same kernels in the same order on the same samples)."""
-    args = [*SMALL_MODEL, *source_args(sources), "train.seq_len=64", "train.micro_batch_size=2",
+    args = [*SMALL_MODEL, *source_args(mixture_sources), "train.seq_len=64", "train.micro_batch_size=2",
             "train.global_batch_tokens=256", "train.steps=6", "train.eval_every=3", "train.eval_batches=2",
             "checkpoint.every=3", "logging.every=1", "optim.warmup_steps=1", "train.precision=fp32"]
     whole = train([*args, f"run_dir={tmp_path / 'whole'}"], nproc=2)
