@@ -62,14 +62,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def describe(plan) -> str:
     """The plan as a table, and what the WSD branches save against separate runs."""
+    width = max([44, *(len(run.name) for run in plan.runs)])  # a mixture's weights make long names
     rows = [f"sweep {plan.sweep_dir}: {len(plan.runs)} runs in {len(plan.groups)} group(s)",
-            f"  {'run':<44} {'steps':>7} {'tokens':>11} {'PFLOP':>9}  trained"]
+            f"  {'run':<{width}} {'steps':>7} {'tokens':>11} {'PFLOP':>9}  trained"]
     for run in plan.runs:
         pflop = f"{run.trained_flops / 1e15:.3f}" if run.flops is not None else "?"
         origin = f"branch at step {run.branch_step} of {run.branch_of}" if run.branch_of else "from scratch"
         if run.at_steps:
             origin += f", checkpoints at {run.at_steps}"
-        rows.append(f"  {run.name:<44} {run.steps:>7} {run.tokens:>11,} {pflop:>9}  {origin}")
+        rows.append(f"  {run.name:<{width}} {run.steps:>7} {run.tokens:>11,} {pflop:>9}  {origin}")
     planned, separate = plan.compute()
     if planned is not None:
         rows.append(f"compute: {planned / 1e15:.3f} PFLOP planned, {separate / 1e15:.3f} PFLOP as separate runs "
