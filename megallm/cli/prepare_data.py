@@ -18,6 +18,7 @@ from megallm.data.prepare import (
     run_part,
     start_writing,
 )
+from megallm.data.prepare_mixture import parse_sources, prepare_mixture
 from megallm.errors import DataError
 from megallm.files import TOKENIZER_FILE
 
@@ -35,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file or glob (** recurses), repeatable: .jsonl, .jsonl.gz, .parquet, else plain text "
                              "(one file = one document)")
     parser.add_argument("--python-stdlib", action="store_true", help="add this Python's standard-library sources")
-    parser.add_argument("--output", required=True, type=Path, help="corpus folder to write (data.path)")
+    parser.add_argument("--source", action="append", default=[], metavar="NAME=GLOB",
+                        help="instead of --input, repeatable: one corpus of a data mixture, written to OUTPUT/NAME; "
+                             "every source gets one tokenizer, trained on a sample of all of them split by their "
+                             "weights (or --tokenizer), and the data.sources overrides to train on them are printed")
+    parser.add_argument("--source-weight", action="append", default=[], metavar="NAME=W",
+                        help="a source's weight, repeatable (relative; every source or none: default 1 each): its "
+                             "share of --tokenizer-train-bytes, and its data.sources weight in the printed overrides")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="corpus folder to write (data.path); with --source, the folder of the sources' corpora")
     parser.add_argument("--text-field", default=defaults.text_field, help="JSON-lines field / Parquet column of the text")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="BPE vocabulary when training")
     parser.add_argument("--tokenizer", type=Path,
@@ -67,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> None:
-    """What the flags ask for: the merge, the tokenizer only, one part, or everything."""
+    """What the flags ask for: the merge, the tokenizer only, one part, everything, or a mixture's sources."""
+    if args.source or args.source_weight:
+        run_mixture(args, options, log)
+        return
     if args.merge:
         has_inputs = bool(args.input or args.python_stdlib)
         files = collect_inputs(args.input, args.python_stdlib) if has_inputs else None
@@ -85,6 +97,20 @@ def run_step(args: argparse.Namespace, options: PrepareOptions, log: Log) -> Non
         log(f"wrote {args.output / TOKENIZER_FILE} ({tok.get_vocab_size()} tokens)")
     else:
         run_part(plan, args.output, options, tok, part, log)
+
+
+def run_mixture(args: argparse.Namespace, options: PrepareOptions, log: Log) -> None:
+    """--source: every source's corpus, or with --tokenizer-only their tokenizer (megallm.data.prepare_mixture)."""
+    if not args.source:
+        raise DataError("--source-weight weighs a source: give the sources with --source NAME=GLOB")
+    if args.input or args.python_stdlib:
+        raise DataError("--source and --input (or --python-stdlib) exclude each other: give each source's files "
+                        "as its --source NAME=GLOB")
+    if args.part is not None or args.merge:
+        raise DataError("--part and --merge prepare one corpus: write the sources' tokenizer with --source ... "
+                        f"--tokenizer-only, then prepare each source with --tokenizer {args.output / TOKENIZER_FILE}")
+    prepare_mixture(parse_sources(args.source, args.source_weight), args.output, log,
+                    tokenizer_only=args.tokenizer_only, **vars(options))
 
 
 def main(argv: list[str] | None = None) -> int:

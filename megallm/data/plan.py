@@ -63,13 +63,14 @@ def python_stdlib_files() -> list[Path]:
                   if "site-packages" not in p.parts and p.is_file() and p.stat().st_size > 0)
 
 
-def collect_inputs(patterns: list[str], use_stdlib: bool) -> list[Path]:
+def collect_inputs(patterns: list[str], use_stdlib: bool, what: str = "input") -> list[Path]:
+    """The files the patterns (and the standard library) name, sorted; `what` names them in errors."""
     files: set[Path] = set(python_stdlib_files()) if use_stdlib else set()
     for pattern in patterns:
         matches = [Path(m) for m in glob.glob(pattern, recursive=True)]
         matches = [m for m in matches if m.is_file()]
         if not matches:
-            raise DataError(f"input {pattern!r} matches no file; check the path, and quote globs so the shell "
+            raise DataError(f"{what} {pattern!r} matches no file; check the path, and quote globs so the shell "
                             "does not expand them")
         files.update(matches)
     if not files:

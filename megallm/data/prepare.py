@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tokenizers import Tokenizer
 
@@ -114,24 +114,35 @@ def obtain_tokenizer(plan: Plan, output: Path, options: PrepareOptions, log: Log
     elif may_train:
         log(f"training a {options.vocab_size}-token byte-level BPE on up to "
             f"{options.tokenizer_train_bytes / 2**20:,.0f} MiB of the inputs")
-        start = time.perf_counter()
-        tok = train_bpe(training_texts(plan, options.text_field, options.tokenizer_train_bytes), options.vocab_size,
-                        log=log, every=options.progress_every)
-        short = (f" (not {options.vocab_size}: the text holds no more pairs to merge)"
-                 if tok.get_vocab_size() < options.vocab_size else "")
-        log(f"trained a {tok.get_vocab_size()}-token tokenizer{short} in {time.perf_counter() - start:,.1f} s")
+        tok = train_tokenizer(training_texts(plan, options.text_field, options.tokenizer_train_bytes), options, log)
         data = tokenizer_json(tok).encode()
     elif installed.is_file():
         return load_tokenizer(installed)
     else:
         raise DataError(f"--part needs a tokenizer: run `tools/prepare_data.py --tokenizer-only --output {output} "
                         "...` first, or pass --tokenizer FILE")
+    install_tokenizer(output, tok, data, options)
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], options: PrepareOptions, log: Log) -> Tokenizer:
+    """A BPE of options.vocab_size tokens trained on `texts`, with progress lines and the time it took."""
+    start = time.perf_counter()
+    tok = train_bpe(texts, options.vocab_size, log=log, every=options.progress_every)
+    short = (f" (not {options.vocab_size}: the text holds no more pairs to merge)"
+             if tok.get_vocab_size() < options.vocab_size else "")
+    log(f"trained a {tok.get_vocab_size()}-token tokenizer{short} in {time.perf_counter() - start:,.1f} s")
+    return tok
+
+
+def install_tokenizer(output: Path, tok: Tokenizer, data: bytes, options: PrepareOptions) -> None:
+    """OUTPUT/tokenizer.json holds `data` (`tok`'s file), with its side files; its special tokens are checked."""
+    installed = output / TOKENIZER_FILE
     if not installed.is_file() or installed.read_bytes() != data:
         atomic_write_bytes(installed, data)
     install_side_files(options.tokenizer_path, output, {"eos_token": options.eos_token,
                                                         "mask_token": options.mask_token})
     special_tokens(installed, tok=tok)  # a trained tokenizer and --eos-token
-    return tok
 
 
 def install_side_files(tokenizer_path: Path | None, output: Path, declared: dict[str, str | None]) -> None:
