@@ -19,6 +19,7 @@ the same order as before mixtures existed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Optional, Sequence
 
 from megallm.config import RunConfig, batch_layout
@@ -88,6 +89,35 @@ class Mixture:
 
     def _describe(self, source: Source) -> str:
         return source.corpus.location if not self.mixed else f"data.sources.{source.name} ({source.corpus.location})"
+
+
+def weight_history(cfg: RunConfig, before_step: int) -> list[tuple[int, dict[str, Fraction]]]:
+    """The mixtures `cfg` trains with before step `before_step`: (first step, {source: share}) of each
+    stage that starts before it (one source named "data" without data.sources)."""
+    base = {name: settings.weight for name, settings in cfg.data.source_settings().items()} or {SINGLE_SOURCE: 1.0}
+    stages = [(0, base)]
+    for at, weights in cfg.data.stage_settings():
+        step = cfg.optim.decay_start(cfg.train.steps) if at == "decay" else int(at)
+        stages.append((step, {name: weights.get(name, 0.0) for name in base}))
+    history = []
+    for step, weights in stages:
+        if step < before_step:
+            shares = Blend(list(weights.values()), where="data.sources").shares
+            history.append((step, dict(zip(weights, shares))))
+    return history
+
+
+def history_change(saved: RunConfig, current: RunConfig, step: int) -> Optional[str]:
+    """How `current` would read the first `step` steps' data otherwise than `saved` (a checkpoint's config)
+    did, or None: a resume then continues what was read (later stages may change freely)."""
+    before, now = weight_history(saved, step), weight_history(current, step)
+    if before == now:
+        return None
+    described = "; ".join(f"from step {s}: " + ", ".join(f"{n} {float(w):.3g}" for n, w in shares.items())
+                          for s, shares in before)
+    return (f"the checkpoint at step {step} read its data with {described}; this run's data.sources and data.stages "
+            f"differ before that step, which would read other samples; keep them as they were and change the mix "
+            f"from step {step} on with +data.stages=[{{at_step:{step},weights:{{SOURCE:WEIGHT,...}}}}]")
 
 
 def open_run_data(cfg: RunConfig) -> Mixture:

@@ -24,7 +24,7 @@ from megallm.config import ConfigError, RunConfig, batch_layout, config_from_yam
 from megallm.data.corpus import Corpus
 from megallm.data.loader import EvalBatches, TrainBatches
 from megallm.data.masking import MaskingRule
-from megallm.data.mixture import Mixture
+from megallm.data.mixture import Mixture, history_change
 from megallm.data.shards import Manifest
 from megallm.engine.engine import ParallelEngine
 from megallm.engine.objective import Objective, StepObjective
@@ -135,7 +135,9 @@ def _assemble(cfg: RunConfig, config_yaml: str, ctx: DistContext, data: RunData,
     resume_from = choose_resume_checkpoint(cfg.train.resume, folder.checkpoints, cfg.checkpoint.on_damaged,
                                            distributed=True, say=lambda line: ctx.is_main and print(line, flush=True))
     if resume_from is not None:
-        check_compatible(read_state(resume_from), state, resume_from)
+        saved_state = read_state(resume_from)
+        check_compatible(saved_state, state, resume_from)
+        _check_data_history(cfg, resume_from, saved_state.step)
 
     seed_everything(cfg.train.seed)
     engine = ParallelEngine(cfg, ctx, precision, objective=data.objective)
@@ -176,6 +178,17 @@ def run_objective(cfg: RunConfig, manifest: Manifest) -> Objective:
                        mask_id=manifest.require_mask_token(cfg.data.path), vocab_size=manifest.vocab_size,
                        protected_ids=framing)
     return Objective(segment_start_id=start, masking=rule, nsp=m.nsp, seed=cfg.train.seed)
+
+
+def _check_data_history(cfg: RunConfig, checkpoint: Path, step: int) -> None:
+    """Refuse (one line) to resume where this run's mixture would have read the checkpoint's steps otherwise."""
+    saved_config = checkpoint / RUN_CONFIG_FILE
+    if step == 0 or not saved_config.is_file():
+        return
+    saved, _ = config_from_yaml(saved_config.read_text())
+    change = history_change(saved, cfg, step)
+    if change:
+        raise ConfigError(change)
 
 
 def _schedule_change(cfg: RunConfig, checkpoint: Path, step: int) -> Optional[str]:

@@ -118,6 +118,17 @@ def test_stages_change_the_mix_and_a_resume_inside_or_across_one_is_exact(mixtur
         assert train([*args, f"run_dir={run}"]).returncode == 0
         resumed = records(run, "train")
         assert [resumed[s]["loss"] for s in range(1, 7)] == [steps[s]["loss"] for s in range(1, 7)], stop
+    # Resuming the step-4 checkpoint with the first stage's weights changed would read steps 1-4 otherwise:
+    # refused; changing the mix from step 4 on is a stage, and goes.
+    changed = [a.replace("weights:{json:1}", "weights:{email:1}") for a in args]
+    refused = train([*changed, f"run_dir={tmp_path / 'stopped_4'}", "train.steps=8"])
+    assert_one_line_error(refused, "the checkpoint at step 6 read its data with from step 0: email 0.5, json 0.2, "
+                          "http 0.3; from step 3: email 0, json 1, http 0", "+data.stages=[{at_step:6,weights:")
+    later = [*args[:-2], "+data.stages=[{at_step:3,weights:{json:1}},{at_step:5,weights:{http:1}},"
+                         "{at_step:6,weights:{email:1}}]"]  # the anneal at step 5 kept as an explicit stage
+    assert train([*later, f"run_dir={tmp_path / 'stopped_4'}", "train.steps=8"]).returncode == 0
+    extended = records(tmp_path / "stopped_4", "train")
+    assert extended[8]["email/tokens"] - extended[6]["email/tokens"] == 2 * per_step
 
 
 @pytest.mark.slow
