@@ -6,6 +6,7 @@ save and at a random moment; SIGKILL of torchrun alone during start-up and again
 (its ranks must not outlive it). Each time the job is started again with train.resume=auto. At the end,
 the weights and optimizer state of the last checkpoint are bitwise those of an uninterrupted
 run, and so is every step's loss. The random moments are drawn from a seed printed on failure.
+The same for a mixture of three corpora whose mix changes half-way (a data stage).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from tests.helpers import REPO, SMALL_MODEL, alive, clean_environment, descendants, logged_steps, records, run_pretrain
+from tests.mixture_inputs import source_args
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")]
@@ -98,10 +100,15 @@ def saved_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_random_kills_resume_to_the_uninterrupted_weights(small_corpus, tmp_path):
+@pytest.mark.parametrize("data", ["corpus", "mixture"])
+def test_random_kills_resume_to_the_uninterrupted_weights(data, request, tmp_path):
     seed = int(time.time())
     rng = random.Random(seed)
-    args = [*SCHEDULE, f"data.path={small_corpus}"]
+    if data == "corpus":
+        args = [*SCHEDULE, f"data.path={request.getfixturevalue('small_corpus')}"]
+    else:
+        stage = f"+data.stages=[{{at_step:{STEPS // 2},weights:{{json:0.5,http:0.5}}}}]"
+        args = [*SCHEDULE, *source_args(request.getfixturevalue("mixture_sources")), stage]
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
     checkpoints = run_dir / "checkpoints"
     kills = []
