@@ -6,10 +6,12 @@ sweeper gives them (the cartesian product, the first key slowest). Each run's fo
 says what differs; `run_dir` (default runs/sweep) is the sweep's folder, whose name is the runs'
 W&B group (unless logging.wandb.group or WANDB_RUN_GROUP says otherwise).
 
-Runs under optim.schedule=wsd that differ only in train.steps share their stable phase: the
-longest is trained (the trunk, saving a checkpoint where each shorter run's decay starts) and
-each shorter one is a cool-down branched from that checkpoint, which gives the same weights as
-training it alone (megallm.optim.schedule) at a fraction of the cost.
+Runs under optim.schedule=wsd that differ only in train.steps, or in their anneal mixture
+(data.anneal, which applies from a run's own decay on), share their stable phase: the longest is
+trained (the trunk, saving a checkpoint where each other run's decay starts) and each other one is
+a cool-down branched from that checkpoint, which gives the same weights as training it alone
+(megallm.optim.schedule, megallm.data.mixture) at a fraction of the cost: "which anneal mix" is a
+sweep axis of cool-downs.
 
 Mixture weights sweep like any key: `+data.sources.code.weight=1,3,9` is 3 runs. Weights are normalised,
 so two runs whose swept weights differ only in scale (`a.weight=1,2 b.weight=1,2`: 1:1 and 2:2) would
@@ -135,7 +137,9 @@ def plan_sweep(overrides: list[str], world_size: int = 1, branch: bool = True) -
         name = run_name(swept)
         run_overrides = [*fixed, *(f"{key}={value}" for key, value in swept), f"run_dir={quoted(sweep_dir / name)}"]
         cfg = _composed(run_overrides, name, world_size)
-        group_key = tuple(sorted((k, v) for k, v in swept if k != "train.steps"))
+        # Runs that differ in train.steps, or in the anneal mixture alone (data.anneal applies from a run's
+        # own WSD decay, after the branch point), share a group: their stable phase is one trunk's.
+        group_key = tuple(sorted((k, v) for k, v in swept if k != "train.steps" and not _anneal_key(k)))
         runs.append(PlannedRun(name=name, overrides=run_overrides, run_dir=sweep_dir / name,
                                checkpoints=RunFolder.of(cfg).checkpoints, steps=cfg.train.steps,
                                tokens=cfg.train.steps * cfg.train.global_batch_tokens,
@@ -197,14 +201,18 @@ def _flops(cfg: RunConfig) -> Optional[float]:
     return float(flops_per_token(model, cfg.train.seq_len) * cfg.train.steps * cfg.train.global_batch_tokens)
 
 
+def _anneal_key(key: str) -> bool:
+    return key.lstrip("+~").startswith("data.anneal.")
+
+
 def _plan_branches(group: list[PlannedRun], configs: dict[str, RunConfig]) -> None:
     """The longest WSD run of `group` trains; each shorter one branches where its own decay starts."""
     trunk = max(group, key=lambda r: r.steps)
     trunk_cfg = configs[trunk.name]
-    if trunk_cfg.optim.schedule != "wsd" or len({r.steps for r in group}) < 2:
+    if trunk_cfg.optim.schedule != "wsd" or len(group) < 2:
         return
     for run in group:
-        if run is trunk or run.steps == trunk.steps:
+        if run is trunk:
             continue
         point = decay_start(configs[run.name].optim, run.steps)
         if not 0 < point <= decay_start(trunk_cfg.optim, trunk.steps):

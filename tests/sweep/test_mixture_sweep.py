@@ -86,3 +86,17 @@ def test_a_weight_sweep_trains_one_run_per_weight(sources, tmp_path):
     # 4 steps x 4 windows of 64 tokens: 16 windows, a's share 0.25/1.25 and 0.75/1.75 of them, exactly up to rounding.
     assert sum(tokens[0.25]) == sum(tokens[0.75]) == 16 * 64
     assert tokens[0.25][0] in (3 * 64, 4 * 64) and tokens[0.75][0] in (6 * 64, 7 * 64)
+
+
+def test_anneal_mixtures_are_cool_downs_of_one_trunk(sources, tmp_path):
+    """WSD runs of 100 and 200 steps, each with two anneal mixtures: one trunk (200 steps, the first anneal)
+    trains the stable phase; the other 200-step run and both 100-step runs branch where their decay starts."""
+    plan = plan_sweep([*SMALL_MODEL, *source_args(sources), "optim.schedule=wsd", "train.steps=100,200",
+                       "+data.anneal.a=0.5,0.8", "+data.anneal.b=1", f"run_dir={tmp_path / 'anneal'}", *BASE])
+    assert len(plan.groups) == 1
+    branches = {run.name: (run.branch_of, run.branch_step) for run in plan.runs}
+    trunk = "data.anneal.a=0.5,train.steps=200"  # folders are named by the swept keys
+    assert branches == {trunk: (None, 0), "data.anneal.a=0.8,train.steps=200": (trunk, 160),
+                        "data.anneal.a=0.5,train.steps=100": (trunk, 80),
+                        "data.anneal.a=0.8,train.steps=100": (trunk, 80)}
+
