@@ -224,6 +224,9 @@ class DataConfig:
     # An annealing stage from the start of the WSD decay (optim.schedule=wsd): {name: weight}, e.g.
     # +data.anneal.code=0.7 +data.anneal.prose=0.3; a sweep axis for "which anneal mix".
     anneal: dict[str, Any] = field(default_factory=dict)
+    # A source used up to its max_epochs before the run ends: false refuses the run before it starts;
+    # true drops it from that step on and the others share its weight (an automatic stage).
+    renormalize: bool = False
     tokenizer: Optional[str] = None  # tokenizer.json to check against the manifest; default: the corpus's own
     train_split: str = "train"
     val_split: str = "val"

@@ -85,7 +85,49 @@ class Mixture:
                 raise ConfigError(
                     f"data.sources.{source.name}: the run reads {count:,} windows of it, {epochs:.2f} epochs of its "
                     f"{order.epoch_samples:,}, more than its max_epochs={source.max_epochs:g}; lower its weight or "
-                    "train.steps, add text to it, or raise max_epochs")
+                    "train.steps, add text to it, raise max_epochs, or set data.renormalize=true (the others then "
+                    "share its weight once it is used up)")
+
+    def renormalized(self, split: str, seq_len: int, streams: int, seed: int, per_step: int,
+                     steps: int) -> Mixture:
+        """This mixture with a stage after the last step at which each capped source is within its
+        max_epochs: from there it gets weight 0 (in every later stage too) and the others share its
+        weight. ConfigError (one line) when a source cannot give even one step, or none is left."""
+        mixture, orders = self, self.orders(split, seq_len, streams, seed)
+        caps = {i: int(s.max_epochs * orders[i].epoch_samples) for i, s in enumerate(self.sources)
+                if s.max_epochs is not None}
+        while True:
+            counts_at = mixture.blend(seed).counts
+            over = [(i, step) for i, cap in caps.items()
+                    if (step := _first_step_over(counts_at, i, cap, per_step, steps)) is not None]
+            if not over:
+                return mixture
+            index, step = min(over, key=lambda found: found[1])
+            name = self.sources[index].name
+            if step == 0:
+                raise ConfigError(f"data.sources.{name}: its max_epochs={self.sources[index].max_epochs:g} "
+                                  "does not last one step of its share; raise max_epochs or lower its weight")
+            mixture = mixture._without(index, step * per_step)
+            if not any(w > 0 for w in mixture.weights_at(step * per_step).values()):
+                raise ConfigError(f"data.renormalize: every source is used up by step {step} of {steps}; add text, "
+                                  "raise max_epochs or train fewer steps")
+            del caps[index]
+
+    def weights_at(self, sample: int) -> dict[str, float]:
+        """The weights in force at global sample `sample`."""
+        weights = {s.name: s.weight for s in self.sources}
+        for start, stage in self.stages:
+            if start <= sample:
+                weights = {s.name: stage.get(s.name, 0.0) for s in self.sources}
+        return weights
+
+    def _without(self, index: int, sample: int) -> Mixture:
+        """Source `index` at weight 0 from global sample `sample` on (a stage there, and in every later one)."""
+        name = self.sources[index].name
+        later = [(start, {**w, name: 0.0}) for start, w in self.stages if start > sample]
+        earlier = [(start, w) for start, w in self.stages if start < sample]
+        here = {**self.weights_at(sample), name: 0.0}
+        return Mixture(self.sources, tuple([*earlier, (sample, here), *later]))
 
     def _describe(self, source: Source) -> str:
         return source.corpus.location if not self.mixed else f"data.sources.{source.name} ({source.corpus.location})"
@@ -130,7 +172,26 @@ def open_run_data(cfg: RunConfig) -> Mixture:
     for at, weights in cfg.data.stage_settings():
         step = cfg.optim.decay_start(cfg.train.steps) if at == "decay" else int(at)
         stages.append((step * per_step, weights))
-    return Mixture(mixture.sources, tuple(stages))
+    mixture = Mixture(mixture.sources, tuple(stages))
+    if cfg.data.renormalize:
+        mixture = mixture.renormalized(cfg.data.train_split, cfg.train.seq_len, cfg.data.streams, cfg.train.seed,
+                                       per_step, cfg.train.steps)
+    return mixture
+
+
+def _first_step_over(counts_at, source: int, cap: int, per_step: int, steps: int) -> Optional[int]:
+    """The last step boundary (in steps) before `source`'s count first exceeds `cap`, or None if it never
+    does within `steps` steps: the count is non-decreasing, so a binary search over steps finds it."""
+    if counts_at(steps * per_step)[source] <= cap:
+        return None
+    low, high = 0, steps  # counts_at(low) <= cap < counts_at(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if counts_at(middle * per_step)[source] <= cap:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def open_mixture(path: str, sources: dict, tokenizer: Optional[str], splits: Sequence[str]) -> Mixture:

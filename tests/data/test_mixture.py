@@ -154,3 +154,28 @@ def test_a_mixture_trains_logs_its_sources_and_resumes_bitwise(mixture_sources, 
     resumed = records(tmp_path / "resumed", "train")
     assert [resumed[s]["loss"] for s in range(1, 7)] == [steps[s]["loss"] for s in range(1, 7)]
     assert records(tmp_path / "resumed", "eval")[6] | {"time": 0} == evals | {"time": 0}
+
+
+def test_renormalize_drops_a_used_up_source_and_the_others_share_its_weight(mixture_sources):
+    """json capped at a third of an epoch over a run that would read it for longer: with data.renormalize a
+    stage at the last step within the cap gives it 0 from there, email and http keeping their 5:3 ratio; the
+    run reads json within its cap. Without it the run is refused (above)."""
+    from megallm.config import check_config, compose_config
+    from megallm.data.mixture import Mixture, open_run_data
+
+    cfg, _ = compose_config([*SMALL_MODEL, *source_args(mixture_sources), "+data.sources.json.max_epochs=0.3",
+                             "data.renormalize=true", "train.seq_len=64", "train.micro_batch_size=2",
+                             "train.global_batch_tokens=256", "train.steps=400", "data.streams=4"])
+    check_config(cfg, 1)
+    mixture = open_run_data(cfg)
+    per_step = 4
+    (start, weights), = mixture.stages
+    json_epoch = mixture.orders("train", 64, 4, cfg.train.seed)[1].epoch_samples
+    cap = int(0.3 * json_epoch)
+    counts = mixture.blend(cfg.train.seed).counts
+    unchanged = Mixture(mixture.sources).blend(cfg.train.seed).counts
+    assert start % per_step == 0 and counts(start)[1] <= cap < unchanged(start + per_step)[1]  # the last step within
+    assert counts(400 * per_step)[1] == counts(start)[1] <= cap
+    assert weights == {"email": 0.5, "json": 0.0, "http": 0.3}
+    after = [c1 - c0 for c0, c1 in zip(counts(start), counts(400 * per_step))]
+    assert after[1] == 0 and abs(after[0] / (after[0] + after[2]) - 0.5 / 0.8) < 2 / (after[0] + after[2])
