@@ -9,6 +9,7 @@ sample checks compare token rows exactly.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -179,3 +180,28 @@ def test_renormalize_drops_a_used_up_source_and_the_others_share_its_weight(mixt
     assert weights == {"email": 0.5, "json": 0.0, "http": 0.3}
     after = [c1 - c0 for c0, c1 in zip(counts(start), counts(400 * per_step))]
     assert after[1] == 0 and abs(after[0] / (after[0] + after[2]) - 0.5 / 0.8) < 2 / (after[0] + after[2])
+
+
+@pytest.mark.slow
+def test_a_two_rank_mixture_resumed_on_one_rank_reads_the_same_samples(mixture_sources, tmp_path):
+    """Stopped after step 3 on DP=2 and resumed on DP=1: steps 4-6 read the (global sample, token rows) the
+    uninterrupted DP=2 run read (data.trace_samples), across a stage at step 4."""
+    args = [*SMALL_MODEL, *source_args(mixture_sources), "train.seq_len=64", "train.micro_batch_size=2",
+            "train.global_batch_tokens=256", "train.steps=6", "train.eval_every=0", "checkpoint.every=3",
+            "logging.every=1", "optim.warmup_steps=1", "data.trace_samples=true",
+            "+data.stages=[{at_step:4,weights:{json:1,http:1}}]"]
+    assert train([*args, f"run_dir={tmp_path / 'whole'}"], nproc=2).returncode == 0
+    assert train([*args, f"run_dir={tmp_path / 'moved'}", "train.stop_at_step=3"], nproc=2).returncode == 0
+    resumed = train([*args, f"run_dir={tmp_path / 'moved'}"], nproc=1)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+
+    def traced(run_dir) -> dict[int, list]:
+        steps: dict[int, list] = {}
+        for path in sorted((run_dir / "samples").glob("dp_rank_*.jsonl")):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                steps.setdefault(record["step"], []).extend(zip(record["samples"], record["tokens_sha1"]))
+        return {step: sorted(rows) for step, rows in steps.items()}
+
+    whole, moved = traced(tmp_path / "whole"), traced(tmp_path / "moved")
+    assert [moved[s] for s in range(1, 7)] == [whole[s] for s in range(1, 7)]
