@@ -105,6 +105,16 @@ def records(run_dir: Path, kind: str) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
 
 
+def traced_steps(run_dir: Path) -> dict[int, list[tuple[int, str]]]:
+    """A run's data.trace_samples: step -> [(global sample, token-id hash)] over all data-parallel ranks, by sample."""
+    steps: dict[int, list] = {}
+    for path in sorted((run_dir / "samples").glob("dp_rank_*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            steps.setdefault(record["step"], []).extend(zip(record["samples"], record["tokens_sha1"]))
+    return {step: sorted(rows) for step, rows in steps.items()}
+
+
 def logged_steps(run_dir: Path) -> set[int]:
     """The train steps a running job has logged so far (none while metrics.jsonl is missing, or
     while its last line is half written)."""

@@ -17,7 +17,6 @@ megallm.scaling.points does for the (N, D) of a scaling law.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from megallm.errors import DataError, UsageError
-from megallm.scaling.points import DUPLICATES, NAME_COLUMNS
+from megallm.scaling.points import DUPLICATES, NAME_COLUMNS, read_table
 
 PROPORTION_PREFIX, WEIGHT_PREFIX, LOSS_PREFIX = "r_", "weight_", "loss_"
 # r_ columns rounded to 2 decimals (as published tables give them) sum to within m x 0.005 of 1; a row
@@ -100,13 +99,7 @@ def read_mixture_csv(path: Path, duplicates: str = "refuse", note: Callable[[str
     """Mixtures from a CSV (see the module docstring); a row's name is its `name` cell or FILE:LINE."""
     if not path.is_file():
         raise UsageError(f"{path} is not a file; give a CSV with one row per trained mixture")
-    try:
-        with open(path, newline="") as f:
-            table = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
-    if not table:
-        raise DataError(f"{path} is empty; expected a header row and one row per trained mixture")
+    table = read_table(path, "one row per trained mixture")
     header = [cell.strip() for cell in table[0]]
     lines = [line for line, row in enumerate(table[1:], start=2) if any(cell.strip() for cell in row)]
     rows = [{name: (table[line - 1][k].strip() if k < len(table[line - 1]) else "") for k, name in enumerate(header)}

@@ -161,18 +161,25 @@ def _unit(points: Points) -> str:
 
 
 # ---- CSV ----------------------------------------------------------------------------------------------
-def read_csv(path: Path, duplicates: str = "refuse", note: Callable[[str], None] = print,
-             where: Sequence[str] = ()) -> Points:
-    """Points from a CSV with columns for N, C (or D), loss; see CSV_COLUMNS. `where` keeps only the rows
-    whose column has a value ("COLUMN=VALUE" each: one experiment of a table holding several). Rows of the
-    same (N, D): see `resolve_same_runs`."""
+def read_table(path: Path, expected_rows: str) -> list[list[str]]:
+    """The rows of the CSV `path` (header first); DataError in one line where it cannot be read or is empty
+    (`expected_rows` says what its rows should be)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if not rows:
-        raise DataError(f"{path} is empty; expected a header row and one row per training run")
+        raise DataError(f"{path} is empty; expected a header row and {expected_rows}")
+    return rows
+
+
+def read_csv(path: Path, duplicates: str = "refuse", note: Callable[[str], None] = print,
+             where: Sequence[str] = ()) -> Points:
+    """Points from a CSV with columns for N, C (or D), loss; see CSV_COLUMNS. `where` keeps only the rows
+    whose column has a value ("COLUMN=VALUE" each: one experiment of a table holding several). Rows of the
+    same (N, D): see `resolve_same_runs`."""
+    rows = read_table(path, "one row per training run")
     header = [name.strip() for name in rows[0]]
     folded = [name.lower() for name in header]
     found = {key: next((folded.index(name.lower()) for name in names if name.lower() in folded), None)

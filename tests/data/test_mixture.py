@@ -9,7 +9,6 @@ sample checks compare token rows exactly.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from megallm.cli.pretrain import main as pretrain_main
 from megallm.config import SourceConfig
 from megallm.data.loader import TrainBatches
 from megallm.data.mixture import open_mixture
-from tests.helpers import SMALL_MODEL, assert_one_line_error, records, run_main, train
+from tests.helpers import SMALL_MODEL, assert_one_line_error, records, run_main, traced_steps, train
 from tests.mixture_inputs import WEIGHTS, source_args
 
 SEQ_LEN, MBS = 64, 2
@@ -195,13 +194,5 @@ def test_a_two_rank_mixture_resumed_on_one_rank_reads_the_same_samples(mixture_s
     resumed = train([*args, f"run_dir={tmp_path / 'moved'}"], nproc=1)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
 
-    def traced(run_dir) -> dict[int, list]:
-        steps: dict[int, list] = {}
-        for path in sorted((run_dir / "samples").glob("dp_rank_*.jsonl")):
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                steps.setdefault(record["step"], []).extend(zip(record["samples"], record["tokens_sha1"]))
-        return {step: sorted(rows) for step, rows in steps.items()}
-
-    whole, moved = traced(tmp_path / "whole"), traced(tmp_path / "moved")
+    whole, moved = traced_steps(tmp_path / "whole"), traced_steps(tmp_path / "moved")
     assert [moved[s] for s in range(1, 7)] == [whole[s] for s in range(1, 7)]

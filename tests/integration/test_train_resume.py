@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +19,7 @@ from tests.helpers import (
     assert_one_line_error,
     records,
     run_pretrain,
+    traced_steps,
     train,
     tree_digest,
 )
@@ -49,16 +49,6 @@ def runs(small_corpus, tmp_path_factory):
     one_rank = run_pretrain([*common, f"run_dir={root / 'one_rank'}", f"train.resume={step3}"])
     assert one_rank.returncode == 0, one_rank.stderr[-3000:]
     return {"root": root, "common": common, "full": full, "first": first, "second": second}
-
-
-def traced_steps(run_dir: Path) -> dict[int, list[tuple[int, str]]]:
-    """step -> [(global sample, token-id hash)] over all data-parallel ranks, by sample."""
-    steps: dict[int, list] = {}
-    for path in sorted((run_dir / "samples").glob("dp_rank_*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            steps.setdefault(record["step"], []).extend(zip(record["samples"], record["tokens_sha1"]))
-    return {step: sorted(rows) for step, rows in steps.items()}
 
 
 def test_loss_falls_from_log_vocab(runs):
